@@ -1,0 +1,555 @@
+//! The run configuration: one TOML schema for every command.
+//!
+//! Every struct denies unknown fields (a misspelt key is an error, not a
+//! silent default) and has a `Default` equal to the embedded
+//! `configs/default.toml`. [`Config::validate`] checks the values and names
+//! the offending key in its error. Reading files and environment variables
+//! is the binary's job; this module only defines and checks the values.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The whole run configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Seed of every random stream (weights, neighbours, masks, batches).
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+    pub eval: EvalConfig,
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Whether each location owns its nets (paper section 12.1) or all share one set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightMode {
+    PerLocation,
+    Shared,
+}
+
+/// How per-location nets are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitMode {
+    /// Every location starts from the same weights (one "genome"), then drifts.
+    Common,
+    /// Every location draws its own weights.
+    Independent,
+}
+
+/// Non-linearity of an MLP's hidden layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Gelu,
+    /// Sinusoidal units, as in a neural field (paper section 2.3).
+    Sin,
+}
+
+/// How the nets learn (DESIGN.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Learning {
+    /// Every student regresses its one-step prediction toward the detached
+    /// consensus (paper sections 7 and 12.3); nothing crosses time or locations.
+    Local,
+    /// End-to-end backpropagation through all settling iterations.
+    Bptt,
+}
+
+/// Where images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// Built-in synthetic part-whole scenes with ground-truth maps.
+    Scenes,
+    /// Fashion-MNIST from IDX files on disk.
+    FashionMnist,
+}
+
+/// Weight of one contribution at the first and at the last settling
+/// iteration; in between it is interpolated linearly (paper section 9.1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ramp(pub f64, pub f64);
+
+impl Ramp {
+    /// The value at iteration `t` of `iterations`.
+    pub fn at(&self, t: usize, iterations: usize) -> f64 {
+        if iterations <= 1 {
+            return self.0;
+        }
+        let f = t as f64 / (iterations - 1) as f64;
+        self.0 + (self.1 - self.0) * f
+    }
+}
+
+/// Weights of the four contributions over the settling iterations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub bottom_up: Ramp,
+    pub top_down: Ramp,
+    pub previous: Ramp,
+    pub lateral: Ramp,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            bottom_up: Ramp(1.0, 0.4),
+            top_down: Ramp(0.1, 0.5),
+            previous: Ramp(0.5, 0.5),
+            lateral: Ramp(0.3, 1.0),
+        }
+    }
+}
+
+/// The GLOM architecture (DESIGN.md section 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Number of levels K (sub-part ... scene).
+    pub levels: usize,
+    /// Embedding dimension d of every level.
+    pub dim: usize,
+    /// Hidden width of every MLP.
+    pub hidden: usize,
+    /// Side of the square patch each location sees, in pixels.
+    pub patch: usize,
+    /// Settling iterations T per image.
+    pub iterations: usize,
+    pub weights: WeightMode,
+    pub init: InitMode,
+    pub bottom_up_activation: Activation,
+    pub top_down_activation: Activation,
+    /// Give the shared top-down net a sinusoidal code of its location
+    /// (shared mode only: per-location nets know where they are).
+    pub location_code: bool,
+    /// Size of that code (a multiple of 4).
+    pub location_code_dim: usize,
+    /// Neighbours each location attends to, at every level.
+    pub neighbours: usize,
+    /// Width (grid cells) of the neighbour-sampling gaussian at the bottom
+    /// and top level; geometric in between (paper section 6).
+    pub neighbour_sigma: [f64; 2],
+    /// Neighbours are drawn within this many sigmas (bounds the halo).
+    pub neighbour_cutoff: f64,
+    /// Inverse temperature of lateral attention at the bottom and top level,
+    /// per unit of cosine similarity; geometric in between.
+    pub beta: [f64; 2],
+    /// Factor by which beta rises from the first to the last iteration.
+    pub beta_rise: f64,
+    pub schedule: ScheduleConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            levels: 5,
+            dim: 32,
+            hidden: 64,
+            patch: 4,
+            iterations: 6,
+            weights: WeightMode::PerLocation,
+            init: InitMode::Common,
+            bottom_up_activation: Activation::Gelu,
+            top_down_activation: Activation::Gelu,
+            location_code: true,
+            location_code_dim: 8,
+            neighbours: 8,
+            neighbour_sigma: [1.0, 4.0],
+            neighbour_cutoff: 2.5,
+            beta: [4.0, 8.0],
+            beta_rise: 2.0,
+            schedule: ScheduleConfig::default(),
+        }
+    }
+}
+
+/// Training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub learning: Learning,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Fraction of patches hidden from the front end (masked reconstruction).
+    pub mask_fraction: f64,
+    /// Weight of the reconstruction term on masked patches.
+    pub recon_weight: f64,
+    /// Relative weight of reconstruction on visible patches.
+    pub recon_visible_weight: f64,
+    /// Weight of the distillation terms (bottom-up and top-down students
+    /// toward the consensus).
+    pub distill_weight: f64,
+    /// Weight of the awake negative (hinge) term; 0 = positive-only.
+    pub negative_weight: f64,
+    /// Cosine similarity above which a negative pair is penalised.
+    pub negative_margin: f64,
+    /// Log a metrics record every this many steps.
+    pub log_every: u64,
+    /// Embeddings per level sampled for the collapse measures.
+    pub rank_sample: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 300,
+            batch_size: 16,
+            learning: Learning::Local,
+            learning_rate: 2e-3,
+            weight_decay: 0.0,
+            mask_fraction: 0.3,
+            recon_weight: 1.0,
+            recon_visible_weight: 0.25,
+            distill_weight: 1.0,
+            negative_weight: 0.0,
+            negative_margin: 0.2,
+            log_every: 10,
+            rank_sample: 256,
+        }
+    }
+}
+
+/// Data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub source: DataSource,
+    /// Directory of the Fashion-MNIST IDX files.
+    pub path: String,
+    /// Side of a synthetic scene in pixels.
+    pub image_size: usize,
+    /// Images in the synthetic training split.
+    pub train_images: usize,
+    pub min_objects: usize,
+    pub max_objects: usize,
+    /// Seeds of the training and held-out splits (fixed apart from the run
+    /// seed, so runs with different seeds see the same data).
+    pub train_seed: u64,
+    pub eval_seed: u64,
+    /// Keep only the first n training images of a file-based dataset (0 = all).
+    pub train_limit: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: DataSource::Scenes,
+            path: "/usr/share/datasets/fashion-mnist".into(),
+            image_size: 32,
+            train_images: 20_000,
+            min_objects: 1,
+            max_objects: 3,
+            train_seed: 1,
+            eval_seed: 2,
+            train_limit: 0,
+        }
+    }
+}
+
+/// Evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Held-out images for reconstruction and islands.
+    pub images: usize,
+    /// Cosine distance under which vectors join the same island.
+    pub island_threshold: f64,
+    /// Images for the linear probe: this many from the training split to fit
+    /// it and this many held-out to test it.
+    pub probe_images: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            images: 128,
+            island_threshold: 0.3,
+            probe_images: 1000,
+        }
+    }
+}
+
+/// Checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Write a checkpoint every this many steps (0 = only the final one).
+    pub every_steps: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { every_steps: 100 }
+    }
+}
+
+fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(key, message()))
+    }
+}
+
+fn finite_nonneg(x: f64, key: &str) -> Result<()> {
+    check(x.is_finite() && x >= 0.0, key, || {
+        format!("{x} must be a finite number >= 0")
+    })
+}
+
+impl Config {
+    /// Check every value; the error names the first offending key.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        check(m.levels >= 1, "model.levels", || {
+            format!("{} must be at least 1", m.levels)
+        })?;
+        check(m.levels <= 16, "model.levels", || {
+            format!("{} is more than 16", m.levels)
+        })?;
+        check(m.dim >= 2, "model.dim", || {
+            format!("{} must be at least 2", m.dim)
+        })?;
+        check(m.hidden >= 1, "model.hidden", || {
+            format!("{} must be positive", m.hidden)
+        })?;
+        check(m.patch >= 1, "model.patch", || {
+            format!("{} must be positive", m.patch)
+        })?;
+        check(m.iterations >= 1, "model.iterations", || {
+            format!("{} must be at least 1", m.iterations)
+        })?;
+        check(
+            m.location_code_dim % 4 == 0,
+            "model.location_code_dim",
+            || format!("{} must be a multiple of 4", m.location_code_dim),
+        )?;
+        check(m.neighbours >= 1, "model.neighbours", || {
+            format!("{} must be positive", m.neighbours)
+        })?;
+        for (i, s) in m.neighbour_sigma.iter().enumerate() {
+            check(s.is_finite() && *s > 0.0, "model.neighbour_sigma", || {
+                format!("entry {i} = {s} must be > 0")
+            })?;
+        }
+        check(
+            m.neighbour_cutoff.is_finite() && m.neighbour_cutoff >= 1.0,
+            "model.neighbour_cutoff",
+            || format!("{} must be >= 1", m.neighbour_cutoff),
+        )?;
+        for (i, b) in m.beta.iter().enumerate() {
+            check(b.is_finite() && *b >= 0.0, "model.beta", || {
+                format!("entry {i} = {b} must be >= 0")
+            })?;
+        }
+        check(
+            m.beta_rise.is_finite() && m.beta_rise > 0.0,
+            "model.beta_rise",
+            || format!("{} must be > 0", m.beta_rise),
+        )?;
+        let s = &m.schedule;
+        for (key, r) in [
+            ("model.schedule.bottom_up", s.bottom_up),
+            ("model.schedule.top_down", s.top_down),
+            ("model.schedule.previous", s.previous),
+            ("model.schedule.lateral", s.lateral),
+        ] {
+            finite_nonneg(r.0, key)?;
+            finite_nonneg(r.1, key)?;
+        }
+        for t in 0..m.iterations {
+            let total = s.bottom_up.at(t, m.iterations)
+                + s.previous.at(t, m.iterations)
+                + s.lateral.at(t, m.iterations);
+            check(total > 0.0, "model.schedule", || {
+                format!("the weights of bottom_up, previous and lateral sum to 0 at iteration {t}")
+            })?;
+        }
+
+        let t = &self.train;
+        check(t.batch_size >= 1, "train.batch_size", || {
+            format!("{} must be positive", t.batch_size)
+        })?;
+        check(
+            t.learning_rate.is_finite() && t.learning_rate > 0.0,
+            "train.learning_rate",
+            || format!("{} must be > 0", t.learning_rate),
+        )?;
+        finite_nonneg(t.weight_decay, "train.weight_decay")?;
+        check(
+            (0.0..1.0).contains(&t.mask_fraction),
+            "train.mask_fraction",
+            || format!("{} must be in [0, 1)", t.mask_fraction),
+        )?;
+        finite_nonneg(t.recon_weight, "train.recon_weight")?;
+        finite_nonneg(t.recon_visible_weight, "train.recon_visible_weight")?;
+        finite_nonneg(t.distill_weight, "train.distill_weight")?;
+        finite_nonneg(t.negative_weight, "train.negative_weight")?;
+        check(
+            (-1.0..=1.0).contains(&t.negative_margin),
+            "train.negative_margin",
+            || format!("{} must be in [-1, 1]", t.negative_margin),
+        )?;
+        check(t.log_every >= 1, "train.log_every", || {
+            format!("{} must be positive", t.log_every)
+        })?;
+        check(t.rank_sample >= 2, "train.rank_sample", || {
+            format!("{} must be at least 2", t.rank_sample)
+        })?;
+
+        let d = &self.data;
+        if d.source == DataSource::Scenes {
+            check(d.image_size >= m.patch, "data.image_size", || {
+                format!("{} is smaller than model.patch = {}", d.image_size, m.patch)
+            })?;
+            check(d.image_size % m.patch == 0, "data.image_size", || {
+                format!(
+                    "{} is not a multiple of model.patch = {}",
+                    d.image_size, m.patch
+                )
+            })?;
+            check(d.train_images >= 1, "data.train_images", || {
+                "must be positive".into()
+            })?;
+            check(
+                d.min_objects >= 1 && d.min_objects <= d.max_objects,
+                "data.min_objects",
+                || {
+                    format!(
+                        "{} must be in 1..=data.max_objects ({})",
+                        d.min_objects, d.max_objects
+                    )
+                },
+            )?;
+            check(d.max_objects <= 8, "data.max_objects", || {
+                format!("{} is more than 8", d.max_objects)
+            })?;
+        } else {
+            check(28 % m.patch == 0, "model.patch", || {
+                format!(
+                    "{} does not divide the 28-pixel Fashion-MNIST images",
+                    m.patch
+                )
+            })?;
+            check(!d.path.is_empty(), "data.path", || {
+                "must not be empty".into()
+            })?;
+        }
+        check(self.eval.images >= 1, "eval.images", || {
+            "must be positive".into()
+        })?;
+        check(
+            self.eval.island_threshold.is_finite()
+                && (0.0..=2.0).contains(&self.eval.island_threshold),
+            "eval.island_threshold",
+            || {
+                format!(
+                    "{} must be a cosine distance in [0, 2]",
+                    self.eval.island_threshold
+                )
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Side of the image in pixels for the configured data source.
+    pub fn image_side(&self) -> usize {
+        match self.data.source {
+            DataSource::Scenes => self.data.image_size,
+            DataSource::FashionMnist => 28,
+        }
+    }
+
+    /// Colour channels of the configured data source.
+    pub fn channels(&self) -> usize {
+        match self.data.source {
+            DataSource::Scenes => 3,
+            DataSource::FashionMnist => 1,
+        }
+    }
+
+    /// Locations per row and per column.
+    pub fn grid_side(&self) -> usize {
+        self.image_side() / self.model.patch
+    }
+
+    /// Stable hash of the configuration (hex SHA-256 of its JSON form). Two
+    /// processes agree on a run only when their hashes agree.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a config always serialises");
+        let digest = Sha256::digest(&json);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_key(c: &Config) -> String {
+        match c.validate() {
+            Err(Error::Config { key, .. }) => key,
+            Ok(()) => panic!("config validated"),
+        }
+    }
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = Config::default();
+        c.model.levels = 0;
+        assert_eq!(err_key(&c), "model.levels");
+        let mut c = Config::default();
+        c.model.dim = 0;
+        assert_eq!(err_key(&c), "model.dim");
+        let mut c = Config::default();
+        c.train.mask_fraction = 1.5;
+        assert_eq!(err_key(&c), "train.mask_fraction");
+        let mut c = Config::default();
+        c.data.image_size = 30;
+        assert_eq!(err_key(&c), "data.image_size");
+        let mut c = Config::default();
+        c.model.schedule.bottom_up = Ramp(-1.0, 0.0);
+        assert_eq!(err_key(&c), "model.schedule.bottom_up");
+    }
+
+    #[test]
+    fn unknown_keys_and_variants_are_refused() {
+        let e = serde_json::from_str::<Config>(r#"{"model": {"levelz": 3}}"#).unwrap_err();
+        assert!(e.to_string().contains("levelz"), "{e}");
+        let e = serde_json::from_str::<Config>(r#"{"model": {"weights": "sharded"}}"#).unwrap_err();
+        assert!(e.to_string().contains("sharded"), "{e}");
+    }
+
+    #[test]
+    fn hash_changes_with_any_value() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.train.learning_rate *= 2.0;
+        assert_eq!(a.hash(), Config::default().hash());
+        assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn ramp_interpolates() {
+        let r = Ramp(1.0, 0.0);
+        assert_eq!(r.at(0, 5), 1.0);
+        assert_eq!(r.at(4, 5), 0.0);
+        assert_eq!(r.at(2, 5), 0.5);
+        assert_eq!(r.at(0, 1), 1.0);
+    }
+}

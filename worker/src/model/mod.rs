@@ -1,0 +1,422 @@
+//! The GLOM engine: settling a tile of columns (DESIGN.md section 1).
+//!
+//! At settling iteration t the level-l embedding of location x becomes the
+//! layer-normalised, weighted mean of four contributions, all read at t:
+//! bottom-up `BU[l,x](e[l-1,x])` (level 0: the front end on the pixels),
+//! top-down `TD[l,x](e[l+1,x])` (absent at the top), the previous state
+//! `e[l,x]`, and lateral attention over sampled neighbours (paper sections
+//! 3.4, 6 and 9.1). The engine computes one *tile* of locations given, at
+//! every iteration, the embeddings of the halo around it; on one machine the
+//! tile is the grid and the halo is empty.
+//!
+//! The state before the first iteration is one bottom-up pass:
+//! `e[0] = LN(front(pixels))`, `e[l] = LN(BU[l](e[l-1]))`.
+
+pub mod grid;
+pub mod nets;
+
+use candle_core::{DType, Device, Tensor, D};
+use glom_protocol::config::{Config, Learning, WeightMode};
+
+use crate::error::{Error, Result};
+use grid::{sample_neighbours, NeighbourSpec, Tile};
+pub use nets::{layer_norm, Mlp, Nets, ParamSet};
+
+/// How a settle is differentiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Local learning: every student's input and target are detached; only
+    /// one-step predictions carry gradients (paper section 12.3).
+    Local,
+    /// Backpropagation through every iteration.
+    Bptt,
+    /// No learning (evaluation): no loss terms are built.
+    Inference,
+}
+
+impl From<Learning> for Mode {
+    fn from(l: Learning) -> Self {
+        match l {
+            Learning::Local => Mode::Local,
+            Learning::Bptt => Mode::Bptt,
+        }
+    }
+}
+
+/// Supplies the embeddings of a tile's halo at each iteration. A
+/// distributed worker sends its boundary and receives its neighbours' here.
+pub trait HaloExchange {
+    /// Given the tile's own embeddings per level (`[P, B, d]`) at the start
+    /// of `iteration`, return the halo's per level (`[H, B, d]`, in the
+    /// order of [`Tile::halo`]).
+    fn exchange(&mut self, iteration: usize, own: &[Tensor]) -> Result<Vec<Tensor>>;
+}
+
+/// The halo of a tile that has none (the whole grid).
+pub struct NoHalo;
+
+impl HaloExchange for NoHalo {
+    fn exchange(&mut self, _iteration: usize, _own: &[Tensor]) -> Result<Vec<Tensor>> {
+        Ok(Vec::new())
+    }
+}
+
+/// Weights of the four contributions at one iteration (paper section 9.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MixWeights {
+    pub bottom_up: f64,
+    pub top_down: f64,
+    pub previous: f64,
+    pub lateral: f64,
+}
+
+impl MixWeights {
+    /// The configured schedule at iteration `t`.
+    pub fn at(cfg: &Config, t: usize) -> Self {
+        let s = &cfg.model.schedule;
+        let n = cfg.model.iterations;
+        Self {
+            bottom_up: s.bottom_up.at(t, n),
+            top_down: s.top_down.at(t, n),
+            previous: s.previous.at(t, n),
+            lateral: s.lateral.at(t, n),
+        }
+    }
+}
+
+/// The weighted mean of the contributions (before normalisation). `td` is
+/// `None` at the top level, whose weights are renormalised without it.
+pub fn mix(
+    bu: &Tensor,
+    td: Option<&Tensor>,
+    prev: &Tensor,
+    lat: &Tensor,
+    w: MixWeights,
+) -> Result<Tensor> {
+    let mut num = ((bu * w.bottom_up)? + (prev * w.previous)?)?;
+    num = (num + (lat * w.lateral)?)?;
+    let mut den = w.bottom_up + w.previous + w.lateral;
+    if let Some(td) = td {
+        num = (num + (td * w.top_down)?)?;
+        den += w.top_down;
+    }
+    Ok((num / den)?)
+}
+
+/// Lateral attention with query = key = value = the embedding (paper
+/// equation 3.1): `sum_y softmax_y(beta <e_x, e_y> / d) e_y` over the sampled
+/// neighbours. `src` is `[P + H, B, d]` (own then halo), `idx` the flattened
+/// `[P * n]` neighbour indices into it, `pad` `[P, n, 1]` holding 0 for real
+/// neighbours and a large negative number for padding. The dot product is
+/// divided by d, so beta is per unit of cosine similarity of normalised vectors.
+pub fn lateral(e: &Tensor, src: &Tensor, idx: &Tensor, pad: &Tensor, beta: f64) -> Result<Tensor> {
+    let (p, b, d) = e.dims3()?;
+    let n = idx.dim(0)? / p.max(1);
+    let g = src.index_select(idx, 0)?.reshape((p, n, b, d))?;
+    let scores = g.broadcast_mul(&e.unsqueeze(1)?)?.sum(D::Minus1)?; // [P, n, B]
+    let scores = ((scores * (beta / d as f64))?).broadcast_add(pad)?;
+    let w = candle_nn::ops::softmax(&scores, 1)?;
+    Ok(g.broadcast_mul(&w.unsqueeze(D::Minus1)?)?.sum(1)?)
+}
+
+/// Neighbour index tensors for one settle: per level, the flattened indices
+/// into own-then-halo order and the padding mask.
+struct NeighbourTensors {
+    idx: Vec<Tensor>,
+    pad: Vec<Tensor>,
+}
+
+/// Result of settling a batch on a tile.
+#[derive(Debug)]
+pub struct Settled {
+    /// Final embedding of every level, `[P, B, d]` (detached in local mode).
+    pub levels: Vec<Tensor>,
+    /// Reconstructed pixels of every patch, `[P, B, pixels]`, from the
+    /// settled level 0.
+    pub recon: Tensor,
+    /// Sum over iterations, levels, locations, images and dimensions of the
+    /// squared errors of the bottom-up (incl. front end) and top-down
+    /// students toward the detached consensus (scalars; zero in inference).
+    pub distill_bu: Tensor,
+    pub distill_td: Tensor,
+    /// Sum of the awake hinge terms (zero unless `train.negative_weight > 0`).
+    pub negative: Tensor,
+    /// Per iteration, per level: the weighted mean before normalisation and
+    /// the new state (both detached); filled when asked for.
+    pub trace: Vec<Vec<(Tensor, Tensor)>>,
+}
+
+/// A GLOM engine for one tile.
+pub struct Glom {
+    pub cfg: Config,
+    pub tile: Tile,
+    pub nets: Nets,
+    pub params: ParamSet,
+    device: Device,
+    dtype: DType,
+    /// `[P, 1, code]` location code of the shared top-down net, if used.
+    code: Option<Tensor>,
+    specs: Vec<NeighbourSpec>,
+}
+
+impl Glom {
+    /// A freshly initialised engine for `tile` (validates `cfg`).
+    pub fn new(cfg: &Config, tile: Tile, device: &Device, dtype: DType) -> Result<Self> {
+        cfg.validate()?;
+        let side = cfg.grid_side();
+        if tile.grid.rows != side || tile.grid.cols != side {
+            return Err(Error::Shape(format!(
+                "tile grid {}x{} does not match the configured {side}x{side} grid",
+                tile.grid.rows, tile.grid.cols
+            )));
+        }
+        let m = &cfg.model;
+        let use_code =
+            m.weights == WeightMode::Shared && m.location_code && m.location_code_dim > 0;
+        let code_dim = if use_code { m.location_code_dim } else { 0 };
+        let (nets, params) = Nets::build(cfg, &tile.locs, code_dim, device, dtype)?;
+        let code = if use_code {
+            Some(nets::location_code(
+                tile.grid, &tile.locs, code_dim, device, dtype,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            specs: neighbour_specs(cfg),
+            tile,
+            nets,
+            params,
+            device: device.clone(),
+            dtype,
+            code,
+        })
+    }
+
+    /// The device tensors live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The floating-point type of the parameters.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The neighbour-sampling gaussian of every level.
+    pub fn neighbour_specs(&self) -> &[NeighbourSpec] {
+        &self.specs
+    }
+
+    /// Inverse temperature of lateral attention at `level`, iteration `t`.
+    pub fn beta(&self, level: usize, t: usize) -> f64 {
+        let m = &self.cfg.model;
+        let base = geometric(m.beta[0], m.beta[1], level, m.levels);
+        let rise = if m.iterations > 1 {
+            t as f64 / (m.iterations - 1) as f64
+        } else {
+            0.0
+        };
+        base * (1.0 + (m.beta_rise - 1.0) * rise)
+    }
+
+    fn neighbour_tensors(&self, step_key: u64) -> Result<NeighbourTensors> {
+        let p = self.tile.locs.len();
+        let (mut idx, mut pad) = (Vec::new(), Vec::new());
+        for (level, spec) in self.specs.iter().enumerate() {
+            let n = spec.count;
+            let mut ids = Vec::with_capacity(p * n);
+            let mut mask = Vec::with_capacity(p * n);
+            for (i, &g) in self.tile.locs.iter().enumerate() {
+                let nb = sample_neighbours(self.tile.grid, g, spec, self.cfg.seed, step_key, level);
+                for k in 0..n {
+                    match nb.get(k) {
+                        Some(&y) => {
+                            let local = self.tile.local_index(y).ok_or_else(|| {
+                                Error::Shape(format!("neighbour {y} of location {g} is outside the tile and its halo"))
+                            })?;
+                            ids.push(local as u32);
+                            mask.push(0f32);
+                        }
+                        // Padding: attend to itself, masked out unless the
+                        // location has no neighbour at all (a 1x1 grid).
+                        None => {
+                            ids.push(i as u32);
+                            mask.push(if nb.is_empty() && k == 0 { 0.0 } else { -1e9 });
+                        }
+                    }
+                }
+            }
+            idx.push(Tensor::from_vec(ids, p * n, &self.device)?);
+            pad.push(Tensor::from_vec(mask, (p, n, 1), &self.device)?.to_dtype(self.dtype)?);
+        }
+        Ok(NeighbourTensors { idx, pad })
+    }
+
+    /// Settle a batch: `patches` is `[P, B, pixels]` (masked where hidden),
+    /// `step_key` keys the neighbour draws (the training step; a fixed key
+    /// for evaluation). `negative` enables the awake hinge term at `margin`.
+    pub fn settle(
+        &self,
+        patches: &Tensor,
+        step_key: u64,
+        mode: Mode,
+        halo: &mut dyn HaloExchange,
+        want_trace: bool,
+    ) -> Result<Settled> {
+        let m = &self.cfg.model;
+        let k = m.levels;
+        let nb = self.neighbour_tensors(step_key)?;
+        let local = mode != Mode::Bptt;
+        let learn = mode != Mode::Inference;
+        let detach = |t: Tensor| if local { t.detach() } else { t };
+        let negative_on = learn && self.cfg.train.negative_weight > 0.0;
+        let zero = Tensor::zeros((), self.dtype, &self.device)?;
+        let (mut d_bu, mut d_td, mut neg) = (zero.clone(), zero.clone(), zero.clone());
+
+        // Initial state: one bottom-up pass.
+        let mut e = Vec::with_capacity(k);
+        e.push(detach(layer_norm(&self.nets.front.forward(patches)?)?));
+        for l in 1..k {
+            let up = self.nets.bottom_up[l - 1].forward(&e[l - 1])?;
+            e.push(detach(layer_norm(&up)?));
+        }
+
+        let mut recon_src = None;
+        let mut trace = Vec::new();
+        for t in 0..m.iterations {
+            let w = MixWeights::at(&self.cfg, t);
+            let halo_e = halo.exchange(t, &e)?;
+            let mut new = Vec::with_capacity(k);
+            let mut step_trace = Vec::new();
+            for l in 0..k {
+                let bu = if l == 0 {
+                    self.nets.front.forward(patches)?
+                } else {
+                    self.nets.bottom_up[l - 1].forward(&e[l - 1])?
+                };
+                let td = if l + 1 < k {
+                    let input = match &self.code {
+                        Some(code) => {
+                            let (p, b, _) = e[l + 1].dims3()?;
+                            let c = code.broadcast_as((p, b, code.dim(2)?))?;
+                            Tensor::cat(&[&e[l + 1], &c], 2)?
+                        }
+                        None => e[l + 1].clone(),
+                    };
+                    Some(self.nets.top_down[l].forward(&input)?)
+                } else {
+                    None
+                };
+                let src = match halo_e.get(l) {
+                    Some(h) if h.dim(0)? > 0 => Tensor::cat(&[&e[l], h], 0)?,
+                    _ => e[l].clone(),
+                };
+                let lat = lateral(&e[l], &src, &nb.idx[l], &nb.pad[l], self.beta(l, t))?;
+                // In local mode only the bottom-up prediction carries a
+                // gradient into the mean: at level 0 of the last iteration
+                // that is the one step through which reconstruction trains
+                // the front end.
+                let td_mix = if local {
+                    td.as_ref().map(|x| x.detach())
+                } else {
+                    td.clone()
+                };
+                let mixed = mix(&bu, td_mix.as_ref(), &e[l], &lat, w)?;
+                let settled = layer_norm(&mixed)?;
+                if learn {
+                    let target = settled.detach();
+                    d_bu = (d_bu + (&bu - &target)?.sqr()?.sum_all()?)?;
+                    if let Some(td) = &td {
+                        d_td = (d_td + (td - &target)?.sqr()?.sum_all()?)?;
+                    }
+                    if negative_on {
+                        neg =
+                            (neg + hinge_negative(&bu, &target, self.cfg.train.negative_margin)?)?;
+                    }
+                }
+                if want_trace {
+                    step_trace.push((mixed.detach(), settled.detach()));
+                }
+                if l == 0 && t + 1 == m.iterations {
+                    recon_src = Some(settled.clone());
+                }
+                new.push(detach(settled));
+            }
+            if want_trace {
+                trace.push(step_trace);
+            }
+            e = new;
+        }
+        let recon_src = recon_src.expect("at least one iteration (validated)");
+        let recon = self.nets.decoder.forward(&recon_src)?;
+        Ok(Settled {
+            levels: e,
+            recon,
+            distill_bu: d_bu,
+            distill_td: d_td,
+            negative: neg,
+            trace,
+        })
+    }
+}
+
+/// Awake negative term: hinge on the cosine similarity between each
+/// bottom-up prediction and the consensus of an unrelated context (another
+/// image, shifted by one in the batch, at a location half the tile away),
+/// penalising only similarity above `margin` ("maintain separation", paper
+/// section 7, footnote 24). Sum over locations and images.
+fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tensor> {
+    let (p, b, _) = pred.dims3()?;
+    if b < 2 {
+        return Ok(Tensor::zeros((), pred.dtype(), pred.device())?);
+    }
+    let shift_b = Tensor::cat(
+        &[&consensus.narrow(1, 1, b - 1)?, &consensus.narrow(1, 0, 1)?],
+        1,
+    )?;
+    let half = p / 2;
+    let other = if half > 0 {
+        Tensor::cat(
+            &[
+                &shift_b.narrow(0, half, p - half)?,
+                &shift_b.narrow(0, 0, half)?,
+            ],
+            0,
+        )?
+    } else {
+        shift_b
+    };
+    let dot = (pred * &other)?.sum(D::Minus1)?;
+    let norms = (pred.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
+    let cos = (dot / (norms + 1e-6)?)?;
+    Ok((cos - margin)?.relu()?.sum_all()?)
+}
+
+/// `a` at level 0, `b` at the top, geometric in between.
+fn geometric(a: f64, b: f64, level: usize, levels: usize) -> f64 {
+    if levels <= 1 || a <= 0.0 || b <= 0.0 {
+        return if levels <= 1 {
+            a
+        } else {
+            a + (b - a) * level as f64 / (levels - 1) as f64
+        };
+    }
+    a * (b / a).powf(level as f64 / (levels - 1) as f64)
+}
+
+/// The neighbour-sampling gaussian of every level: wider at higher levels.
+pub fn neighbour_specs(cfg: &Config) -> Vec<NeighbourSpec> {
+    let m = &cfg.model;
+    (0..m.levels)
+        .map(|l| {
+            let sigma = geometric(m.neighbour_sigma[0], m.neighbour_sigma[1], l, m.levels);
+            NeighbourSpec {
+                count: m.neighbours,
+                sigma,
+                radius: (sigma * m.neighbour_cutoff).max(1.0),
+            }
+        })
+        .collect()
+}
