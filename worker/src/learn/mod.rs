@@ -132,10 +132,10 @@ pub fn objective(
         .broadcast_as(batch.target.shape())?;
     let sq = (&settled.recon - &batch.target)?.sqr()?;
     let recon = ((sq * weight)?.sum_all()? / (n * b as f64 * pix as f64))?;
-    let bu = (&settled.distill_bu / (n * b as f64 * d * t * k))?;
+    let bu = (settled.distill_bu.sum_all()? / (n * b as f64 * d * t * k))?;
     let td_count = (k - 1.0).max(1.0);
-    let td = (&settled.distill_td / (n * b as f64 * d * t * td_count))?;
-    let neg = (&settled.negative / (n * b as f64 * t * k))?;
+    let td = (settled.distill_td.sum_all()? / (n * b as f64 * d * t * td_count))?;
+    let neg = (settled.negative.sum_all()? / (n * b as f64 * t * k))?;
     let total = ((&recon * tr.recon_weight)? + ((&bu + &td)? * tr.distill_weight)?)?;
     let total = (total + (&neg * tr.negative_weight)?)?;
     let scalar = |x: &Tensor| -> Result<f64> { Ok(x.to_dtype(DType::F64)?.to_scalar::<f64>()?) };

@@ -134,12 +134,14 @@ pub struct Settled {
     /// Reconstructed pixels of every patch, `[P, B, pixels]`, from the
     /// settled level 0.
     pub recon: Tensor,
-    /// Sum over iterations, levels, locations, images and dimensions of the
-    /// squared errors of the bottom-up (incl. front end) and top-down
-    /// students toward the detached consensus (scalars; zero in inference).
+    /// Per location `[P]`: sum over iterations, levels, images and
+    /// dimensions of the squared errors of the bottom-up (incl. front end)
+    /// and top-down students toward the detached consensus (zero in
+    /// inference). Kept per location so each location's loss is its own.
     pub distill_bu: Tensor,
     pub distill_td: Tensor,
-    /// Sum of the awake hinge terms (zero unless `train.negative_weight > 0`).
+    /// Per location `[P]`: sum of the awake hinge terms (zero unless
+    /// `train.negative_weight > 0`).
     pub negative: Tensor,
     /// Per iteration, per level: the weighted mean before normalisation and
     /// the new state (both detached); filled when asked for.
@@ -272,7 +274,7 @@ impl Glom {
         let learn = mode != Mode::Inference;
         let detach = |t: Tensor| if local { t.detach() } else { t };
         let negative_on = learn && self.cfg.train.negative_weight > 0.0;
-        let zero = Tensor::zeros((), self.dtype, &self.device)?;
+        let zero = Tensor::zeros(self.tile.locs.len(), self.dtype, &self.device)?;
         let (mut d_bu, mut d_td, mut neg) = (zero.clone(), zero.clone(), zero.clone());
 
         // Initial state: one bottom-up pass.
@@ -327,9 +329,9 @@ impl Glom {
                 let settled = layer_norm(&mixed)?;
                 if learn {
                     let target = settled.detach();
-                    d_bu = (d_bu + (&bu - &target)?.sqr()?.sum_all()?)?;
+                    d_bu = (d_bu + per_location_sum(&(&bu - &target)?.sqr()?)?)?;
                     if let Some(td) = &td {
-                        d_td = (d_td + (td - &target)?.sqr()?.sum_all()?)?;
+                        d_td = (d_td + per_location_sum(&(td - &target)?.sqr()?)?)?;
                     }
                     if negative_on {
                         neg =
@@ -366,11 +368,11 @@ impl Glom {
 /// bottom-up prediction and the consensus of an unrelated context (another
 /// image, shifted by one in the batch, at a location half the tile away),
 /// penalising only similarity above `margin` ("maintain separation", paper
-/// section 7, footnote 24). Sum over locations and images.
+/// section 7, footnote 24). Sum over images, per location `[P]`.
 fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tensor> {
     let (p, b, _) = pred.dims3()?;
     if b < 2 {
-        return Ok(Tensor::zeros((), pred.dtype(), pred.device())?);
+        return Ok(Tensor::zeros(p, pred.dtype(), pred.device())?);
     }
     let shift_b = Tensor::cat(
         &[&consensus.narrow(1, 1, b - 1)?, &consensus.narrow(1, 0, 1)?],
@@ -391,7 +393,12 @@ fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tens
     let dot = (pred * &other)?.sum(D::Minus1)?;
     let norms = (pred.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
     let cos = (dot / (norms + 1e-6)?)?;
-    Ok((cos - margin)?.relu()?.sum_all()?)
+    Ok((cos - margin)?.relu()?.sum(1)?)
+}
+
+/// Sum of `[P, B, d]` over everything but the location axis: `[P]`.
+fn per_location_sum(x: &Tensor) -> Result<Tensor> {
+    Ok(x.sum(2)?.sum(1)?)
 }
 
 /// `a` at level 0, `b` at the top, geometric in between.
