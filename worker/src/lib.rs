@@ -15,6 +15,7 @@
 pub mod analysis;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod learn;
 pub mod model;
 pub mod rng;

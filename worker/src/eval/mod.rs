@@ -1,0 +1,343 @@
+//! Evaluation of a trained GLOM model: does it reconstruct, does it form
+//! islands that match parts and objects, and do its embeddings still carry
+//! class information?
+//!
+//! GLOM represents a parse tree by islands of agreement: locations whose
+//! embeddings at one level have become nearly the same vector (GLOM paper
+//! section 7). So the core measurement clusters each level of each held-out
+//! image and compares the clusters with the true part and object maps by the
+//! adjusted Rand index. Three choices follow from what such models do:
+//! - agreement can be reached by collapse (every location the same vector),
+//!   which a fixed cosine threshold reads as one island per image; so islands
+//!   are scored both with the threshold and with clustering told the true
+//!   number of segments, which still finds grouping carried by small
+//!   deviations around a common vector;
+//! - background dominates scenes, so foreground-only ARI is reported too;
+//! - lateral smoothing plus colour already groups patches in a network that
+//!   never learned anything, so every number is reported next to the same
+//!   model at its random initialisation, computed by the same code in the
+//!   same run (and the probe next to a probe on raw pixels).
+//!
+//! Reconstruction is scored on masked patches (the model must fill them in
+//! from context); islands and the probe use unmasked images. Everything is
+//! deterministic: fixed masks and neighbour draws ([`EVAL_KEY`]), fixed
+//! images (the first ones of each split) and a seeded probe.
+
+mod probe;
+mod score;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{DType, Tensor};
+use glom_protocol::config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::psnr_db;
+use crate::data::{Dataset, Image};
+use crate::error::{Error, Result};
+use crate::learn::{make_batch, EVAL_KEY};
+use crate::model::{Glom, Mode, NoHalo, Settled};
+pub use probe::raw_pixel_probe;
+use probe::{probe_count, run_probe, ProbeSet};
+pub use score::{score_image, threshold_islands, AriSet, ImageScores};
+use score::{score_levels, LevelTotals};
+
+/// Images settled together.
+const BATCH: usize = 32;
+/// Fraction of patches hidden for the reconstruction score when training
+/// hides none, so that there is something to reconstruct.
+const FALLBACK_MASK_FRACTION: f64 = 0.3;
+
+/// Everything `glom eval` reports for one model. The JSON key names are a
+/// public interface read by scripts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Reconstruction PSNR (dB) of the masked patches of the held-out images.
+    pub recon_psnr_db: f64,
+    /// Threshold-island ARI against parts, at the best level (None when
+    /// the data has no maps).
+    pub island_ari_part: Option<f64>,
+    /// Threshold-island ARI against objects, at the best level.
+    pub island_ari_object: Option<f64>,
+    /// ARI against parts of clustering told the true number of parts, best level.
+    pub island_ari_part_k: Option<f64>,
+    /// ARI against objects of clustering told the true number of objects
+    /// (background included), best level.
+    pub island_ari_object_k: Option<f64>,
+    /// Foreground-only object ARI with the true number of segments, best level.
+    pub fg_ari_object_k: Option<f64>,
+    /// Foreground-only part ARI with the true number of segments, best level.
+    pub fg_ari_part_k: Option<f64>,
+    /// The level of `island_ari_part_k`.
+    pub best_level_part: Option<usize>,
+    /// The level of `island_ari_object_k`.
+    pub best_level_object: Option<usize>,
+    /// Every score at every level (empty without maps).
+    pub island_ari_by_level: Vec<LevelAri>,
+    /// Linear-probe accuracy on the mean top-level embedding (None without labels).
+    pub probe_accuracy: Option<f64>,
+    /// Mean number of threshold islands per image, per level.
+    pub islands_per_image_by_level: Vec<f64>,
+}
+
+/// The island scores of one level, averaged over the held-out images.
+/// Foreground means are over images with at least two foreground locations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelAri {
+    pub level: usize,
+    pub part: f64,
+    pub object: f64,
+    pub part_k: f64,
+    pub object_k: f64,
+    pub fg_part: f64,
+    pub fg_object: f64,
+    pub fg_part_k: f64,
+    pub fg_object_k: f64,
+    pub islands_per_image: f64,
+}
+
+/// The full evaluation: the trained model and its baselines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    #[serde(flatten)]
+    pub trained: EvalReport,
+    pub baseline: Baseline,
+}
+
+/// What the same evaluation gives without learning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// The same model at its random initialisation.
+    #[serde(flatten)]
+    pub random_init: EvalReport,
+    /// The same linear probe on the raw pixels.
+    pub probe_accuracy_raw_pixels: Option<f64>,
+}
+
+/// Evaluate one model. `held_out` supplies the evaluation images (its
+/// first `eval.images`) and the probe's test images (its first
+/// `eval.probe_images`); `probe_train` the probe's training images (its
+/// first `eval.probe_images`). `progress(phase, images done, total)` is
+/// called after every batch.
+pub fn evaluate(
+    model: &Glom,
+    held_out: &dyn Dataset,
+    probe_train: &dyn Dataset,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<EvalReport> {
+    check_whole_grid(model)?;
+    let cfg = &model.cfg;
+    check_shape(cfg, held_out, "held-out")?;
+    check_shape(cfg, probe_train, "probe training")?;
+    let n_eval = available(held_out, cfg.eval.images);
+    let n_probe = probe_count(cfg, held_out, probe_train);
+    let (n_test, n_train) = (
+        available(held_out, n_probe),
+        available(probe_train, n_probe),
+    );
+
+    let recon_psnr_db = reconstruction_psnr(model, held_out, n_eval, progress)?;
+
+    let levels = cfg.model.levels;
+    let mut totals = vec![LevelTotals::default(); levels];
+    let mut test = ProbeSet::default();
+    batches(
+        model,
+        held_out,
+        n_eval.max(n_test),
+        "held-out embeddings",
+        progress,
+        |start, images, settled| {
+            let rows = level_rows(settled)?;
+            for (b, image) in images.iter().enumerate() {
+                if start + b < n_eval {
+                    score_levels(cfg, &rows, b, images.len(), image, &mut totals);
+                }
+            }
+            test.extend(settled, images, n_test.saturating_sub(start))
+        },
+    )?;
+
+    let mut train = ProbeSet::default();
+    batches(
+        model,
+        probe_train,
+        n_train,
+        "probe training embeddings",
+        progress,
+        |_, images, settled| train.extend(settled, images, images.len()),
+    )?;
+
+    let mut report = EvalReport {
+        recon_psnr_db,
+        island_ari_part: None,
+        island_ari_object: None,
+        island_ari_part_k: None,
+        island_ari_object_k: None,
+        fg_ari_object_k: None,
+        fg_ari_part_k: None,
+        best_level_part: None,
+        best_level_object: None,
+        island_ari_by_level: Vec::new(),
+        probe_accuracy: None,
+        islands_per_image_by_level: Vec::new(),
+    };
+    score::fill_islands(&mut report, &totals);
+    report.probe_accuracy = run_probe(cfg, held_out, &train, &test, cfg.model.dim);
+    Ok(report)
+}
+
+/// The trained model, the same model at random initialisation (built here
+/// from the configuration and seed, so exactly the weights training started
+/// from) and the raw-pixel probe.
+pub fn evaluate_with_baseline(
+    model: &Glom,
+    held_out: &dyn Dataset,
+    probe_train: &dyn Dataset,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Evaluation> {
+    let trained = evaluate(model, held_out, probe_train, &mut |phase, done, total| {
+        progress(&format!("trained: {phase}"), done, total)
+    })?;
+    let init = Glom::new(
+        &model.cfg,
+        model.tile.clone(),
+        model.device(),
+        model.dtype(),
+    )?;
+    let random_init = evaluate(&init, held_out, probe_train, &mut |phase, done, total| {
+        progress(&format!("random init: {phase}"), done, total)
+    })?;
+    Ok(Evaluation {
+        trained,
+        baseline: Baseline {
+            random_init,
+            probe_accuracy_raw_pixels: raw_pixel_probe(&model.cfg, held_out, probe_train),
+        },
+    })
+}
+
+fn check_whole_grid(model: &Glom) -> Result<()> {
+    let tile = &model.tile;
+    if tile.halo.is_empty() && tile.locs.iter().copied().eq(0..tile.grid.len()) {
+        return Ok(());
+    }
+    Err(Error::Shape(format!(
+        "evaluation needs a model of the whole {}x{} grid, got a tile of {} locations",
+        tile.grid.rows,
+        tile.grid.cols,
+        tile.locs.len()
+    )))
+}
+
+fn check_shape(cfg: &Config, data: &dyn Dataset, what: &str) -> Result<()> {
+    let s = data.shape();
+    let side = cfg.image_side();
+    if s.channels == cfg.channels() && s.height == side && s.width == side {
+        return Ok(());
+    }
+    Err(Error::Shape(format!(
+        "{what} images are {}x{}x{}, the configuration expects {}x{side}x{side}",
+        s.channels,
+        s.height,
+        s.width,
+        cfg.channels()
+    )))
+}
+
+/// The first `want` images, or all of them when the dataset has fewer (a
+/// dataset of length 0 generates images for any index).
+fn available(data: &dyn Dataset, want: usize) -> usize {
+    if data.is_empty() {
+        want
+    } else {
+        want.min(data.len())
+    }
+}
+
+/// Settle `count` images of `data` (unmasked) in batches and hand each
+/// batch to `each(first index, images, settled)`.
+fn batches(
+    model: &Glom,
+    data: &dyn Dataset,
+    count: usize,
+    phase: &str,
+    progress: &mut dyn FnMut(&str, usize, usize),
+    mut each: impl FnMut(usize, &[Image], &Settled) -> Result<()>,
+) -> Result<()> {
+    for start in (0..count).step_by(BATCH) {
+        let images: Vec<Image> = (start..count.min(start + BATCH))
+            .map(|i| data.get(i))
+            .collect();
+        let batch = make_batch(
+            &model.cfg,
+            &images,
+            &model.tile.locs,
+            EVAL_KEY,
+            0.0,
+            model.device(),
+            model.dtype(),
+        )?;
+        let settled = model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, false)?;
+        each(start, &images, &settled)?;
+        progress(phase, start + images.len(), count);
+    }
+    Ok(())
+}
+
+/// PSNR of the reconstruction of the hidden patches of the first `count`
+/// images (of every patch if none happens to be hidden).
+fn reconstruction_psnr(
+    model: &Glom,
+    data: &dyn Dataset,
+    count: usize,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<f64> {
+    let cfg = &model.cfg;
+    let fraction = if cfg.train.mask_fraction > 0.0 {
+        cfg.train.mask_fraction
+    } else {
+        FALLBACK_MASK_FRACTION
+    };
+    let (mut hidden_sq, mut hidden_n, mut all_sq, mut all_n) = (0f64, 0f64, 0f64, 0f64);
+    let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_scalar::<f64>()?) };
+    for start in (0..count).step_by(BATCH) {
+        let images: Vec<Image> = (start..count.min(start + BATCH))
+            .map(|i| data.get(i))
+            .collect();
+        let batch = make_batch(
+            cfg,
+            &images,
+            &model.tile.locs,
+            EVAL_KEY,
+            fraction,
+            model.device(),
+            model.dtype(),
+        )?;
+        let settled = model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, false)?;
+        let sq = (&settled.recon - &batch.target)?
+            .sqr()?
+            .to_dtype(DType::F64)?;
+        let hidden = batch.hidden.to_dtype(DType::F64)?;
+        hidden_sq += scalar(sq.broadcast_mul(&hidden)?.sum_all()?)?;
+        hidden_n += scalar(hidden.sum_all()?)? * sq.dim(2)? as f64;
+        all_sq += scalar(sq.sum_all()?)?;
+        all_n += sq.elem_count() as f64;
+        progress("reconstruction", start + images.len(), count);
+    }
+    let mse = if hidden_n > 0.0 {
+        hidden_sq / hidden_n
+    } else {
+        all_sq / all_n.max(1.0)
+    };
+    Ok(psnr_db(mse))
+}
+
+/// Every level of a settled batch as `f32` values in `[P, B, d]` order.
+fn level_rows(settled: &Settled) -> Result<Vec<Vec<f32>>> {
+    settled
+        .levels
+        .iter()
+        .map(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
+        .collect()
+}

@@ -1,0 +1,272 @@
+//! Scoring the islands of one image at one level, on plain numbers, and
+//! averaging those scores over images.
+//!
+//! The vectors of one image are centred first (the per-image mean removed),
+//! because a component that every location shares says nothing about
+//! grouping and would otherwise merge everything under a fixed threshold.
+//! Two clusterings are then scored:
+//! - *threshold islands*: average-linkage merging while the cosine distance
+//!   stays under `eval.island_threshold`; this is the paper's notion of an
+//!   island of agreement and is scored against both the part and the object map;
+//! - *k clusters*: the same merging stopped at the true number of segments
+//!   of the map it is scored against. It shows whether grouping information
+//!   survives as small deviations even when the vectors have drifted
+//!   together and the threshold sees a single island.
+//!
+//! Foreground-only scores restrict the same clusterings to the locations
+//! whose object id is not background, because on scenes with a large
+//! background the ARI mostly measures foreground vs background.
+
+use std::collections::BTreeSet;
+
+use glom_protocol::config::Config;
+
+use super::{EvalReport, LevelAri};
+use crate::analysis::{adjusted_rand_index, agglomerate, center_rows, Stop};
+use crate::data::{patch_majority, Image};
+
+/// The four agreement scores of one image (or their mean over images).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AriSet {
+    /// Threshold islands vs the part map.
+    pub part: f64,
+    /// Threshold islands vs the object map.
+    pub object: f64,
+    /// Clustering into as many clusters as the part map has segments, vs it.
+    pub part_k: f64,
+    /// Clustering into as many clusters as the object map has segments, vs it.
+    pub object_k: f64,
+}
+
+impl AriSet {
+    fn add(&mut self, other: &AriSet) {
+        self.part += other.part;
+        self.object += other.object;
+        self.part_k += other.part_k;
+        self.object_k += other.object_k;
+    }
+
+    fn scaled(&self, by: f64) -> AriSet {
+        AriSet {
+            part: self.part * by,
+            object: self.object * by,
+            part_k: self.part_k * by,
+            object_k: self.object_k * by,
+        }
+    }
+}
+
+/// Scores of one image at one level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageScores {
+    /// Number of threshold islands.
+    pub islands: usize,
+    /// ARI over all locations.
+    pub all: AriSet,
+    /// ARI over the foreground locations only; `None` when the image has
+    /// fewer than two of them.
+    pub fg: Option<AriSet>,
+}
+
+/// Threshold islands of one image: labels `0..m`, one per location, for
+/// `vectors` holding one row of `dim` values per location.
+pub fn threshold_islands(vectors: &[f32], dim: usize, threshold: f64) -> Vec<usize> {
+    agglomerate(
+        &center_rows(vectors, dim),
+        dim,
+        Stop::Threshold(threshold as f32),
+    )
+}
+
+/// Score the embedding field of one image at one level against its
+/// location-level part and object maps (one id per location, 0 = background).
+///
+/// # Panics
+/// When the maps do not have one id per row of `vectors`.
+pub fn score_image(
+    vectors: &[f32],
+    dim: usize,
+    part_loc: &[u16],
+    object_loc: &[u16],
+    threshold: f64,
+) -> ImageScores {
+    let centred = center_rows(vectors, dim);
+    let n = centred.len() / dim.max(1);
+    assert!(
+        part_loc.len() == n && object_loc.len() == n,
+        "score_image: {n} locations but maps of {} and {} ids",
+        part_loc.len(),
+        object_loc.len()
+    );
+    let islands = agglomerate(&centred, dim, Stop::Threshold(threshold as f32));
+    let by_parts = agglomerate(&centred, dim, Stop::Clusters(segments(part_loc)));
+    let by_objects = agglomerate(&centred, dim, Stop::Clusters(segments(object_loc)));
+    let part: Vec<usize> = part_loc.iter().map(|&id| usize::from(id)).collect();
+    let object: Vec<usize> = object_loc.iter().map(|&id| usize::from(id)).collect();
+
+    let scores_on = |keep: &[usize]| {
+        let ari = |found: &[usize], truth: &[usize]| {
+            let pick = |labels: &[usize]| keep.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+            adjusted_rand_index(&pick(found), &pick(truth))
+        };
+        AriSet {
+            part: ari(&islands, &part),
+            object: ari(&islands, &object),
+            part_k: ari(&by_parts, &part),
+            object_k: ari(&by_objects, &object),
+        }
+    };
+    let all: Vec<usize> = (0..n).collect();
+    let foreground: Vec<usize> = (0..n).filter(|&i| object_loc[i] != 0).collect();
+    ImageScores {
+        islands: count_labels(&islands),
+        all: scores_on(&all),
+        fg: (foreground.len() >= 2).then(|| scores_on(&foreground)),
+    }
+}
+
+/// Number of distinct ids in a map.
+fn segments(ids: &[u16]) -> usize {
+    ids.iter().collect::<BTreeSet<_>>().len()
+}
+
+/// Number of clusters of a labelling numbered `0..m`.
+fn count_labels(labels: &[usize]) -> usize {
+    labels.iter().max().map_or(0, |&m| m + 1)
+}
+
+/// Running sums of one level's scores over images.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LevelTotals {
+    /// Images whose islands were counted.
+    images: usize,
+    islands: usize,
+    /// Images scored against maps.
+    scored: usize,
+    all: AriSet,
+    /// Images with a foreground score.
+    fg_images: usize,
+    fg: AriSet,
+}
+
+impl LevelTotals {
+    /// Count the islands of an image without maps.
+    pub(crate) fn add_islands(&mut self, islands: usize) {
+        self.images += 1;
+        self.islands += islands;
+    }
+
+    /// Add the scores of an image with maps.
+    pub(crate) fn add(&mut self, s: &ImageScores) {
+        self.add_islands(s.islands);
+        self.scored += 1;
+        self.all.add(&s.all);
+        if let Some(fg) = &s.fg {
+            self.fg_images += 1;
+            self.fg.add(fg);
+        }
+    }
+
+    pub(crate) fn islands_per_image(&self) -> f64 {
+        mean(self.islands as f64, self.images)
+    }
+
+    /// Mean scores; foreground means are 0 when no image had a foreground.
+    fn level_ari(&self, level: usize) -> LevelAri {
+        let all = self.all.scaled(mean(1.0, self.scored));
+        let fg = self.fg.scaled(mean(1.0, self.fg_images));
+        LevelAri {
+            level,
+            part: all.part,
+            object: all.object,
+            part_k: all.part_k,
+            object_k: all.object_k,
+            fg_part: fg.part,
+            fg_object: fg.object,
+            fg_part_k: fg.part_k,
+            fg_object_k: fg.object_k,
+            islands_per_image: self.islands_per_image(),
+        }
+    }
+}
+
+fn mean(sum: f64, count: usize) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        sum / count as f64
+    }
+}
+
+/// Fill the island fields of `report` from per-level totals: per-level
+/// means, the best level of each score (ties: the lowest level) and the
+/// island counts. ARI fields stay `None` when no image had maps, and the
+/// foreground ones when no image had a foreground.
+pub(crate) fn fill_islands(report: &mut EvalReport, totals: &[LevelTotals]) {
+    report.islands_per_image_by_level = totals.iter().map(|t| t.islands_per_image()).collect();
+    if totals.is_empty() || totals.iter().any(|t| t.scored == 0) {
+        return;
+    }
+    let levels: Vec<LevelAri> = totals
+        .iter()
+        .enumerate()
+        .map(|(l, t)| t.level_ari(l))
+        .collect();
+    let best = |f: fn(&LevelAri) -> f64| {
+        let mut arg = 0;
+        for (l, v) in levels.iter().enumerate() {
+            if f(v) > f(&levels[arg]) {
+                arg = l;
+            }
+        }
+        (arg, f(&levels[arg]))
+    };
+    let (lp, part_k) = best(|v| v.part_k);
+    let (lo, object_k) = best(|v| v.object_k);
+    report.island_ari_part = Some(best(|v| v.part).1);
+    report.island_ari_object = Some(best(|v| v.object).1);
+    report.island_ari_part_k = Some(part_k);
+    report.island_ari_object_k = Some(object_k);
+    report.best_level_part = Some(lp);
+    report.best_level_object = Some(lo);
+    if totals.iter().all(|t| t.fg_images > 0) {
+        report.fg_ari_part_k = Some(best(|v| v.fg_part_k).1);
+        report.fg_ari_object_k = Some(best(|v| v.fg_object_k).1);
+    }
+    report.island_ari_by_level = levels;
+}
+
+/// Add image `b` (of a batch of `batch_len`) to the per-level totals.
+pub(crate) fn score_levels(
+    cfg: &Config,
+    rows: &[Vec<f32>],
+    b: usize,
+    batch_len: usize,
+    image: &Image,
+    totals: &mut [LevelTotals],
+) {
+    let (side, patch, dim) = (cfg.image_side(), cfg.model.patch, cfg.model.dim);
+    let maps = match (&image.part_map, &image.object_map) {
+        (Some(p), Some(o)) => Some((
+            patch_majority(p, side, side, patch),
+            patch_majority(o, side, side, patch),
+        )),
+        _ => None,
+    };
+    let locations = rows.first().map_or(0, |r| r.len() / (batch_len * dim));
+    for (level, level_rows) in rows.iter().enumerate() {
+        let mut vectors = Vec::with_capacity(locations * dim);
+        for p in 0..locations {
+            let at = (p * batch_len + b) * dim;
+            vectors.extend_from_slice(&level_rows[at..at + dim]);
+        }
+        let threshold = cfg.eval.island_threshold;
+        match &maps {
+            Some((part, object)) => {
+                totals[level].add(&score_image(&vectors, dim, part, object, threshold))
+            }
+            None => totals[level]
+                .add_islands(count_labels(&threshold_islands(&vectors, dim, threshold))),
+        }
+    }
+}
