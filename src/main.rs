@@ -1,1 +1,95 @@
-fn main() {}
+//! `glom`: train, evaluate and inspect GLOM models.
+//!
+//! # Layout
+//! - [`settings`]: configuration layers (embedded default, file, env, `--set`).
+//! - [`run`]: datasets and models built from a configuration; run directories.
+//! - [`train`]: `glom train`.
+//! - [`evaluate`]: `glom eval`.
+
+mod evaluate;
+mod run;
+mod settings;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// GLOM (Hinton 2021) as a co-distillation trainer.
+#[derive(Parser)]
+#[command(name = "glom", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the configuration comes from.
+#[derive(Args, Clone, Default)]
+pub(crate) struct ConfigArgs {
+    /// TOML config file layered over the embedded default (configs/default.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. `--set train.steps=20` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model, write checkpoints and metrics, then evaluate it.
+    Train {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Run directory (default: runs/<UTC timestamp>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Skip the evaluation at the end.
+        #[arg(long)]
+        no_eval: bool,
+    },
+    /// Evaluate a checkpoint against the same model at random initialisation.
+    Eval {
+        /// Checkpoint directory (e.g. runs/X/checkpoints/final).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Override evaluation keys, e.g. `--set eval.images=64` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = dispatch(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            config,
+            out,
+            no_eval,
+        } => {
+            let cfg = settings::load(config.config.as_deref(), &config.sets)?;
+            train::run(cfg, out, !no_eval)
+        }
+        Command::Eval {
+            checkpoint,
+            json,
+            sets,
+        } => evaluate::run(&checkpoint, json, &sets),
+    }
+}

@@ -4,10 +4,12 @@
 //!
 //! # Layout
 //! - [`config`]: the run configuration (TOML schema), defaults, validation.
+//! - [`manifest`]: the manifest of a checkpoint directory.
 //! - [`error`]: [`Error`] and [`Result`].
 
 pub mod config;
 pub mod error;
+pub mod manifest;
 
 pub use config::Config;
 pub use error::{Error, Result};

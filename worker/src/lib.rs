@@ -13,6 +13,7 @@
 //! - [`rng`]: keyed deterministic random streams.
 
 pub mod analysis;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -6,11 +6,14 @@ use candle_core::{DType, Device, Tensor, Var};
 use glom_protocol::config::{Config, InitMode, Learning, Ramp, WeightMode};
 use glom_worker::learn::{make_batch, objective};
 use glom_worker::model::grid::{Grid, Tile};
-use glom_worker::model::{Glom, HaloExchange, Mode, MixWeights, NoHalo};
+use glom_worker::model::{Glom, HaloExchange, MixWeights, Mode, NoHalo};
 use glom_worker::Result;
 
 fn set(model: &Glom, name: &str, values: &[f64]) {
-    let var = model.params.get(name).unwrap_or_else(|| panic!("no parameter {name}"));
+    let var = model
+        .params
+        .get(name)
+        .unwrap_or_else(|| panic!("no parameter {name}"));
     let t = Tensor::new(values, &Device::Cpu)
         .unwrap()
         .to_dtype(var.dtype())
@@ -29,13 +32,22 @@ fn zero_inputs_of_every_net(model: &Glom) {
 }
 
 fn vec2(t: &Tensor, loc: usize) -> [f64; 2] {
-    let v: Vec<f64> = t.narrow(0, loc, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let v: Vec<f64> = t
+        .narrow(0, loc, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     [v[0], v[1]]
 }
 
 fn close(got: [f64; 2], want: [f64; 2], what: &str) {
     for i in 0..2 {
-        assert!((got[i] - want[i]).abs() < 1e-9, "{what}: got {got:?}, want {want:?}");
+        assert!(
+            (got[i] - want[i]).abs() < 1e-9,
+            "{what}: got {got:?}, want {want:?}"
+        );
     }
 }
 
@@ -90,26 +102,63 @@ fn update_rule_matches_hand_computation() -> Result<()> {
     // The schedule and the inverse temperature.
     assert_eq!(
         MixWeights::at(&cfg, 0),
-        MixWeights { bottom_up: 1.0, top_down: 0.0, previous: 1.0, lateral: 1.0 }
+        MixWeights {
+            bottom_up: 1.0,
+            top_down: 0.0,
+            previous: 1.0,
+            lateral: 1.0
+        }
     );
     assert_eq!(
         MixWeights::at(&cfg, 1),
-        MixWeights { bottom_up: 0.0, top_down: 1.0, previous: 1.0, lateral: 1.0 }
+        MixWeights {
+            bottom_up: 0.0,
+            top_down: 1.0,
+            previous: 1.0,
+            lateral: 1.0
+        }
     );
-    assert_eq!((model.beta(0, 0), model.beta(0, 1), model.beta(1, 1)), (1.0, 3.0, 3.0));
+    assert_eq!(
+        (model.beta(0, 0), model.beta(0, 1), model.beta(1, 1)),
+        (1.0, 3.0, 3.0)
+    );
 
     let pixels = Tensor::zeros((4, 1, 3), DType::F64, &Device::Cpu)?;
     let s = model.settle(&pixels, 0, Mode::Inference, &mut NoHalo, true)?;
     let (mix00, _) = &s.trace[0][0];
-    close(vec2(mix00, 0), [0.9577317206419061, -0.6243983873085729], "t=0 level 0 x=0");
+    close(
+        vec2(mix00, 0),
+        [0.9577317206419061, -0.6243983873085729],
+        "t=0 level 0 x=0",
+    );
     close(vec2(mix00, 3), [0.0, 1.0 / 3.0], "t=0 level 0 x=3");
     let (mix01, new01) = &s.trace[0][1];
-    close(vec2(mix01, 0), [-0.6666633333583332, 1.333330000025], "t=0 level 1 x=0");
-    close(vec2(new01, 0), [-0.9999950000041669, 0.9999950000041669], "t=0 level 1 new");
+    close(
+        vec2(mix01, 0),
+        [-0.6666633333583332, 1.333330000025],
+        "t=0 level 1 x=0",
+    );
+    close(
+        vec2(new01, 0),
+        [-0.9999950000041669, 0.9999950000041669],
+        "t=0 level 1 new",
+    );
     let (mix10, new10) = &s.trace[1][0];
-    close(vec2(mix10, 0), [1.3325023520124175, -0.9991690186790841], "t=1 level 0 x=0");
-    close(vec2(mix10, 3), [0.6667239871773116, -0.3333906538439783], "t=1 level 0 x=3");
-    close(vec2(new10, 3), [0.9999800051845573, -0.9999800051845573], "t=1 level 0 x=3 new");
+    close(
+        vec2(mix10, 0),
+        [1.3325023520124175, -0.9991690186790841],
+        "t=1 level 0 x=0",
+    );
+    close(
+        vec2(mix10, 3),
+        [0.6667239871773116, -0.3333906538439783],
+        "t=1 level 0 x=3",
+    );
+    close(
+        vec2(new10, 3),
+        [0.9999800051845573, -0.9999800051845573],
+        "t=1 level 0 x=3 new",
+    );
     // The final state is the last iteration's.
     close(vec2(&s.levels[0], 3), vec2(new10, 3), "final state");
     Ok(())
@@ -131,13 +180,39 @@ fn small_cfg() -> Config {
 fn batch_for(model: &Glom, mask_fraction: f64) -> glom_worker::learn::Batch {
     use glom_worker::data::{Dataset, SceneParams, SyntheticScenes};
     let cfg = &model.cfg;
-    let data = SyntheticScenes::new(SceneParams { size: cfg.data.image_size, ..Default::default() }, 5);
+    let data = SyntheticScenes::new(
+        SceneParams {
+            size: cfg.data.image_size,
+            ..Default::default()
+        },
+        5,
+    );
     let images: Vec<_> = (0..cfg.train.batch_size).map(|i| data.get(i)).collect();
-    make_batch(cfg, &images, &model.tile.locs, 1, mask_fraction, &Device::Cpu, model.dtype()).unwrap()
+    make_batch(
+        cfg,
+        &images,
+        &model.tile.locs,
+        1,
+        mask_fraction,
+        &Device::Cpu,
+        model.dtype(),
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
@@ -163,10 +238,16 @@ fn per_location_and_shared_agree_when_every_location_has_the_same_weights() -> R
         let sa = a.settle(&batch.input, 3, mode, &mut NoHalo, false)?;
         let sb = b.settle(&batch.input, 3, mode, &mut NoHalo, false)?;
         for l in 0..3 {
-            assert!(max_abs_diff(&sa.levels[l], &sb.levels[l]) < 1e-12, "{mode:?} level {l}");
+            assert!(
+                max_abs_diff(&sa.levels[l], &sb.levels[l]) < 1e-12,
+                "{mode:?} level {l}"
+            );
         }
         assert!(max_abs_diff(&sa.recon, &sb.recon) < 1e-12, "{mode:?} recon");
-        assert!(max_abs_diff(&sa.distill_bu, &sb.distill_bu) < 1e-9, "{mode:?} distill");
+        assert!(
+            max_abs_diff(&sa.distill_bu, &sb.distill_bu) < 1e-9,
+            "{mode:?} distill"
+        );
     }
     Ok(())
 }
@@ -192,7 +273,8 @@ fn local_learning_keeps_gradients_at_their_location() -> Result<()> {
     let batch = batch_for(&model, 0.3);
     let s = model.settle(&batch.input, 2, Mode::Local, &mut NoHalo, false)?;
     let x = 5;
-    let loss = (s.distill_bu.narrow(0, x, 1)?.sum_all()? + s.distill_td.narrow(0, x, 1)?.sum_all()?)?;
+    let loss =
+        (s.distill_bu.narrow(0, x, 1)?.sum_all()? + s.distill_td.narrow(0, x, 1)?.sum_all()?)?;
     let loss = (loss + s.recon.narrow(0, x, 1)?.sqr()?.sum_all()?)?;
     let grads = loss.backward()?;
     let mut reached_own = 0;
@@ -204,11 +286,17 @@ fn local_learning_keeps_gradients_at_their_location() -> Result<()> {
                     reached_own += 1;
                 }
             } else {
-                assert_eq!(*v, 0.0, "gradient of location {x}'s loss reached {name} at location {slot}");
+                assert_eq!(
+                    *v, 0.0,
+                    "gradient of location {x}'s loss reached {name} at location {slot}"
+                );
             }
         }
     }
-    assert!(reached_own >= model.params.entries.len() - 2, "only {reached_own} of {x}'s nets learn");
+    assert!(
+        reached_own >= model.params.entries.len() - 2,
+        "only {reached_own} of {x}'s nets learn"
+    );
     Ok(())
 }
 
@@ -225,7 +313,11 @@ fn local_learning_does_not_backpropagate_through_time() -> Result<()> {
         let s = model.settle(&batch.input, 2, mode, &mut NoHalo, false)?;
         let grads = s.distill_td.sum_all()?.backward()?;
         let total: f64 = grad_norm_by_slot(&grads, front).iter().sum();
-        assert_eq!(total == 0.0, expect_zero, "{mode:?}: front-end gradient {total}");
+        assert_eq!(
+            total == 0.0,
+            expect_zero,
+            "{mode:?}: front-end gradient {total}"
+        );
     }
     Ok(())
 }
@@ -252,9 +344,20 @@ fn bptt_gradients_match_finite_differences() -> Result<()> {
     let grads = loss(&model)?.backward()?;
     let h = 1e-6;
     let (mut checked, mut sizeable) = (0, 0);
-    for name in ["front.w1", "bu.1.w2", "bu.2.b1", "td.0.w1", "td.1.w2", "decoder.w2"] {
+    for name in [
+        "front.w1",
+        "bu.1.w2",
+        "bu.2.b1",
+        "td.0.w1",
+        "td.1.w2",
+        "decoder.w2",
+    ] {
         let var = model.params.get(name).unwrap();
-        let g: Vec<f64> = grads.get(var.as_tensor()).expect(name).flatten_all()?.to_vec1()?;
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .expect(name)
+            .flatten_all()?
+            .to_vec1()?;
         let orig: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
         for &i in &[0usize, orig.len() / 2, orig.len() - 1] {
             let eval_at = |x: f64| -> Result<f64> {
@@ -266,7 +369,11 @@ fn bptt_gradients_match_finite_differences() -> Result<()> {
             let fd = (eval_at(orig[i] + h)? - eval_at(orig[i] - h)?) / (2.0 * h);
             var.set(&Tensor::new(orig.clone(), &Device::Cpu)?.reshape(var.shape())?)?;
             let tol = 1e-4 * fd.abs().max(g[i].abs()) + 1e-10;
-            assert!((fd - g[i]).abs() < tol, "{name}[{i}]: autograd {} vs finite difference {fd}", g[i]);
+            assert!(
+                (fd - g[i]).abs() < tol,
+                "{name}[{i}]: autograd {} vs finite difference {fd}",
+                g[i]
+            );
             checked += 1;
             if fd.abs() > 1e-7 {
                 sizeable += 1;
@@ -274,7 +381,10 @@ fn bptt_gradients_match_finite_differences() -> Result<()> {
         }
     }
     assert_eq!(checked, 18);
-    assert!(sizeable >= 9, "only {sizeable} gradients are large enough to test anything");
+    assert!(
+        sizeable >= 9,
+        "only {sizeable} gradients are large enough to test anything"
+    );
     Ok(())
 }
 
@@ -287,8 +397,14 @@ struct Replay {
 
 impl HaloExchange for Replay {
     fn exchange(&mut self, iteration: usize, _own: &[Tensor]) -> Result<Vec<Tensor>> {
-        let idx = Tensor::new(self.halo.iter().map(|&g| g as u32).collect::<Vec<_>>(), &Device::Cpu)?;
-        self.states[iteration].iter().map(|s| Ok(s.index_select(&idx, 0)?)).collect()
+        let idx = Tensor::new(
+            self.halo.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )?;
+        self.states[iteration]
+            .iter()
+            .map(|s| Ok(s.index_select(&idx, 0)?))
+            .collect()
     }
 }
 
@@ -313,18 +429,32 @@ fn a_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
     let batch = batch_for(&whole, 0.3);
     let mut rec = Record(Vec::new());
     let full = whole.settle(&batch.input, 9, Mode::Local, &mut rec, false)?;
-    let reach = whole.neighbour_specs().iter().map(|s| s.reach()).max().unwrap();
+    let reach = whole
+        .neighbour_specs()
+        .iter()
+        .map(|s| s.reach())
+        .max()
+        .unwrap();
     let tile = Tile::rect(grid, 0..2, 2..4, reach);
     let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
-    let idx = Tensor::new(tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(), &Device::Cpu)?;
+    let idx = Tensor::new(
+        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )?;
     let input = batch.input.index_select(&idx, 0)?;
-    let mut replay = Replay { states: rec.0, halo: tile.halo.clone() };
+    let mut replay = Replay {
+        states: rec.0,
+        halo: tile.halo.clone(),
+    };
     let got = part.settle(&input, 9, Mode::Local, &mut replay, false)?;
     for l in 0..cfg.model.levels {
         let want = full.levels[l].index_select(&idx, 0)?;
         assert_eq!(max_abs_diff(&got.levels[l], &want), 0.0, "level {l}");
     }
-    assert_eq!(max_abs_diff(&got.recon, &full.recon.index_select(&idx, 0)?), 0.0);
+    assert_eq!(
+        max_abs_diff(&got.recon, &full.recon.index_select(&idx, 0)?),
+        0.0
+    );
     let want_bu = full.distill_bu.index_select(&idx, 0)?;
     assert_eq!(max_abs_diff(&got.distill_bu, &want_bu), 0.0);
     Ok(())

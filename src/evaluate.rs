@@ -1,0 +1,113 @@
+//! `glom eval`: evaluate a checkpoint beside the same model at random
+//! initialisation, computed by the same code in the same run.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use glom_worker::checkpoint;
+use glom_worker::eval::{evaluate_with_baseline, EvalReport, Evaluation};
+use glom_worker::model::Glom;
+
+use crate::run::{datasets, progress, whole_model, Datasets};
+
+/// Evaluate `model` (trained) and its random initialisation, with progress bars.
+pub(crate) fn evaluate_model(model: &Glom, data: &Datasets) -> Result<Evaluation> {
+    let bar = progress(0, "eval");
+    let mut phase = String::new();
+    let mut report = |what: &str, done: usize, total: usize| {
+        if what != phase {
+            phase = what.to_string();
+            bar.set_message(phase.clone());
+            bar.set_length(total as u64);
+        }
+        bar.set_position(done as u64);
+    };
+    let eval = evaluate_with_baseline(
+        model,
+        data.held_out.as_ref(),
+        data.train.as_ref(),
+        &mut report,
+    )?;
+    bar.finish_and_clear();
+    Ok(eval)
+}
+
+fn fmt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+}
+
+fn row(name: &str, trained: Option<f64>, baseline: Option<f64>) {
+    println!("  {name:<30} {:>9} {:>12}", fmt(trained), fmt(baseline));
+}
+
+/// Print the trained figures beside the random-init ones.
+pub(crate) fn print_table(e: &Evaluation) {
+    let (t, b): (&EvalReport, &EvalReport) = (&e.trained, &e.baseline.random_init);
+    println!("\nevaluation (held-out)           trained  random init");
+    row(
+        "recon PSNR, masked patches (dB)",
+        Some(t.recon_psnr_db),
+        Some(b.recon_psnr_db),
+    );
+    row(
+        "island ARI object (threshold)",
+        t.island_ari_object,
+        b.island_ari_object,
+    );
+    row(
+        "island ARI part (threshold)",
+        t.island_ari_part,
+        b.island_ari_part,
+    );
+    row(
+        "ARI object, true k",
+        t.island_ari_object_k,
+        b.island_ari_object_k,
+    );
+    row("ARI part, true k", t.island_ari_part_k, b.island_ari_part_k);
+    row(
+        "foreground ARI object, true k",
+        t.fg_ari_object_k,
+        b.fg_ari_object_k,
+    );
+    row("linear probe accuracy", t.probe_accuracy, b.probe_accuracy);
+    row(
+        "raw-pixel probe accuracy",
+        None,
+        e.baseline.probe_accuracy_raw_pixels,
+    );
+    let islands: Vec<String> = t
+        .islands_per_image_by_level
+        .iter()
+        .map(|x| format!("{x:.1}"))
+        .collect();
+    println!("  islands per image by level: {}", islands.join(" "));
+}
+
+/// `glom eval --checkpoint DIR [--json] [--set eval.KEY=V]`.
+pub(crate) fn run(dir: &Path, json: bool, sets: &[String]) -> Result<()> {
+    let manifest = checkpoint::read_manifest(dir)?;
+    let mut cfg = manifest.config.clone();
+    for set in sets {
+        if !set.trim_start().starts_with("eval.") && !set.trim_start().starts_with("data.path") {
+            return Err(anyhow!("--set {set:?}: only eval.* keys and data.path may be changed when evaluating a checkpoint"));
+        }
+    }
+    if !sets.is_empty() {
+        let base = toml::to_string(&cfg)?;
+        cfg = crate::settings::load_from(&base, None, sets, false)?;
+    }
+    let model = whole_model(&cfg)?;
+    checkpoint::load_into(dir, &model, None)?;
+    let data = datasets(&cfg)?;
+    let eval = evaluate_model(&model, &data)?;
+    if json {
+        let mut v = serde_json::to_value(&eval)?;
+        v["step"] = manifest.step.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("checkpoint {} (step {})", dir.display(), manifest.step);
+        print_table(&eval);
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! End-to-end tests of the `glom` command line, run the way a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A small, fast model and evaluation (a few seconds per run).
+const TINY: &[&str] = &[
+    "model.levels=3",
+    "model.dim=8",
+    "model.hidden=16",
+    "model.iterations=3",
+    "data.image_size=16",
+    "train.batch_size=4",
+    "train.log_every=2",
+    "eval.images=8",
+    "eval.probe_images=16",
+];
+
+fn glom(args: &[&str], sets: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
+    cmd.args(args);
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd.output().expect("the glom binary runs")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "glom failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failure(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "glom succeeded but should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut sets = TINY.to_vec();
+    sets.extend_from_slice(extra);
+    glom(&["train", "--out", dir.to_str().unwrap()], &sets, &[])
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn train_writes_a_complete_run_that_eval_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(&train(&run, &["train.steps=4", "checkpoint.every_steps=2"]));
+
+    assert!(run.join("config.toml").is_file());
+    for ck in ["step-2", "step-4", "final"] {
+        assert!(
+            run.join("checkpoints")
+                .join(ck)
+                .join("manifest.json")
+                .is_file(),
+            "{ck}"
+        );
+    }
+    let records = metrics(&run);
+    let steps: Vec<u64> = records
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 4]);
+    for r in &records {
+        assert_eq!(r["phase"], "awake");
+        assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
+        for key in [
+            "loss_recon",
+            "loss_distill_bu",
+            "loss_distill_td",
+            "loss_negative",
+            "loss_total",
+        ] {
+            assert!(r[key].as_f64().unwrap().is_finite(), "{key}");
+        }
+        let ranks = r["effective_rank_by_level"].as_array().unwrap();
+        assert_eq!(ranks.len(), 3);
+        assert!(ranks
+            .iter()
+            .all(|x| (1.0..=8.0 + 1e-9).contains(&x.as_f64().unwrap())));
+    }
+
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["steps"], 4);
+    assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
+    for key in [
+        "recon_psnr_db",
+        "island_ari_part",
+        "island_ari_object",
+        "island_ari_part_k",
+        "island_ari_object_k",
+        "fg_ari_object_k",
+        "probe_accuracy",
+    ] {
+        assert!(summary[key].is_number(), "summary.{key} = {}", summary[key]);
+        assert!(summary["baseline"][key].is_number(), "baseline.{key}");
+    }
+    assert_eq!(summary["island_ari_by_level"].as_array().unwrap().len(), 3);
+    assert!(summary["baseline"]["probe_accuracy_raw_pixels"].is_number());
+
+    // `glom eval` on the final checkpoint reproduces the training run's evaluation.
+    let final_dir = run.join("checkpoints/final");
+    let report: Value = serde_json::from_str(&ok(&glom(
+        &[
+            "eval",
+            "--checkpoint",
+            final_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(report["step"], 4);
+    for key in ["recon_psnr_db", "island_ari_object_k", "probe_accuracy"] {
+        assert_eq!(report[key], summary[key], "{key}");
+        assert_eq!(
+            report["baseline"][key], summary["baseline"][key],
+            "baseline.{key}"
+        );
+    }
+}
+
+#[test]
+fn the_same_seed_and_config_give_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let extra = ["train.steps=3", "eval.images=4", "--no-eval"];
+    let (sets, flags): (Vec<&str>, Vec<&str>) = extra.iter().partition(|s| !s.starts_with("--"));
+    for dir in [&a, &b] {
+        let mut args = vec!["train", "--out", dir.to_str().unwrap()];
+        args.extend(&flags);
+        let mut all = TINY.to_vec();
+        all.extend(&sets);
+        ok(&glom(&args, &all, &[]));
+    }
+    let strip = |v: Vec<Value>| -> Vec<Value> {
+        v.into_iter()
+            .map(|mut r| {
+                let o = r.as_object_mut().unwrap();
+                o.remove("images_per_s");
+                o.remove("wall_seconds");
+                r
+            })
+            .collect()
+    };
+    assert_eq!(strip(metrics(&a)), strip(metrics(&b)));
+    let shards = |d: &Path| read_json(&d.join("checkpoints/final/manifest.json"))["shards"].clone();
+    assert_eq!(shards(&a), shards(&b), "checkpoint checksums differ");
+
+    // Another seed is another run.
+    let mut all = TINY.to_vec();
+    all.extend(["train.steps=3", "seed=7"]);
+    ok(&glom(
+        &["train", "--no-eval", "--out", c.to_str().unwrap()],
+        &all,
+        &[],
+    ));
+    assert_ne!(strip(metrics(&a)), strip(metrics(&c)));
+}
+
+#[test]
+fn environment_and_file_layers_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("c.toml");
+    std::fs::write(&file, "[train]\nsteps = 5\nlog_every = 1\n").unwrap();
+    let run = tmp.path().join("run");
+    let mut args = vec!["train", "--no-eval", "--out", run.to_str().unwrap()];
+    args.extend(["--config", file.to_str().unwrap()]);
+    // The environment (3 steps) overrides the file (5 steps).
+    ok(&glom(&args, TINY, &[("GLOM_TRAIN__STEPS", "3")]));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("steps = 3"), "{config}");
+    assert_eq!(metrics(&run).len(), 3, "log_every = 1 from the file");
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for (set, key) in [
+        ("model.levels=0", "model.levels"),
+        ("model.dim=0", "model.dim"),
+        ("model.weights=sharded", "weights"),
+        ("model.levls=3", "levls"),
+        ("train.mask_fraction=2", "train.mask_fraction"),
+    ] {
+        let err = failure(&train(&run, &[set]));
+        assert!(
+            err.contains(key),
+            "--set {set}: error does not name {key}: {err}"
+        );
+        assert!(!run.join("summary.json").exists());
+    }
+    let err = failure(&glom(
+        &["train", "--config", "/nonexistent/x.toml"],
+        &[],
+        &[],
+    ));
+    assert!(err.contains("/nonexistent/x.toml"), "{err}");
+}
+
+#[test]
+fn a_used_run_directory_is_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("summary.json"), "{}").unwrap();
+    let err = failure(&train(&run, &["train.steps=1"]));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(run.join("summary.json")).unwrap(),
+        "{}"
+    );
+}
+
+#[test]
+fn eval_of_a_missing_or_broken_checkpoint_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = failure(&glom(
+        &["eval", "--checkpoint", tmp.path().to_str().unwrap()],
+        &[],
+        &[],
+    ));
+    assert!(err.contains("manifest.json"), "{err}");
+
+    let run = tmp.path().join("run");
+    ok(&train(&run, &["train.steps=1"]));
+    let ck = run.join("checkpoints/final");
+    let shard = ck.join("shard-0.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = failure(&glom(
+        &["eval", "--checkpoint", ck.to_str().unwrap()],
+        &[],
+        &[],
+    ));
+    assert!(err.contains("shard-0.safetensors"), "{err}");
+}
+
+/// Fashion-MNIST from the Debian package's files: trains, and the probe
+/// (labels) is reported while the ARI keys (no maps) are null.
+#[test]
+fn fashion_mnist_trains_and_evaluates() {
+    let dir = Path::new("/usr/share/datasets/fashion-mnist");
+    if !dir.join("t10k-images-idx3-ubyte.gz").exists() {
+        assert!(
+            std::env::var_os("REQUIRE_FASHION_MNIST").is_none(),
+            "Fashion-MNIST is required but missing: apt-get install dataset-fashion-mnist"
+        );
+        eprintln!(
+            "skipped: {} missing (apt-get install dataset-fashion-mnist)",
+            dir.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sets = [
+        "model.levels=2",
+        "model.dim=8",
+        "model.hidden=16",
+        "model.iterations=2",
+        "train.steps=2",
+        "train.batch_size=4",
+        "data.train_limit=64",
+        "eval.images=8",
+        "eval.probe_images=32",
+    ];
+    let args = [
+        "train",
+        "--config",
+        "configs/fashion-mnist.toml",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    ok(&glom(&args, &sets, &[]));
+    let s = read_json(&run.join("summary.json"));
+    assert!(s["recon_psnr_db"].is_number());
+    assert!(s["probe_accuracy"].is_number());
+    assert!(s["baseline"]["probe_accuracy_raw_pixels"].is_number());
+    assert!(
+        s["island_ari_object"].is_null(),
+        "no object maps in Fashion-MNIST"
+    );
+}
