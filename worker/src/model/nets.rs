@@ -136,7 +136,7 @@ fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             .matmul(&w.squeeze(0)?)?
             .reshape((p, batch, out))?
     } else {
-        x.matmul(w)?
+        super::locmm::loc_matmul(x, w)?
     };
     Ok(y.broadcast_add(b)?)
 }

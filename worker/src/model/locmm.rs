@@ -1,0 +1,540 @@
+//! Batched matrix product with one small weight matrix per location:
+//! `y[p] = x[p] @ w[p]` for `x [P, B, in]` and `w [P, in, out]`.
+//!
+//! In per-location mode every grid location owns its MLP weights, so the
+//! nets are many tiny products (B ~ 16 rows, 32..64 columns) rather than
+//! one large one. candle's CPU batched matmul makes one general gemm call
+//! per location, each with its own setup and buffers, at a fraction of the
+//! speed of one shared-weight matmul of the same FLOPs; in a training step
+//! these calls cost far more than their arithmetic (mostly in memory
+//! management) and dominated the step. This module is a candle custom op
+//! (forward and backward) for f32 and f64 that shares the locations out
+//! over candle's CPU thread pool and multiplies each location with a
+//! register-blocked kernel whose inner loop runs along the output row, so
+//! it vectorises.
+//!
+//! Bitwise reproducibility: every location is computed by one thread, from
+//! its own `x[p]` and `w[p]` only, with a blocking that depends only on the
+//! matrix sizes, and every output element sums its products in ascending
+//! order from zero with a separate multiply and add (no fused multiply-add,
+//! no reassociation). A location's result is therefore the same whatever P
+//! is, however the locations are shared between threads, and whichever SIMD
+//! width the CPU offers, so a grid split into tiles on several machines
+//! gives the same numbers as the whole grid on one.
+//!
+//! Other dtypes and devices fall back to candle's matmul.
+
+use std::ops::{Add, Mul};
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+/// `y[p] = x[p] @ w[p]` for `x [P, B, in]`, `w [P, in, out]`, giving
+/// `[P, B, out]`, differentiable in both arguments.
+pub(crate) fn loc_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (p, _, input) = x.dims3()?;
+    let (pw, iw, _) = w.dims3()?;
+    let supported = matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == w.dtype()
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && p == pw
+        && input == iw;
+    if !supported {
+        return x.matmul(w);
+    }
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, LocMatmul(Product::Forward))
+}
+
+/// The gradients `(dy[p] @ w[p]^T, x[p]^T @ dy[p])` of `y = x @ w` with
+/// respect to x and w, given `dy [P, B, out]` (f32 and f64 on the CPU).
+pub(crate) fn loc_matmul_grads(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+    let dx = dy.apply_op2_no_bwd(&w, &LocMatmul(Product::GradX))?;
+    let dw = x.apply_op2_no_bwd(&dy, &LocMatmul(Product::GradW))?;
+    Ok((dx, dw))
+}
+
+/// Which of the three products of the forward and backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Product {
+    /// `(x [P, B, in], w [P, in, out]) -> x @ w [P, B, out]`.
+    Forward,
+    /// `(dy [P, B, out], w [P, in, out]) -> dy @ w^T [P, B, in]`.
+    GradX,
+    /// `(x [P, B, in], dy [P, B, out]) -> x^T @ dy [P, in, out]`.
+    GradW,
+}
+
+struct LocMatmul(Product);
+
+impl CustomOp2 for LocMatmul {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Product::Forward => "loc-matmul",
+            Product::GradX => "loc-matmul-grad-x",
+            Product::GradW => "loc-matmul-grad-w",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, a1, a2) = l1.shape().dims3()?;
+        let (p2, b1, b2) = l2.shape().dims3()?;
+        // Sizes of one location's product C [m, n] = A [m, k] @ B [k, n].
+        let (m, k, n) = match self.0 {
+            Product::Forward => (a1, a2, b2),
+            Product::GradX => (a1, a2, b1),
+            Product::GradW => (a2, a1, b2),
+        };
+        let consistent = p == p2
+            && match self.0 {
+                Product::Forward => a2 == b1,
+                Product::GradX => a2 == b2,
+                Product::GradW => a1 == b1,
+            };
+        if !consistent {
+            candle_core::bail!(
+                "{}: incompatible shapes {:?} and {:?}",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let dims = Dims {
+            p,
+            m,
+            k,
+            n,
+            a_len: a1 * a2,
+            b_len: b1 * b2,
+        };
+        let shape = Shape::from((p, m, n));
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(s1), CpuStorage::F32(s2)) => {
+                let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
+                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b))
+            }
+            (CpuStorage::F64(s1), CpuStorage::F64(s2)) => {
+                let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
+                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b))
+            }
+            _ => candle_core::bail!(
+                "{}: unsupported dtypes {:?} and {:?}",
+                self.name(),
+                s1.dtype(),
+                s2.dtype()
+            ),
+        };
+        Ok((storage, shape))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.0 != Product::Forward {
+            return Err(candle_core::Error::BackwardNotSupported { op: self.name() });
+        }
+        let (dx, dw) = loc_matmul_grads(arg1, arg2, grad_res)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// The elements of a contiguous storage described by `layout`.
+fn slice<'a, T>(op: &LocMatmul, data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{}: inputs must be contiguous", op.name()),
+    }
+}
+
+/// Sizes of one call: P products `C [m, n] = A [m, k] @ B [k, n]`, with
+/// `a_len` and `b_len` elements of the two inputs per location.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    p: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_len: usize,
+    b_len: usize,
+}
+
+trait Elem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Output = Self> {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// Multiply-adds below which a call stays on the calling thread.
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// Rows of the register block.
+const MR: usize = 4;
+
+/// All P products, the locations shared out over candle's CPU thread pool
+/// (the one its element-wise ops use, so no second pool competes for the
+/// cores). `NR` is the width of the register block.
+fn run<T: Elem, const NR: usize>(product: Product, d: Dims, a: &[T], b: &[T]) -> Vec<T> {
+    let c_len = d.m * d.n;
+    let mut out = vec![T::default(); d.p * c_len];
+    if out.is_empty() {
+        return out;
+    }
+    let one = |loc: usize, c: &mut [T], scratch: &mut Vec<T>| {
+        let a = &a[loc * d.a_len..(loc + 1) * d.a_len];
+        let b = &b[loc * d.b_len..(loc + 1) * d.b_len];
+        location::<T, NR>(product, d, a, b, c, scratch);
+    };
+    if d.p == 1 || d.p * c_len * d.k <= PARALLEL_WORK {
+        let mut scratch = Vec::new();
+        for (loc, c) in out.chunks_exact_mut(c_len).enumerate() {
+            one(loc, c, &mut scratch);
+        }
+    } else {
+        // Each location's output is handed to exactly one worker.
+        let slots: Vec<Mutex<Option<&mut [T]>>> = out
+            .chunks_exact_mut(c_len)
+            .map(|c| Mutex::new(Some(c)))
+            .collect();
+        candle_core::utils::barrier_pool().execute_chunked(d.p, |range| {
+            let mut scratch = Vec::new();
+            for loc in range {
+                let c = slots[loc].lock().ok().and_then(|mut c| c.take());
+                one(
+                    loc,
+                    c.expect("each location is computed once"),
+                    &mut scratch,
+                );
+            }
+        });
+    }
+    out
+}
+
+/// One location's product into `c [m, n]`.
+fn location<T: Elem, const NR: usize>(
+    product: Product,
+    d: Dims,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    scratch: &mut Vec<T>,
+) {
+    let Dims { m, k, n, .. } = d;
+    match product {
+        // A = x [B, in] (row stride in), B = w [in, out].
+        Product::Forward => gemm::<T, NR>(m, k, n, a, k, 1, b, c),
+        // A = dy [B, out], B = w^T [out, in] (transposed into scratch).
+        Product::GradX => {
+            scratch.clear();
+            scratch.reserve(k * n);
+            for t in 0..k {
+                scratch.extend(b.chunks_exact(k).map(|row| row[t]));
+            }
+            gemm::<T, NR>(m, k, n, a, k, 1, scratch, c)
+        }
+        // A = x^T [in, B] (read in place: row stride 1, column stride in),
+        // B = dy [B, out].
+        Product::GradW => gemm::<T, NR>(m, k, n, a, 1, m, b, c),
+    }
+}
+
+/// `C [m, n] = A [m, k] @ B [k, n]`, B and C row-major, A with row stride
+/// `rs` and column stride `cs`. Dispatches on the SIMD width available;
+/// every path computes bitwise the same result.
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Elem, const NR: usize>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rs: usize,
+    cs: usize,
+    b: &[T],
+    c: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX, checked just above.
+            unsafe { gemm_avx::<T, NR>(m, k, n, a, rs, cs, b, c) };
+            return;
+        }
+    }
+    gemm_generic::<T, NR>(m, k, n, a, rs, cs, b, c)
+}
+
+/// [`gemm_generic`] compiled for 256-bit vectors. Only AVX is enabled, not
+/// FMA, so the rounding is that of the baseline build.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx<T: Elem, const NR: usize>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rs: usize,
+    cs: usize,
+    b: &[T],
+    c: &mut [T],
+) {
+    gemm_generic::<T, NR>(m, k, n, a, rs, cs, b, c)
+}
+
+/// The kernel: blocks of `MR x NR` outputs held in registers while the
+/// products are summed over k in ascending order (i-k-j order, the j loop
+/// vectorised), then the ragged right and bottom edges with the same
+/// summation order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_generic<T: Elem, const NR: usize>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rs: usize,
+    cs: usize,
+    b: &[T],
+    c: &mut [T],
+) {
+    assert!(b.len() >= k * n && c.len() >= m * n);
+    assert!(m == 0 || k == 0 || a.len() > (m - 1) * rs + (k - 1) * cs);
+    let n_full = n - n % NR;
+    let m_full = m - m % MR;
+    for i0 in (0..m_full).step_by(MR) {
+        for j0 in (0..n_full).step_by(NR) {
+            let mut acc = [[T::default(); NR]; MR];
+            for t in 0..k {
+                let brow: &[T; NR] = b[t * n + j0..t * n + j0 + NR].try_into().unwrap();
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = a[(i0 + r) * rs + t * cs];
+                    for (o, &bv) in acc.iter_mut().zip(brow) {
+                        *o = *o + av * bv;
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let row = (i0 + r) * n + j0;
+                c[row..row + NR].copy_from_slice(acc);
+            }
+        }
+    }
+    // Right edge of the full row blocks, then the remaining rows.
+    if n_full < n {
+        for i in 0..m_full {
+            edge_row(i, n_full, k, n, a, rs, cs, b, c);
+        }
+    }
+    for i in m_full..m {
+        edge_row(i, 0, k, n, a, rs, cs, b, c);
+    }
+}
+
+/// Columns `j0..n` of row `i` of C, summed over k in ascending order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn edge_row<T: Elem>(
+    i: usize,
+    j0: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    rs: usize,
+    cs: usize,
+    b: &[T],
+    c: &mut [T],
+) {
+    let out = &mut c[i * n + j0..(i + 1) * n];
+    out.fill(T::default());
+    for t in 0..k {
+        let av = a[i * rs + t * cs];
+        for (o, &bv) in out.iter_mut().zip(&b[t * n + j0..(t + 1) * n]) {
+            *o = *o + av * bv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Uniform values in [-1, 1) from a fixed seed.
+    fn values(seed: u64, len: usize) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    fn random(seed: u64, dims: (usize, usize, usize), dtype: DType) -> Tensor {
+        let v = values(seed, dims.0 * dims.1 * dims.2);
+        Tensor::from_vec(v, dims, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .into_iter()
+            .fold(0.0, f64::max)
+    }
+
+    fn bits(t: &Tensor) -> Vec<u64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .into_iter()
+            .map(f64::to_bits)
+            .collect()
+    }
+
+    /// Output and the gradients of `sum(y * r)` for x and w, through
+    /// either the custom op or candle's matmul.
+    fn run_both(x: &Tensor, w: &Tensor, r: &Tensor, custom: bool) -> [Tensor; 3] {
+        let xv = Var::from_tensor(x).unwrap();
+        let wv = Var::from_tensor(w).unwrap();
+        let y = if custom {
+            loc_matmul(xv.as_tensor(), wv.as_tensor()).unwrap()
+        } else {
+            xv.as_tensor().matmul(wv.as_tensor()).unwrap()
+        };
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(xv.as_tensor()).unwrap().clone();
+        let dw = grads.get(wv.as_tensor()).unwrap().clone();
+        [y, dx, dw]
+    }
+
+    const SHAPES: [(usize, usize, usize, usize); 9] = [
+        (1, 1, 1, 1),
+        (1, 1, 7, 5),
+        (1, 16, 32, 64),
+        (3, 1, 64, 32),
+        (4, 5, 3, 17),
+        (8, 16, 64, 32),
+        (5, 9, 33, 47),
+        (64, 16, 32, 64),
+        (2, 4, 0, 3),
+    ];
+
+    fn check_against_matmul(dtype: DType, tol: f64) {
+        for (i, &(p, b, input, out)) in SHAPES.iter().enumerate() {
+            let seed = 10 * i as u64;
+            let x = random(seed, (p, b, input), dtype);
+            let w = random(seed + 1, (p, input, out), dtype);
+            let r = random(seed + 2, (p, b, out), dtype);
+            let ours = run_both(&x, &w, &r, true);
+            let reference = run_both(&x, &w, &r, false);
+            for (what, (o, e)) in ["y", "dx", "dw"].iter().zip(ours.iter().zip(&reference)) {
+                assert_eq!(o.dtype(), dtype);
+                let diff = max_diff(o, e);
+                assert!(diff <= tol, "{what} {:?}: {diff}", (p, b, input, out));
+            }
+        }
+    }
+
+    #[test]
+    fn matches_matmul_f32() {
+        check_against_matmul(DType::F32, 1e-5);
+    }
+
+    #[test]
+    fn matches_matmul_f64() {
+        check_against_matmul(DType::F64, 1e-12);
+    }
+
+    #[test]
+    fn other_dtypes_fall_back() {
+        let x = random(1, (3, 4, 8), DType::F16);
+        let w = random(2, (3, 8, 5), DType::F16);
+        let y = loc_matmul(&x, &w).unwrap();
+        assert_eq!(y.dtype(), DType::F16);
+        let e = x.matmul(&w).unwrap();
+        assert_eq!(bits(&y), bits(&e));
+    }
+
+    #[test]
+    fn a_location_does_not_depend_on_the_others() {
+        for dtype in [DType::F32, DType::F64] {
+            for (p, b, input, out) in [(8, 16, 32, 64), (8, 16, 64, 32), (8, 5, 33, 47)] {
+                let x = random(3, (p, b, input), dtype);
+                let w = random(4, (p, input, out), dtype);
+                let r = random(5, (p, b, out), dtype);
+                let whole = run_both(&x, &w, &r, true);
+                for loc in 0..p {
+                    let part = |t: &Tensor| t.narrow(0, loc, 1).unwrap();
+                    // Fresh copies, and views with a start offset.
+                    let copy = |t: &Tensor| part(t).copy().unwrap();
+                    let alone = run_both(&copy(&x), &copy(&w), &copy(&r), true);
+                    for (a, full) in alone.iter().zip(&whole) {
+                        assert_eq!(bits(a), bits(&part(full)), "location {loc}");
+                    }
+                    let y = loc_matmul(&part(&x), &part(&w)).unwrap();
+                    assert_eq!(bits(&y), bits(&part(&whole[0])), "location {loc}");
+                }
+                // A tile of locations 2..6 gives the same as the whole.
+                let tile = |t: &Tensor| t.narrow(0, 2, 4).unwrap();
+                let y = loc_matmul(&tile(&x), &tile(&w)).unwrap();
+                assert_eq!(bits(&y), bits(&tile(&whole[0])));
+            }
+        }
+    }
+
+    #[test]
+    fn every_simd_path_rounds_alike() {
+        for (m, k, n) in [(16, 32, 64), (5, 33, 47), (1, 1, 1), (4, 3, 16)] {
+            let a: Vec<f32> = values(8, m * k).into_iter().map(|v| v as f32).collect();
+            let b: Vec<f32> = values(9, k * n).into_iter().map(|v| v as f32).collect();
+            let mut fast = vec![0f32; m * n];
+            let mut plain = vec![0f32; m * n];
+            gemm::<f32, 16>(m, k, n, &a, k, 1, &b, &mut fast);
+            gemm_generic::<f32, 16>(m, k, n, &a, k, 1, &b, &mut plain);
+            let mut scalar = vec![0f32; m * n];
+            for i in 0..m {
+                edge_row(i, 0, k, n, &a, k, 1, &b, &mut scalar);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&plain));
+            assert_eq!(bits(&fast), bits(&scalar));
+        }
+    }
+
+    #[test]
+    fn non_contiguous_inputs() {
+        let x = random(6, (4, 8, 6), DType::F32);
+        let w = random(7, (4, 5, 6), DType::F32).transpose(1, 2).unwrap();
+        let y = loc_matmul(&x, &w).unwrap();
+        let e = x.matmul(&w.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&y, &e) <= 1e-5);
+    }
+}
