@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's checks, as CI runs them: format, lints, tests.
+# The project's checks, as CI (.ci/run) runs them: format, lints, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check

@@ -173,6 +173,10 @@ fn loads_the_installed_test_split() {
     if !dir.join("t10k-images-idx3-ubyte.gz").is_file()
         && !dir.join("t10k-images-idx3-ubyte").is_file()
     {
+        assert!(
+            std::env::var_os("REQUIRE_FASHION_MNIST").is_none(),
+            "REQUIRE_FASHION_MNIST is set but {DEFAULT_DIR} has no Fashion-MNIST: apt-get install dataset-fashion-mnist"
+        );
         eprintln!("skipping: Fashion-MNIST is not installed in {DEFAULT_DIR}");
         return;
     }
