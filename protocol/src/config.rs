@@ -499,6 +499,7 @@ mod tests {
     fn err_key(c: &Config) -> String {
         match c.validate() {
             Err(Error::Config { key, .. }) => key,
+            Err(e) => panic!("not a config error: {e}"),
             Ok(()) => panic!("config validated"),
         }
     }

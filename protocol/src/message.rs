@@ -1,0 +1,333 @@
+//! The messages of the control plane and of the data plane, and the
+//! handshake rule that decides whether two processes may talk at all.
+//!
+//! Two enums, because the two planes run over different connections and
+//! carry different traffic: [`ControlMessage`] travels between a worker and
+//! the coordinator (membership, steps, metrics, checkpoints, sleep jobs),
+//! [`PeerMessage`] between two neighbouring workers (halo embeddings). A
+//! connection decodes one enum only, so a control message arriving on a
+//! halo stream is a decode error rather than something to dispatch.
+//!
+//! Both enums open with their handshake (`Hello`, variant 0) and every hello
+//! opens with the protocol version; [`crate::codec::hello_version`] relies on
+//! that to read the version of a peer even when the rest of its hello no
+//! longer decodes. Later protocol versions must keep that prefix.
+//!
+//! Everything else, including the halo frame, lives in [`crate::halo`] or
+//! here as plain data: no message carries weights or gradients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::halo::HaloFrame;
+use crate::manifest::ShardEntry;
+
+/// Version of the messages and framing of this build. A peer with another
+/// version is refused at the handshake: a field added or reordered would
+/// otherwise decode as garbage or, worse, as wrong values.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Traffic between a worker and the coordinator. The direction of each
+/// variant is given in its doc (`w -> c` or `c -> w`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// w -> c, first message of a connection: asks to join the run.
+    Hello(Hello),
+    /// c -> w: the worker is admitted under this id; its tile follows in an
+    /// [`ControlMessage::Assign`].
+    Welcome { worker_id: u32 },
+    /// Either way, in answer to a hello: the connection is refused and is
+    /// about to be closed.
+    Refused { reason: RefuseReason },
+    /// c -> w: the worker's share of the grid and who its neighbours are.
+    Assign(Assign),
+    /// c -> w: run one training step on these images.
+    Step(Step),
+    /// w -> c: the step is done; its per-worker metrics.
+    StepDone { step: u64, metrics: StepMetrics },
+    /// c -> w: write the shard of the tile into `dir` after step `step`.
+    CheckpointSave {
+        step: u64,
+        /// Checkpoint directory, as seen by the worker (shared storage).
+        dir: String,
+    },
+    /// w -> c: the shard is written; the coordinator writes the manifest
+    /// once every worker has acknowledged.
+    CheckpointAck { step: u64, shard: ShardAck },
+    /// Either way: proof of life, so a silent peer is noticed before the
+    /// transport's idle timeout fires.
+    Heartbeat {
+        /// Sender's clock in milliseconds (for logging round trips only;
+        /// clocks are not assumed to agree).
+        now_ms: u64,
+    },
+    /// c -> w: start a sleep-phase job.
+    SleepStart(SleepStart),
+    /// w -> c: the sleep-phase job is finished.
+    SleepDone(SleepDone),
+    /// Either way: stop after the current step and close.
+    Shutdown { reason: String },
+    /// Either way: the sender hit an error it cannot recover from; the
+    /// message says what and is logged by the receiver.
+    Error { message: String },
+}
+
+/// A worker's request to join. The version and config hash decide whether
+/// it is admitted ([`check_hello`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender. Must stay the first field.
+    pub version: u32,
+    /// [`crate::Config::hash`] of the sender's configuration: workers of one
+    /// run must agree on every value, or their tiles would not fit together.
+    pub config_hash: String,
+    /// Human-readable name (host, pod, rank) for logs and metrics labels.
+    pub worker_name: String,
+    /// Address where this worker accepts halo connections from its
+    /// neighbours; the coordinator passes it on in [`PeerInfo`].
+    pub peer_addr: String,
+}
+
+impl Hello {
+    /// A hello of this build's protocol version.
+    pub fn new(config_hash: &str, worker_name: &str, peer_addr: &str) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            config_hash: config_hash.to_string(),
+            worker_name: worker_name.to_string(),
+            peer_addr: peer_addr.to_string(),
+        }
+    }
+}
+
+/// Why a hello was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RefuseReason {
+    /// The two builds speak different protocol versions.
+    #[error("protocol version mismatch: ours is {ours}, theirs is {theirs}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    /// The two processes were configured differently.
+    #[error("configuration mismatch: our config hash is {ours}, theirs is {theirs}")]
+    ConfigMismatch { ours: String, theirs: String },
+    /// Every tile of the plan already has a worker.
+    #[error("the run is full: every tile already has a worker")]
+    Full,
+    /// The run is past its start and admits no new worker.
+    #[error("the run has already started and admits no new worker")]
+    AlreadyStarted,
+    /// A worker id claimed on a peer connection is not a neighbour.
+    #[error("worker {worker_id} is not a neighbour of this tile")]
+    UnknownPeer { worker_id: u32 },
+}
+
+/// Check a joining worker's hello against our configuration: the protocol
+/// version first (a different version may not even mean the same thing by
+/// "config hash"), then the config hash.
+pub fn check_hello(hello: &Hello, our_config_hash: &str) -> Result<(), RefuseReason> {
+    check_compatible(hello.version, &hello.config_hash, our_config_hash)
+}
+
+/// Check a neighbour's hello on a halo connection; same rule as [`check_hello`].
+pub fn check_peer_hello(hello: &PeerHello, our_config_hash: &str) -> Result<(), RefuseReason> {
+    check_compatible(hello.version, &hello.config_hash, our_config_hash)
+}
+
+fn check_compatible(version: u32, config_hash: &str, ours: &str) -> Result<(), RefuseReason> {
+    if version != PROTOCOL_VERSION {
+        return Err(RefuseReason::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
+    }
+    if config_hash != ours {
+        return Err(RefuseReason::ConfigMismatch {
+            ours: ours.to_string(),
+            theirs: config_hash.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A rectangle of the location grid: rows `rows.0..rows.1` and columns
+/// `cols.0..cols.1` (half-open, in grid cells).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TileAssignment {
+    pub rows: (u32, u32),
+    pub cols: (u32, u32),
+}
+
+impl TileAssignment {
+    /// Number of locations in the tile.
+    pub fn num_locations(&self) -> u64 {
+        let h = self.rows.1.saturating_sub(self.rows.0) as u64;
+        let w = self.cols.1.saturating_sub(self.cols.0) as u64;
+        h * w
+    }
+
+    /// Whether grid cell (`row`, `col`) is inside the tile.
+    pub fn contains(&self, row: u32, col: u32) -> bool {
+        (self.rows.0..self.rows.1).contains(&row) && (self.cols.0..self.cols.1).contains(&col)
+    }
+}
+
+/// The coordinator's assignment of a tile to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assign {
+    /// The id of the worker the tile is for (its `Welcome` id).
+    pub worker_id: u32,
+    /// The locations whose nets the worker owns and trains.
+    pub tile: TileAssignment,
+    /// Halo width in grid cells: how far outside the tile the worker's
+    /// locations sample neighbours, i.e. which cells its peers must send.
+    pub reach: u32,
+    /// The workers whose tiles overlap this tile's halo, or that need part
+    /// of this tile as their halo.
+    pub peers: Vec<PeerInfo>,
+    /// The run's config hash, so the worker can check once more that the
+    /// assignment is for the configuration it holds.
+    pub config_hash: String,
+}
+
+/// A neighbouring worker: where to reach it and what it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Id it will announce in its [`PeerHello`], to match connections to peers.
+    pub worker_id: u32,
+    /// Its halo address, from its [`Hello::peer_addr`].
+    pub addr: String,
+    /// Its tile, from which the worker derives which cells to send it.
+    pub tile: TileAssignment,
+}
+
+/// One training step, identical for every worker so all see the same images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Step number; it also tags the halo frames and metrics of the step.
+    pub step: u64,
+    /// Indices of the batch's images in the training split.
+    pub batch: Vec<u64>,
+    /// Seed of the patch mask of this step (same mask on every worker).
+    pub mask_key: u64,
+}
+
+/// What a worker measured during one step. Losses are means over the
+/// worker's own locations; the coordinator weights them by `locations` to
+/// get the mean over the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Reconstruction of masked patches (the task the embeddings serve).
+    pub loss_recon: f64,
+    /// Bottom-up and top-down students toward the consensus: how far the
+    /// nets are from agreeing, the quantity local learning drives down.
+    pub loss_distill_bu: f64,
+    pub loss_distill_td: f64,
+    /// Awake negative (hinge) term; 0 when it is switched off.
+    pub loss_negative: f64,
+    /// Locations the losses are averaged over (the tile size).
+    pub locations: u32,
+    /// Halo bytes this worker put on the wire (framed), to compare with the
+    /// plan's minimum.
+    pub halo_bytes_sent: u64,
+    /// Halo bytes received, so asymmetric tiles show up in the metrics.
+    pub halo_bytes_received: u64,
+    /// Time spent blocked on a missing halo: the part of the step that
+    /// overlapping compute with the exchange did not hide.
+    pub halo_wait_seconds: f64,
+    /// Wall time of the whole step on this worker, halo wait included.
+    pub step_seconds: f64,
+    /// A few embeddings of the tile, for the collapse measures (rank,
+    /// similarity) the coordinator computes over the grid; empty on steps
+    /// that take no sample, else at most one entry per level.
+    pub collapse_samples: Vec<EmbeddingSample>,
+}
+
+/// Embeddings of one level, row-major `values.len() / dim` vectors of `dim`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingSample {
+    /// Level the embeddings come from (collapse is measured per level).
+    pub level: u32,
+    /// Length of one vector, to cut `values` without knowing the config.
+    pub dim: u32,
+    pub values: Vec<f32>,
+}
+
+/// A worker's report of the shard file it wrote; it becomes one
+/// [`ShardEntry`] of the checkpoint's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardAck {
+    /// File name relative to the checkpoint directory.
+    pub file: String,
+    /// Hex SHA-256 of the file's bytes, computed by the writer.
+    pub sha256: String,
+    /// Size of the file, recorded in the manifest for a cheap check on load.
+    pub bytes: u64,
+    /// Global ids of the locations the file holds.
+    pub locations: Vec<u32>,
+}
+
+impl From<ShardAck> for ShardEntry {
+    fn from(ack: ShardAck) -> Self {
+        ShardEntry {
+            file: ack.file,
+            locations: ack.locations.into_iter().map(|l| l as usize).collect(),
+            sha256: ack.sha256,
+            bytes: ack.bytes,
+        }
+    }
+}
+
+/// Start of a sleep-phase job (offline negative or consolidation phase).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepStart {
+    /// Id the matching [`SleepDone`] refers to.
+    pub job: u64,
+    /// Training step after which the job runs.
+    pub after_step: u64,
+    /// Updates the job makes.
+    pub steps: u64,
+    /// Seed of the job's random stream, the same on every worker.
+    pub seed: u64,
+}
+
+/// End of a sleep-phase job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SleepDone {
+    /// The [`SleepStart::job`] this answers.
+    pub job: u64,
+    /// Mean loss of the job over the worker's locations.
+    pub loss: f64,
+    /// Wall time of the job, for scheduling the next one.
+    pub seconds: f64,
+}
+
+/// Traffic between two neighbouring workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// First message of a halo connection, from the side that opened it.
+    Hello(PeerHello),
+    /// In answer to a hello: the connection is refused and is about to close.
+    Refused { reason: RefuseReason },
+    /// Boundary embeddings for one settling iteration.
+    Halo(HaloFrame),
+}
+
+/// A neighbour's introduction on a halo connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    /// [`PROTOCOL_VERSION`] of the sender. Must stay the first field.
+    pub version: u32,
+    /// The sender's config hash (see [`Hello::config_hash`]).
+    pub config_hash: String,
+    /// The sender's worker id from its [`ControlMessage::Welcome`].
+    pub worker_id: u32,
+}
+
+impl PeerHello {
+    /// A peer hello of this build's protocol version.
+    pub fn new(config_hash: &str, worker_id: u32) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            config_hash: config_hash.to_string(),
+            worker_id,
+        }
+    }
+}

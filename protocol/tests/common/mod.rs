@@ -1,0 +1,243 @@
+//! Random messages of every variant for the codec tests, from a small
+//! deterministic generator (splitmix64), so every failure reproduces from
+//! its seed without a property-testing dependency.
+
+use glom_protocol::halo::{HaloFrame, HaloPayload};
+use glom_protocol::message::{
+    Assign, ControlMessage, EmbeddingSample, Hello, PeerHello, PeerInfo, PeerMessage, RefuseReason,
+    ShardAck, SleepDone, SleepStart, Step, StepMetrics, TileAssignment,
+};
+
+/// splitmix64: tiny, fast, and good enough to drive a property test.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Mostly small values, sometimes any value: exercises every varint width.
+    pub(crate) fn u64(&mut self) -> u64 {
+        match self.below(4) {
+            0 => self.below(251),
+            1 => self.below(1 << 16),
+            2 => self.below(1 << 32),
+            _ => self.next(),
+        }
+    }
+
+    pub(crate) fn u32(&mut self) -> u32 {
+        self.u64() as u32
+    }
+
+    pub(crate) fn f64(&mut self) -> f64 {
+        let x = f64::from_bits(self.next());
+        if x.is_finite() {
+            x
+        } else {
+            self.below(1000) as f64 / 7.0
+        }
+    }
+
+    pub(crate) fn f32(&mut self) -> f32 {
+        let x = f32::from_bits(self.next() as u32);
+        if x.is_finite() {
+            x
+        } else {
+            -1.5
+        }
+    }
+
+    pub(crate) fn string(&mut self) -> String {
+        let alphabet = ["a", "Z", "0", "/", ":", " ", "é", "→", "\u{0}"];
+        (0..self.below(24))
+            .map(|_| alphabet[self.below(alphabet.len() as u64) as usize])
+            .collect()
+    }
+
+    pub(crate) fn vec<T>(&mut self, max: u64, mut f: impl FnMut(&mut Self) -> T) -> Vec<T> {
+        (0..self.below(max + 1)).map(|_| f(self)).collect()
+    }
+
+    pub(crate) fn tile(&mut self) -> TileAssignment {
+        let (r, c) = (self.u32(), self.u32());
+        TileAssignment {
+            rows: (r, r.saturating_add(self.below(64) as u32)),
+            cols: (c, c.saturating_add(self.below(64) as u32)),
+        }
+    }
+
+    pub(crate) fn refuse(&mut self) -> RefuseReason {
+        match self.below(5) {
+            0 => RefuseReason::VersionMismatch {
+                ours: self.u32(),
+                theirs: self.u32(),
+            },
+            1 => RefuseReason::ConfigMismatch {
+                ours: self.string(),
+                theirs: self.string(),
+            },
+            2 => RefuseReason::Full,
+            3 => RefuseReason::AlreadyStarted,
+            _ => RefuseReason::UnknownPeer {
+                worker_id: self.u32(),
+            },
+        }
+    }
+
+    pub(crate) fn metrics(&mut self) -> StepMetrics {
+        StepMetrics {
+            loss_recon: self.f64(),
+            loss_distill_bu: self.f64(),
+            loss_distill_td: self.f64(),
+            loss_negative: self.f64(),
+            locations: self.u32(),
+            halo_bytes_sent: self.u64(),
+            halo_bytes_received: self.u64(),
+            halo_wait_seconds: self.f64(),
+            step_seconds: self.f64(),
+            collapse_samples: self.vec(3, |r| EmbeddingSample {
+                level: r.u32(),
+                dim: r.u32(),
+                values: r.vec(40, Rng::f32),
+            }),
+        }
+    }
+
+    pub(crate) fn halo(&mut self) -> HaloFrame {
+        let (levels, batch, dim) = (
+            self.below(4) as u32,
+            self.below(4) as u32,
+            self.below(9) as u32,
+        );
+        let locations = self.vec(6, Rng::u32);
+        let n = levels as usize * locations.len() * batch as usize * dim as usize;
+        let payload = if self.below(2) == 0 {
+            HaloPayload::F32((0..n).map(|_| self.f32()).collect())
+        } else {
+            HaloPayload::Bf16((0..n).map(|_| self.next() as u16).collect())
+        };
+        HaloFrame {
+            step: self.u64(),
+            iteration: self.u32(),
+            from_worker: self.u32(),
+            levels,
+            locations,
+            batch,
+            dim,
+            payload,
+        }
+    }
+}
+
+pub(crate) const CONTROL_VARIANTS: usize = 13;
+pub(crate) const PEER_VARIANTS: usize = 3;
+
+/// Index of a variant; exhaustive, so a new variant cannot be forgotten here.
+pub(crate) fn control_variant(m: &ControlMessage) -> usize {
+    match m {
+        ControlMessage::Hello(_) => 0,
+        ControlMessage::Welcome { .. } => 1,
+        ControlMessage::Refused { .. } => 2,
+        ControlMessage::Assign(_) => 3,
+        ControlMessage::Step(_) => 4,
+        ControlMessage::StepDone { .. } => 5,
+        ControlMessage::CheckpointSave { .. } => 6,
+        ControlMessage::CheckpointAck { .. } => 7,
+        ControlMessage::Heartbeat { .. } => 8,
+        ControlMessage::SleepStart(_) => 9,
+        ControlMessage::SleepDone(_) => 10,
+        ControlMessage::Shutdown { .. } => 11,
+        ControlMessage::Error { .. } => 12,
+    }
+}
+
+pub(crate) fn peer_variant(m: &PeerMessage) -> usize {
+    match m {
+        PeerMessage::Hello(_) => 0,
+        PeerMessage::Refused { .. } => 1,
+        PeerMessage::Halo(_) => 2,
+    }
+}
+
+pub(crate) fn random_control(r: &mut Rng, variant: usize) -> ControlMessage {
+    match variant {
+        0 => ControlMessage::Hello(Hello {
+            version: r.u32(),
+            config_hash: r.string(),
+            worker_name: r.string(),
+            peer_addr: r.string(),
+        }),
+        1 => ControlMessage::Welcome { worker_id: r.u32() },
+        2 => ControlMessage::Refused { reason: r.refuse() },
+        3 => ControlMessage::Assign(Assign {
+            worker_id: r.u32(),
+            tile: r.tile(),
+            reach: r.u32(),
+            peers: r.vec(8, |r| PeerInfo {
+                worker_id: r.u32(),
+                addr: r.string(),
+                tile: r.tile(),
+            }),
+            config_hash: r.string(),
+        }),
+        4 => ControlMessage::Step(Step {
+            step: r.u64(),
+            batch: r.vec(32, Rng::u64),
+            mask_key: r.next(),
+        }),
+        5 => ControlMessage::StepDone {
+            step: r.u64(),
+            metrics: r.metrics(),
+        },
+        6 => ControlMessage::CheckpointSave {
+            step: r.u64(),
+            dir: r.string(),
+        },
+        7 => ControlMessage::CheckpointAck {
+            step: r.u64(),
+            shard: ShardAck {
+                file: r.string(),
+                sha256: r.string(),
+                bytes: r.u64(),
+                locations: r.vec(20, Rng::u32),
+            },
+        },
+        8 => ControlMessage::Heartbeat { now_ms: r.u64() },
+        9 => ControlMessage::SleepStart(SleepStart {
+            job: r.u64(),
+            after_step: r.u64(),
+            steps: r.u64(),
+            seed: r.next(),
+        }),
+        10 => ControlMessage::SleepDone(SleepDone {
+            job: r.u64(),
+            loss: r.f64(),
+            seconds: r.f64(),
+        }),
+        11 => ControlMessage::Shutdown { reason: r.string() },
+        _ => ControlMessage::Error {
+            message: r.string(),
+        },
+    }
+}
+
+pub(crate) fn random_peer(r: &mut Rng, variant: usize) -> PeerMessage {
+    match variant {
+        0 => PeerMessage::Hello(PeerHello {
+            version: r.u32(),
+            config_hash: r.string(),
+            worker_id: r.u32(),
+        }),
+        1 => PeerMessage::Refused { reason: r.refuse() },
+        _ => PeerMessage::Halo(r.halo()),
+    }
+}
