@@ -5,8 +5,12 @@
 //! - [`run`]: datasets and models built from a configuration; run directories.
 //! - [`train`]: `glom train`.
 //! - [`evaluate`]: `glom eval`.
+//! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
+//! - [`observe`]: the per-level measures behind them, and their cost.
 
 mod evaluate;
+mod metrics;
+mod observe;
 mod run;
 mod settings;
 mod train;

@@ -20,6 +20,9 @@ use glom_worker::checkpoint;
 use glom_worker::learn::{collapse_by_level, LossValues, Trainer};
 use serde::Serialize;
 
+use crate::metrics::server::Endpoint;
+use crate::metrics::{NoTelemetry, Phase, PromTelemetry, RunInfo, StepReport, Telemetry};
+use crate::observe::{measure, Cost};
 use crate::run::{create_run_dir, datasets, default_run_dir, progress, whole_model};
 
 /// One line of `metrics.jsonl`.
@@ -80,6 +83,32 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// The telemetry of a run and, when metrics are enabled, its endpoint
+/// (bound now, so an address in use fails before any training).
+fn telemetry(cfg: &Config, dir: &Path) -> Result<(Box<dyn Telemetry>, Option<Endpoint>)> {
+    if !cfg.metrics.enabled {
+        return Ok((Box::new(NoTelemetry), None));
+    }
+    // The config's own spelling of the modes (`per_location`, `local`).
+    let label = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let (weights, learning) = (
+        label(serde_json::to_value(cfg.model.weights)?),
+        label(serde_json::to_value(cfg.train.learning)?),
+    );
+    let info = RunInfo {
+        weights: &weights,
+        learning: &learning,
+        dim: cfg.model.dim,
+    };
+    let prom = PromTelemetry::new(&info)?;
+    let endpoint = Endpoint::start(&cfg.metrics.listen, prom.registry.clone())?;
+    let addr = endpoint.addr();
+    std::fs::write(dir.join("metrics_addr.txt"), format!("{addr}\n"))
+        .with_context(|| format!("writing {}", dir.join("metrics_addr.txt").display()))?;
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    Ok((Box::new(prom), Some(endpoint)))
+}
+
 /// Train `cfg` into `out` (default `runs/<timestamp>`), then evaluate if `eval`.
 pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let started = Instant::now();
@@ -96,6 +125,9 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = File::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;
+    let (telemetry, endpoint) = telemetry(&cfg, &dir)?;
+    telemetry.phase(Phase::Awake);
+    let mut cost = Cost::default();
     let stop = interrupt_flag();
 
     let bar = progress(cfg.train.steps, "train");
@@ -104,10 +136,18 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let mut window = (Instant::now(), 0u64);
     let mut last_save = None;
     while trainer.step < cfg.train.steps {
+        let step_started = Instant::now();
         let out = trainer.train_step()?;
+        let step_seconds = step_started.elapsed().as_secs_f64();
+        cost.add_step(step_seconds);
         let step = trainer.step; // steps completed
         window.1 += 1;
         let images_per_s = window.1 as f64 * batch / window.0.elapsed().as_secs_f64().max(1e-9);
+        telemetry.step(&StepReport {
+            seconds: step_seconds,
+            images_per_second: images_per_s,
+            losses: out.losses,
+        });
         bar.set_position(step);
         bar.set_message(format!(
             "loss {:.4} | {:.1} img/s",
@@ -120,8 +160,18 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
             );
         }
         let last = step == cfg.train.steps || stop.load(Ordering::SeqCst);
+        let mut collapse = None;
+        if cfg.metrics.enabled && (step % cfg.metrics.every_steps == 0 || step == 1 || last) {
+            let m = measure(&cfg, &trainer.model, &out, step)?;
+            cost.add_pass(m.seconds);
+            telemetry.levels(&m.levels, m.seconds);
+            collapse = Some(m.collapse);
+        }
         if step % cfg.train.log_every == 0 || step == 1 || last {
-            let collapse = collapse_by_level(&out.levels, cfg.train.rank_sample, cfg.seed, step)?;
+            let collapse = match collapse {
+                Some(c) => c,
+                None => collapse_by_level(&out.levels, cfg.train.rank_sample, cfg.seed, step)?,
+            };
             let wall = train_started.elapsed().as_secs_f64();
             let rec = MetricsRecord::new(step, "awake", images_per_s, wall, out.losses, &collapse);
             serde_json::to_writer(&mut metrics, &rec)?;
@@ -155,7 +205,17 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    drop(endpoint);
     let train_seconds = train_started.elapsed().as_secs_f64();
+    let monitor = cost.summary();
+    if cfg.metrics.enabled {
+        tracing::info!(
+            passes = %monitor["passes"],
+            seconds_per_pass = format!("{:.4}", monitor["seconds_per_pass"].as_f64().unwrap_or(0.0)),
+            fraction_of_step = format!("{:.3}", monitor["pass_fraction_of_step"].as_f64().unwrap_or(0.0)),
+            "cost of the per-level measures"
+        );
+    }
     let steps = trainer.step;
     if last_save != Some(steps) {
         let ck = dir.join("checkpoints").join(format!("step-{steps}"));
@@ -171,6 +231,7 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
         "images_per_s": steps as f64 * batch / train_seconds.max(1e-9),
         "config_hash": cfg.hash(),
         "interrupted": steps < cfg.train.steps,
+        "monitor": monitor,
     });
     if eval {
         let report = crate::evaluate::evaluate_model(&trainer.model, &data)?;

@@ -16,6 +16,8 @@ const TINY: &[&str] = &[
     "train.log_every=2",
     "eval.images=8",
     "eval.probe_images=16",
+    // Tests run in parallel: each endpoint takes a free port.
+    "metrics.listen=127.0.0.1:0",
 ];
 
 fn glom(args: &[&str], sets: &[&str], env: &[(&str, &str)]) -> Output {
@@ -213,6 +215,7 @@ fn bad_configuration_is_refused_naming_the_key() {
         ("model.weights=sharded", "weights"),
         ("model.levls=3", "levls"),
         ("train.mask_fraction=2", "train.mask_fraction"),
+        ("metrics.listen=\"nowhere\"", "metrics.listen"),
     ] {
         let err = failure(&train(&run, &[set]));
         assert!(
@@ -297,6 +300,7 @@ fn fashion_mnist_trains_and_evaluates() {
         "data.train_limit=64",
         "eval.images=8",
         "eval.probe_images=32",
+        "metrics.listen=127.0.0.1:0",
     ];
     let args = [
         "train",

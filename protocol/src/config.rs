@@ -22,6 +22,7 @@ pub struct Config {
     pub data: DataConfig,
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// Whether each location owns its nets (paper section 12.1) or all share one set.
@@ -293,6 +294,31 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// The Prometheus endpoint of `glom train` (docs/metrics.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve the metrics at all; off, nothing listens and nothing is measured
+    /// beyond what `metrics.jsonl` records.
+    pub enabled: bool,
+    /// Socket address of the text endpoint (`GET /metrics`); port 0 picks a
+    /// free port, written to `metrics_addr.txt` in the run directory.
+    pub listen: String,
+    /// Compute the collapse measures every this many steps: they cost a
+    /// fraction of a step, so a dashboard does not need them every step.
+    pub every_steps: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9464".into(),
+            every_steps: 10,
+        }
+    }
+}
+
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -459,6 +485,20 @@ impl Config {
                 )
             },
         )?;
+        let mc = &self.metrics;
+        check(
+            mc.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "metrics.listen",
+            || {
+                format!(
+                    "{:?} is not a socket address like 127.0.0.1:9464",
+                    mc.listen
+                )
+            },
+        )?;
+        check(mc.every_steps >= 1, "metrics.every_steps", || {
+            format!("{} must be positive", mc.every_steps)
+        })?;
         Ok(())
     }
 
@@ -499,6 +539,7 @@ mod tests {
     fn err_key(c: &Config) -> String {
         match c.validate() {
             Err(Error::Config { key, .. }) => key,
+            #[allow(unreachable_patterns)] // other variants belong to the codec
             Err(e) => panic!("not a config error: {e}"),
             Ok(()) => panic!("config validated"),
         }
@@ -526,6 +567,12 @@ mod tests {
         let mut c = Config::default();
         c.model.schedule.bottom_up = Ramp(-1.0, 0.0);
         assert_eq!(err_key(&c), "model.schedule.bottom_up");
+        let mut c = Config::default();
+        c.metrics.listen = "localhost".into();
+        assert_eq!(err_key(&c), "metrics.listen");
+        let mut c = Config::default();
+        c.metrics.every_steps = 0;
+        assert_eq!(err_key(&c), "metrics.every_steps");
     }
 
     #[test]

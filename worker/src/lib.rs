@@ -10,6 +10,8 @@
 //! - [`eval`]: reconstruction PSNR, islands and their ARI, linear probes.
 //! - [`data`]: synthetic part-whole scenes and Fashion-MNIST (IDX files).
 //! - [`analysis`]: clustering, adjusted Rand index, collapse measures, probe.
+//! - [`monitor`]: cheap per-level measures for dashboards (co-distillation
+//!   disagreement, prediction agreement, cosines, islands).
 //! - [`rng`]: keyed deterministic random streams.
 
 pub mod analysis;
@@ -19,6 +21,7 @@ pub mod error;
 pub mod eval;
 pub mod learn;
 pub mod model;
+pub mod monitor;
 pub mod rng;
 
 pub use error::{Error, Result};
