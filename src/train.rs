@@ -113,14 +113,15 @@ fn telemetry(cfg: &Config, dir: &Path) -> Result<(Box<dyn Telemetry>, Option<End
 pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let started = Instant::now();
     let dir = out.unwrap_or_else(default_run_dir);
+    // Open the data and build the model first: a bad data path leaves no run directory behind.
+    let data = datasets(&cfg)?;
+    let model = whole_model(&cfg)?;
     create_run_dir(&dir)?;
     std::fs::write(dir.join("config.toml"), toml::to_string(&cfg)?)
         .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;
     tracing::info!(dir = %dir.display(), steps = cfg.train.steps, weights = ?cfg.model.weights,
         learning = ?cfg.train.learning, data = ?cfg.data.source, "training");
 
-    let data = datasets(&cfg)?;
-    let model = whole_model(&cfg)?;
     let mut trainer = Trainer::new(model, data.train.clone())?;
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = File::create(&metrics_path)

@@ -319,3 +319,18 @@ fn fashion_mnist_trains_and_evaluates() {
         "no object maps in Fashion-MNIST"
     );
 }
+
+#[test]
+fn a_missing_dataset_is_a_clear_error_and_leaves_no_run_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let missing = tmp.path().join("no-such-dir");
+    let path = format!("data.path=\"{}\"", missing.display());
+    let err = failure(&train(
+        &run,
+        &["data.source=fashion_mnist", "model.patch=4", &path],
+    ));
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert!(err.contains("dataset-fashion-mnist"), "{err}");
+    assert!(!run.exists(), "a failed start left {}", run.display());
+}
