@@ -1,8 +1,35 @@
-//! The control plane of the GLOM trainer: how the grid of locations is cut
-//! into tiles, one per worker (DESIGN.md section 4). The coordinator never
+//! The control plane of the GLOM trainer (DESIGN.md sections 4 and 7): how
+//! the grid of locations is cut into tiles, one per worker, who must talk
+//! to whom, and the state machine that admits workers, drives the steps,
+//! orchestrates checkpoints and aggregates metrics. The coordinator never
 //! touches embeddings or weights; it only decides who computes what.
+//!
+//! Everything here is sans-IO: the network, clocks and files belong to the
+//! driver (the binary), which feeds events to [`Coordinator`] and carries
+//! out what it polls from it.
 //!
 //! # Layout
 //! - [`plan`]: balanced rectangular tiles of the grid.
+//! - [`halo`]: halo width from the neighbour-sampling radius; peers of a tile.
+//! - [`state`]: [`Coordinator`], its inputs and outputs ([`Action`]), liveness.
+//! - [`membership`]: hellos, admission, the start of the run, departures.
+//! - [`liveness`]: heartbeats, silent connections, lost workers, abort.
+//! - [`schedule`]: the step driver and checkpoint orchestration.
+//! - [`metrics`]: per-step metrics aggregated over the workers.
+//! - [`error`]: [`Error`] and [`Result`].
+//! - `tests`: a fake cluster driving the state machine without sockets.
 
+pub mod error;
+pub mod halo;
+pub mod liveness;
+pub mod membership;
+pub mod metrics;
 pub mod plan;
+pub mod schedule;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+pub use error::{Error, Result};
+pub use metrics::StepSummary;
+pub use state::{Action, ConnId, Coordinator, LostReason, Phase, Settings};

@@ -1,0 +1,120 @@
+//! Liveness: heartbeats both ways, silent connections, lost workers.
+//!
+//! Any message counts as proof of life. A connection silent for longer
+//! than [`crate::Settings::heartbeat_timeout`] is dropped: before the start
+//! it simply leaves; a member of the running cluster is lost, which emits
+//! [`Action::WorkerLost`] then [`Action::Abort`] and tells the others to
+//! shut down. Rolling back to the last checkpoint and going on with a
+//! replacement or with the survivors (DESIGN.md section 7) is later work;
+//! `Abort::last_checkpoint` says where such a rollback would resume.
+
+use std::time::{Duration, Instant};
+
+use glom_protocol::message::ControlMessage;
+
+use crate::state::{Action, ConnId, Coordinator, LostReason, Role, Stage};
+
+impl Coordinator {
+    /// When [`Coordinator::handle_timeout`] must be called next: the
+    /// earliest heartbeat deadline or heartbeat to send; `None` once the
+    /// run is over.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        if self.is_over() {
+            return None;
+        }
+        let deadlines = self
+            .conns
+            .values()
+            .map(|c| c.last_seen + self.settings.heartbeat_timeout);
+        deadlines.chain([self.next_heartbeat]).min()
+    }
+
+    /// Declare silent connections lost and send due heartbeats.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_over() {
+            return;
+        }
+        let timeout = self.settings.heartbeat_timeout;
+        let silent: Vec<(ConnId, Duration)> = self
+            .conns
+            .iter()
+            .map(|(&id, c)| (id, now.saturating_duration_since(c.last_seen)))
+            .filter(|(_, silent)| *silent > timeout)
+            .collect();
+        for (conn, silent) in silent {
+            self.drop_conn(conn, LostReason::Silent { silent });
+        }
+        if now >= self.next_heartbeat && !self.is_over() {
+            let now_ms = now.saturating_duration_since(self.started_at).as_millis() as u64;
+            let members: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !matches!(c.role, Role::New))
+                .map(|(&id, _)| id)
+                .collect();
+            for conn in members {
+                self.send(conn, ControlMessage::Heartbeat { now_ms });
+            }
+            self.next_heartbeat = now + self.settings.heartbeat_interval;
+        }
+    }
+
+    /// End a connection that misbehaved or went silent: a cluster member is
+    /// lost (the run aborts), anyone else is told why and closed.
+    pub(crate) fn drop_conn(&mut self, conn: ConnId, reason: LostReason) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        match c.role {
+            Role::Worker(id) => self.lose(id, reason),
+            Role::New | Role::Waiting(_) => {
+                self.send(
+                    conn,
+                    ControlMessage::Error {
+                        message: reason.to_string(),
+                    },
+                );
+                self.close(conn);
+            }
+        }
+    }
+
+    /// Worker `id` is gone: report it and abort the run.
+    pub(crate) fn lose(&mut self, id: u32, reason: LostReason) {
+        if self.is_over() {
+            return;
+        }
+        let w = &mut self.workers[id as usize];
+        let (conn, name, connected) = (w.conn, w.name.clone(), w.connected);
+        w.connected = false;
+        if connected {
+            self.send(
+                conn,
+                ControlMessage::Error {
+                    message: reason.to_string(),
+                },
+            );
+            self.close(conn);
+        }
+        let why = format!("worker {id} ({name}) lost: {reason}");
+        self.emit(Action::WorkerLost {
+            worker_id: id,
+            reason,
+        });
+        self.abort(why);
+    }
+
+    /// Stop the run: the connected workers are told to shut down. Rolling
+    /// back to `last_checkpoint` and going on is later work.
+    pub(crate) fn abort(&mut self, reason: String) {
+        self.stage = Stage::Aborted;
+        self.broadcast(ControlMessage::Shutdown {
+            reason: reason.clone(),
+        });
+        let last_checkpoint = self.last_checkpoint;
+        self.emit(Action::Abort {
+            reason,
+            last_checkpoint,
+        });
+    }
+}

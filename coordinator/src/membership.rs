@@ -1,0 +1,190 @@
+//! Membership: connections, hellos, the start of the run, departures.
+//!
+//! A hello is checked with [`check_hello`] (protocol version, then config
+//! hash) and a mismatch is refused on that connection alone. Admitted
+//! workers wait until `workers_expected` of them joined; then worker ids
+//! are given in join order, worker `i` gets tile `i`, and each is sent
+//! `Welcome` then `Assign` with the peers whose tiles intersect its halo.
+//! Later hellos are refused `Full` (or `AlreadyStarted` once a member was
+//! lost: replacing it is later work).
+
+use std::time::Instant;
+
+use glom_protocol::message::{check_hello, Assign, ControlMessage, Hello, PeerInfo, RefuseReason};
+
+use crate::halo::{peers_of, tile_assignment};
+use crate::state::{Action, Conn, ConnId, Coordinator, LostReason, Role, Stage, Worker};
+
+/// Name of a message's variant, for error messages.
+pub(crate) fn kind(msg: &ControlMessage) -> &'static str {
+    match msg {
+        ControlMessage::Hello(_) => "Hello",
+        ControlMessage::Welcome { .. } => "Welcome",
+        ControlMessage::Refused { .. } => "Refused",
+        ControlMessage::Assign(_) => "Assign",
+        ControlMessage::Step(_) => "Step",
+        ControlMessage::StepDone { .. } => "StepDone",
+        ControlMessage::CheckpointSave { .. } => "CheckpointSave",
+        ControlMessage::CheckpointAck { .. } => "CheckpointAck",
+        ControlMessage::Heartbeat { .. } => "Heartbeat",
+        ControlMessage::SleepStart(_) => "SleepStart",
+        ControlMessage::SleepDone(_) => "SleepDone",
+        ControlMessage::Shutdown { .. } => "Shutdown",
+        ControlMessage::Error { .. } => "Error",
+    }
+}
+
+impl Coordinator {
+    /// A connection was opened (its TLS handshake already passed).
+    pub fn handle_connect(&mut self, conn: ConnId, now: Instant) {
+        self.conns.insert(
+            conn,
+            Conn {
+                last_seen: now,
+                role: Role::New,
+            },
+        );
+    }
+
+    /// A connection was closed or failed. A member of the running cluster
+    /// is lost; anyone else simply leaves.
+    pub fn handle_disconnect(&mut self, conn: ConnId, _now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.waiting.retain(|&c| c != conn);
+        if let Role::Worker(id) = c.role {
+            self.workers[id as usize].connected = false;
+            self.lose(id, LostReason::Disconnected);
+        }
+    }
+
+    /// A message arrived on `conn`. Any message counts as proof of life.
+    pub fn handle_message(&mut self, conn: ConnId, msg: ControlMessage, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return; // already closed by us: late traffic
+        };
+        c.last_seen = now;
+        match (&c.role, msg) {
+            (_, ControlMessage::Heartbeat { .. }) => {}
+            (Role::New, ControlMessage::Hello(hello)) => self.on_hello(conn, hello, now),
+            (Role::Worker(id), msg) => {
+                let id = *id;
+                self.on_worker_message(id, msg, now);
+            }
+            (Role::Waiting(_), ControlMessage::Shutdown { .. } | ControlMessage::Error { .. }) => {
+                self.close(conn)
+            }
+            (_, msg) => {
+                let message = format!("unexpected {} before the run started", kind(&msg));
+                self.drop_conn(conn, LostReason::ProtocolViolation { message });
+            }
+        }
+    }
+
+    fn on_worker_message(&mut self, id: u32, msg: ControlMessage, now: Instant) {
+        if self.is_over() {
+            return; // late reports after the end or an abort change nothing
+        }
+        match msg {
+            ControlMessage::StepDone { step, metrics } => self.on_step_done(id, step, metrics, now),
+            ControlMessage::CheckpointAck { step, shard } => {
+                self.on_checkpoint_ack(id, step, shard, now)
+            }
+            ControlMessage::Error { message } => {
+                self.lose(id, LostReason::ReportedError { message })
+            }
+            ControlMessage::Shutdown { reason } => self.lose(id, LostReason::ShutDown { reason }),
+            other => {
+                let message = format!("unexpected {} from worker {id}", kind(&other));
+                self.lose(id, LostReason::ProtocolViolation { message });
+            }
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: RefuseReason) {
+        self.send(
+            conn,
+            ControlMessage::Refused {
+                reason: reason.clone(),
+            },
+        );
+        self.close(conn);
+        self.emit(Action::Refused { conn, reason });
+    }
+
+    fn on_hello(&mut self, conn: ConnId, hello: Hello, now: Instant) {
+        if let Err(reason) = check_hello(&hello, &self.config_hash) {
+            return self.refuse(conn, reason);
+        }
+        if !matches!(self.stage, Stage::Joining) {
+            let full = self.workers.iter().all(|w| w.connected);
+            let reason = if full {
+                RefuseReason::Full
+            } else {
+                RefuseReason::AlreadyStarted
+            };
+            return self.refuse(conn, reason);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.role = Role::Waiting(hello);
+        }
+        self.waiting.push(conn);
+        if self.waiting.len() == self.tiles.len() {
+            self.start(now);
+        }
+    }
+
+    /// Every expected worker joined: give out ids, tiles and peers.
+    fn start(&mut self, now: Instant) {
+        let mut hellos = Vec::new();
+        for (id, conn) in std::mem::take(&mut self.waiting).into_iter().enumerate() {
+            let c = self
+                .conns
+                .get_mut(&conn)
+                .expect("waiting connections are open");
+            let Role::Waiting(hello) = std::mem::replace(&mut c.role, Role::Worker(id as u32))
+            else {
+                unreachable!("only admitted connections wait");
+            };
+            self.workers.push(Worker {
+                conn,
+                name: hello.worker_name.clone(),
+                tile: tile_assignment(&self.tiles[id]),
+                done: 0,
+                connected: true,
+            });
+            hellos.push(hello);
+        }
+        let mut assignments = Vec::new();
+        for id in 0..self.workers.len() {
+            let peers = peers_of(&self.tiles, id, self.reach)
+                .into_iter()
+                .map(|j| PeerInfo {
+                    worker_id: j as u32,
+                    addr: hellos[j].peer_addr.clone(),
+                    tile: self.workers[j].tile,
+                })
+                .collect();
+            let assign = Assign {
+                worker_id: id as u32,
+                tile: self.workers[id].tile,
+                reach: self.reach as u32,
+                peers,
+                config_hash: self.config_hash.clone(),
+            };
+            let conn = self.workers[id].conn;
+            self.send(
+                conn,
+                ControlMessage::Welcome {
+                    worker_id: id as u32,
+                },
+            );
+            self.send(conn, ControlMessage::Assign(assign.clone()));
+            assignments.push((self.workers[id].name.clone(), assign));
+        }
+        self.emit(Action::Started { assignments });
+        self.stage = Stage::Running;
+        self.drive(now);
+    }
+}

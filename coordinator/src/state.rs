@@ -1,0 +1,333 @@
+//! The coordinator as a sans-IO state machine, in the style of quinn's
+//! `Connection`: the driver feeds it events through `handle_*` calls, each
+//! with the current time, and carries out what it asks through the `poll_*`
+//! calls. It never touches a socket, a clock or a file, so the whole
+//! control plane is tested with a fake cluster (`crate::tests`).
+//!
+//! # Driving it
+//! After every `handle_*` call the driver drains, in this order,
+//! [`Coordinator::poll_transmit`] (send each message on its connection),
+//! [`Coordinator::poll_close`] (close the connection once what was queued
+//! for it is sent) and [`Coordinator::poll_action`] (log, write the
+//! manifest, stop), and arms a timer for [`Coordinator::next_timeout`] that
+//! calls [`Coordinator::handle_timeout`].
+//!
+//! # Life of a run
+//! `Joining` (hellos are checked and held) -> all expected workers joined:
+//! `Welcome` + `Assign` to each -> `Running` (steps issued, at most
+//! `max_ahead` outstanding) <-> `Checkpointing` (no step issued; every
+//! worker writes its shard, then the manifest) -> `Finished` after the
+//! final checkpoint. A lost worker turns any state after `Joining` into
+//! `Aborted`; rolling back to the last checkpoint with a replacement or
+//! with the survivors (DESIGN.md section 7) is later work: today the
+//! driver stops the run and reports the checkpoint to resume from (see
+//! [`crate::liveness`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use glom_protocol::manifest::Manifest;
+use glom_protocol::message::{
+    Assign, ControlMessage, Hello, RefuseReason, ShardAck, TileAssignment,
+};
+use glom_protocol::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::halo::halo_reach;
+use crate::metrics::{StepAccumulator, StepSummary};
+use crate::plan::{plan, TileSpec};
+
+/// The driver's name for one connection (any unique number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+/// Knobs of the coordinator that are not part of the run configuration
+/// (they do not change what is computed, so they stay out of its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Most steps issued and not yet reported done by every worker. 1 is
+    /// lockstep; more lets a worker that finished early start the next
+    /// step while a slower one is still on the last.
+    pub max_ahead: u64,
+    /// A connection silent for longer than this is lost. Workers send
+    /// heartbeats during long steps and checkpoints.
+    pub heartbeat_timeout: Duration,
+    /// How often the coordinator sends its own heartbeat to every worker.
+    pub heartbeat_interval: Duration,
+    /// Directory under which checkpoint `N` goes to `<root>/step-<N>`, as
+    /// seen by the workers (shared storage), like `glom train`'s layout.
+    pub checkpoint_root: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_ahead: 2,
+            heartbeat_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            checkpoint_root: "checkpoints".into(),
+        }
+    }
+}
+
+/// What the driver must do besides sending messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Every expected worker joined; these are the assignments sent, by
+    /// worker id, with each worker's name (the tile plan to log and write).
+    Started { assignments: Vec<(String, Assign)> },
+    /// A hello was refused (already answered with `Refused` and closed).
+    Refused { conn: ConnId, reason: RefuseReason },
+    /// Every worker reported step `step` (0-based); its metrics over the grid.
+    StepCompleted { step: u64, summary: StepSummary },
+    /// Every worker wrote its shard of checkpoint `manifest.step` into
+    /// `dir`: write the manifest there, last and atomically.
+    WriteManifest {
+        dir: String,
+        /// Boxed: a manifest holds the whole configuration.
+        manifest: Box<Manifest>,
+    },
+    /// A worker is gone (always followed by [`Action::Abort`] today).
+    WorkerLost { worker_id: u32, reason: LostReason },
+    /// The run cannot go on; the other workers were told to shut down.
+    /// `last_checkpoint` is where a rerun would resume from.
+    Abort {
+        reason: String,
+        last_checkpoint: Option<u64>,
+    },
+    /// The last step and the final checkpoint are done and every worker
+    /// was sent `Shutdown`. Emitted once.
+    Finished { steps: u64 },
+}
+
+/// Why a worker was declared lost.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LostReason {
+    #[error("its connection closed")]
+    Disconnected,
+    #[error("silent for {silent:?} (heartbeat timeout)")]
+    Silent { silent: Duration },
+    #[error("it reported an error: {message}")]
+    ReportedError { message: String },
+    #[error("it shut down: {reason}")]
+    ShutDown { reason: String },
+    #[error("protocol violation: {message}")]
+    ProtocolViolation { message: String },
+}
+
+/// Where the run stands, as seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Joining,
+    Running,
+    Checkpointing { step: u64 },
+    Finished,
+    Aborted,
+}
+
+/// One connection and what we know of its peer.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) last_seen: Instant,
+    pub(crate) role: Role,
+}
+
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// Connected, no hello yet.
+    New,
+    /// Admitted, waiting for the other workers to join.
+    Waiting(Hello),
+    /// A worker of the running cluster.
+    Worker(u32),
+}
+
+/// A member of the running cluster; index = worker id = tile index.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) conn: ConnId,
+    pub(crate) name: String,
+    pub(crate) tile: TileAssignment,
+    /// Steps this worker reported done (its next `StepDone` is for this step).
+    pub(crate) done: u64,
+    pub(crate) connected: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum Stage {
+    Joining,
+    Running,
+    Checkpointing {
+        step: u64,
+        acks: Vec<Option<ShardAck>>,
+    },
+    Finished,
+    Aborted,
+}
+
+/// The control plane of one run. See the module docs.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub(crate) cfg: Config,
+    pub(crate) config_hash: String,
+    pub(crate) settings: Settings,
+    pub(crate) tiles: Vec<TileSpec>,
+    pub(crate) reach: usize,
+    pub(crate) started_at: Instant,
+    pub(crate) conns: BTreeMap<ConnId, Conn>,
+    /// Admitted connections in join order, before the start.
+    pub(crate) waiting: Vec<ConnId>,
+    pub(crate) workers: Vec<Worker>,
+    pub(crate) stage: Stage,
+    /// Next step to issue; steps `completed..next_step` are outstanding.
+    pub(crate) next_step: u64,
+    /// Steps every worker reported done.
+    pub(crate) completed: u64,
+    pub(crate) last_checkpoint: Option<u64>,
+    /// Reports of the outstanding steps.
+    pub(crate) pending: BTreeMap<u64, StepAccumulator>,
+    pub(crate) next_heartbeat: Instant,
+    transmits: VecDeque<(ConnId, ControlMessage)>,
+    actions: VecDeque<Action>,
+    closes: VecDeque<ConnId>,
+}
+
+impl Coordinator {
+    /// A coordinator for `cfg` waiting for `workers_expected` workers, with
+    /// default [`Settings`].
+    pub fn new(cfg: Config, workers_expected: usize, now: Instant) -> Result<Self> {
+        Self::with_settings(cfg, workers_expected, Settings::default(), now)
+    }
+
+    /// A coordinator with explicit settings.
+    pub fn with_settings(
+        cfg: Config,
+        workers_expected: usize,
+        settings: Settings,
+        now: Instant,
+    ) -> Result<Self> {
+        cfg.validate().map_err(Error::Config)?;
+        let bad = |key, message: &str| Error::Settings {
+            key,
+            message: message.into(),
+        };
+        if settings.max_ahead == 0 {
+            return Err(bad(
+                "max_ahead",
+                "0 would never issue a step; use 1 for lockstep",
+            ));
+        }
+        if settings.heartbeat_timeout.is_zero() || settings.heartbeat_interval.is_zero() {
+            return Err(bad(
+                "heartbeat_timeout",
+                "heartbeat timeout and interval must be positive",
+            ));
+        }
+        let side = cfg.grid_side();
+        let tiles = plan(side, side, workers_expected).map_err(|source| Error::Plan {
+            workers: workers_expected,
+            side,
+            source,
+        })?;
+        Ok(Self {
+            config_hash: cfg.hash(),
+            reach: halo_reach(&cfg),
+            cfg,
+            next_heartbeat: now + settings.heartbeat_interval,
+            settings,
+            tiles,
+            started_at: now,
+            conns: BTreeMap::new(),
+            waiting: Vec::new(),
+            workers: Vec::new(),
+            stage: Stage::Joining,
+            next_step: 0,
+            completed: 0,
+            last_checkpoint: None,
+            pending: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            actions: VecDeque::new(),
+            closes: VecDeque::new(),
+        })
+    }
+
+    /// The tiles of the plan; worker `i` gets tile `i`.
+    pub fn tiles(&self) -> &[TileSpec] {
+        &self.tiles
+    }
+
+    /// Halo width in grid cells (see [`crate::halo`]).
+    pub fn reach(&self) -> usize {
+        self.reach
+    }
+
+    /// Where the run stands.
+    pub fn phase(&self) -> Phase {
+        match &self.stage {
+            Stage::Joining => Phase::Joining,
+            Stage::Running => Phase::Running,
+            Stage::Checkpointing { step, .. } => Phase::Checkpointing { step: *step },
+            Stage::Finished => Phase::Finished,
+            Stage::Aborted => Phase::Aborted,
+        }
+    }
+
+    /// Steps issued and not yet reported done by every worker.
+    pub fn outstanding(&self) -> u64 {
+        self.next_step - self.completed
+    }
+
+    /// Next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, ControlMessage)> {
+        self.transmits.pop_front()
+    }
+
+    /// Next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Next connection to close (after flushing what was queued for it).
+    pub fn poll_close(&mut self) -> Option<ConnId> {
+        self.closes.pop_front()
+    }
+
+    pub(crate) fn is_over(&self) -> bool {
+        matches!(self.stage, Stage::Finished | Stage::Aborted)
+    }
+
+    pub(crate) fn send(&mut self, conn: ConnId, msg: ControlMessage) {
+        self.transmits.push_back((conn, msg));
+    }
+
+    pub(crate) fn emit(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    /// Forget `conn` and ask the driver to close it.
+    pub(crate) fn close(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.waiting.retain(|&c| c != conn);
+        self.closes.push_back(conn);
+    }
+
+    /// Send `msg` to every connected worker.
+    pub(crate) fn broadcast(&mut self, msg: ControlMessage) {
+        let conns: Vec<ConnId> = self
+            .workers
+            .iter()
+            .filter(|w| w.connected)
+            .map(|w| w.conn)
+            .collect();
+        for conn in conns {
+            self.send(conn, msg.clone());
+        }
+    }
+}
