@@ -64,6 +64,27 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Manage the cluster's TLS certificates.
+    Certs {
+        #[command(subcommand)]
+        action: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a new cluster CA and certificates for the coordinator and workers.
+    Init {
+        /// Directory to write into (created if missing; existing files are never replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Number of worker certificates (worker-0 .. worker-<N-1>).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Extra host names or addresses the certificates are valid for.
+        #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
+        hosts: Vec<String>,
+    },
 }
 
 fn main() {
@@ -95,5 +116,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
             sets,
         } => evaluate::run(&checkpoint, json, &sets),
+        Command::Certs {
+            action:
+                CertsCommand::Init {
+                    out,
+                    workers,
+                    hosts,
+                },
+        } => {
+            for path in glom_net::certs::init(&out, workers, &hosts)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
     }
 }
