@@ -14,38 +14,12 @@ use glom_protocol::Config;
 
 use crate::plan::TileSpec;
 
-/// `a` at the first level and `b` at the last, geometric in between.
-///
-/// Duplicates `geometric` in `worker/src/model/mod.rs` (the coordinator
-/// cannot depend on the worker crate, which pulls in candle); the two must
-/// stay equal, which `tests::reach_of_the_default_config` pins.
-fn geometric(a: f64, b: f64, level: usize, levels: usize) -> f64 {
-    if levels <= 1 || a <= 0.0 || b <= 0.0 {
-        return if levels <= 1 {
-            a
-        } else {
-            a + (b - a) * level as f64 / (levels - 1) as f64
-        };
-    }
-    a * (b / a).powf(level as f64 / (levels - 1) as f64)
-}
-
 /// Halo width of every level, in grid cells: the largest row or column
-/// offset a sampled neighbour can have.
-///
-/// Duplicates `neighbour_specs` (`worker/src/model/mod.rs`) and
-/// `NeighbourSpec::reach` (`worker/src/model/grid.rs`): sigma geometric
-/// between `model.neighbour_sigma[0]` and `[1]` across levels, radius =
-/// max(sigma * `model.neighbour_cutoff`, 1), reach = floor(radius). A change
-/// there must be made here too, or workers would find neighbours outside
-/// the halo the coordinator planned.
+/// offset a sampled neighbour can have (`ModelConfig::neighbour_reach`, the
+/// same definition the workers draw neighbours from).
 pub fn level_reaches(cfg: &Config) -> Vec<usize> {
-    let m = &cfg.model;
-    (0..m.levels)
-        .map(|l| {
-            let sigma = geometric(m.neighbour_sigma[0], m.neighbour_sigma[1], l, m.levels);
-            (sigma * m.neighbour_cutoff).max(1.0).floor() as usize
-        })
+    (0..cfg.model.levels)
+        .map(|l| cfg.model.neighbour_reach(l))
         .collect()
 }
 

@@ -333,6 +333,44 @@ fn finite_nonneg(x: f64, key: &str) -> Result<()> {
     })
 }
 
+/// `a` at level 0 and `b` at the top level, geometric in between (linear
+/// when an end is not positive).
+pub fn across_levels(a: f64, b: f64, level: usize, levels: usize) -> f64 {
+    if levels <= 1 {
+        return a;
+    }
+    let f = level as f64 / (levels - 1) as f64;
+    if a <= 0.0 || b <= 0.0 {
+        return a + (b - a) * f;
+    }
+    a * (b / a).powf(f)
+}
+
+impl ModelConfig {
+    /// Width (grid cells) of the neighbour-sampling gaussian at `level`
+    /// (paper section 6: wider at higher levels).
+    pub fn neighbour_sigma_at(&self, level: usize) -> f64 {
+        across_levels(
+            self.neighbour_sigma[0],
+            self.neighbour_sigma[1],
+            level,
+            self.levels,
+        )
+    }
+
+    /// Neighbours of a location at `level` lie within this euclidean
+    /// distance (cells). Workers draw from it; the coordinator sizes halos
+    /// from it, so both read this one definition.
+    pub fn neighbour_radius(&self, level: usize) -> f64 {
+        (self.neighbour_sigma_at(level) * self.neighbour_cutoff).max(1.0)
+    }
+
+    /// Largest row or column offset of a neighbour at `level`: the halo width.
+    pub fn neighbour_reach(&self, level: usize) -> usize {
+        self.neighbour_radius(level).floor() as usize
+    }
+}
+
 impl Config {
     /// Check every value; the error names the first offending key.
     pub fn validate(&self) -> Result<()> {

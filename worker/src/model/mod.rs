@@ -17,7 +17,7 @@ mod locmm;
 pub mod nets;
 
 use candle_core::{DType, Device, Tensor, D};
-use glom_protocol::config::{Config, Learning, WeightMode};
+use glom_protocol::config::{across_levels, Config, Learning, WeightMode};
 
 use crate::error::{Error, Result};
 use grid::{sample_neighbours, NeighbourSpec, Tile};
@@ -215,7 +215,7 @@ impl Glom {
     /// Inverse temperature of lateral attention at `level`, iteration `t`.
     pub fn beta(&self, level: usize, t: usize) -> f64 {
         let m = &self.cfg.model;
-        let base = geometric(m.beta[0], m.beta[1], level, m.levels);
+        let base = across_levels(m.beta[0], m.beta[1], level, m.levels);
         let rise = if m.iterations > 1 {
             t as f64 / (m.iterations - 1) as f64
         } else {
@@ -402,29 +402,14 @@ fn per_location_sum(x: &Tensor) -> Result<Tensor> {
     Ok(x.sum(2)?.sum(1)?)
 }
 
-/// `a` at level 0, `b` at the top, geometric in between.
-fn geometric(a: f64, b: f64, level: usize, levels: usize) -> f64 {
-    if levels <= 1 || a <= 0.0 || b <= 0.0 {
-        return if levels <= 1 {
-            a
-        } else {
-            a + (b - a) * level as f64 / (levels - 1) as f64
-        };
-    }
-    a * (b / a).powf(level as f64 / (levels - 1) as f64)
-}
-
 /// The neighbour-sampling gaussian of every level: wider at higher levels.
 pub fn neighbour_specs(cfg: &Config) -> Vec<NeighbourSpec> {
     let m = &cfg.model;
     (0..m.levels)
-        .map(|l| {
-            let sigma = geometric(m.neighbour_sigma[0], m.neighbour_sigma[1], l, m.levels);
-            NeighbourSpec {
-                count: m.neighbours,
-                sigma,
-                radius: (sigma * m.neighbour_cutoff).max(1.0),
-            }
+        .map(|l| NeighbourSpec {
+            count: m.neighbours,
+            sigma: m.neighbour_sigma_at(l),
+            radius: m.neighbour_radius(l),
         })
         .collect()
 }
