@@ -5,12 +5,14 @@
 //! - [`run`]: datasets and models built from a configuration; run directories.
 //! - [`train`]: `glom train`.
 //! - [`evaluate`]: `glom eval`.
+//! - [`parse`]: `glom parse` (islands per level: the parse tree, as a picture).
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
 
 mod evaluate;
 mod metrics;
 mod observe;
+mod parse;
 mod run;
 mod settings;
 mod train;
@@ -64,6 +66,20 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Picture and JSON of the parse tree (islands per level) of one image.
+    Parse {
+        /// Checkpoint directory (e.g. runs/X/checkpoints/final).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        input: parse::Input,
+        /// Where to write the picture (PNG).
+        #[arg(long, value_name = "OUT.png")]
+        out: PathBuf,
+        /// Also write the parse tree as JSON here.
+        #[arg(long, value_name = "OUT.json")]
+        json: Option<PathBuf>,
+    },
     /// Manage the cluster's TLS certificates.
     Certs {
         #[command(subcommand)]
@@ -116,6 +132,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
             sets,
         } => evaluate::run(&checkpoint, json, &sets),
+        Command::Parse {
+            checkpoint,
+            input,
+            out,
+            json,
+        } => parse::run(&checkpoint, &input, &out, json.as_deref()),
         Command::Certs {
             action:
                 CertsCommand::Init {

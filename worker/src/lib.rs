@@ -9,10 +9,13 @@
 //! - [`checkpoint`]: a tile's parameters and optimiser state on disk.
 //! - [`eval`]: reconstruction PSNR, islands and their ARI, linear probes.
 //! - [`data`]: synthetic part-whole scenes and Fashion-MNIST (IDX files).
+//! - [`parse`]: the parse tree of one image (islands per level, parents).
 //! - [`analysis`]: clustering, adjusted Rand index, collapse measures, probe.
 //! - [`monitor`]: cheap per-level measures for dashboards (co-distillation
 //!   disagreement, prediction agreement, cosines, islands).
 //! - [`rng`]: keyed deterministic random streams.
+//! - [`sleep`]: the offline sleep job: replay buffer, dreams, negative and
+//!   positive phases.
 
 pub mod analysis;
 pub mod checkpoint;
@@ -22,6 +25,8 @@ pub mod eval;
 pub mod learn;
 pub mod model;
 pub mod monitor;
+pub mod parse;
 pub mod rng;
+pub mod sleep;
 
 pub use error::{Error, Result};

@@ -1,0 +1,388 @@
+//! `glom parse`: the parse tree of one image, as a picture and as JSON.
+//!
+//! GLOM (Hinton 2021, sections 1 and 7) represents a parse tree by islands
+//! of identical vectors: at each level, the locations that agree form one
+//! node, and a node's parent is the island one level up over the same
+//! locations. This command settles one image with a checkpoint, colours
+//! every location of every level by its island, and shows how the islands
+//! form over the iterations.
+//!
+//! The picture (all panels on a white canvas, [`GAP`] pixels apart):
+//! - top row: the input upscaled [`SCALE`] times, one panel per level (each
+//!   location coloured by its island; island `k` of a level gets palette
+//!   colour `k`, islands being numbered in order of first appearance), then
+//!   the ground-truth part and object maps when the data has them;
+//! - below: the settling strip, one row per iteration and one column per
+//!   level (under that level's panel, at half size), the islands of the
+//!   state each iteration settled to.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Tensor};
+use clap::Args;
+use glom_protocol::config::Config;
+use glom_worker::checkpoint;
+use glom_worker::data::Image;
+use glom_worker::learn::{make_batch, EVAL_KEY};
+use glom_worker::model::{Glom, Mode, NoHalo};
+use glom_worker::parse::{build_tree, islands_per_level, ParseTree};
+
+use crate::run::{datasets, whole_model};
+
+/// Upscaling of the input and of the level panels (canvas pixels per image pixel).
+pub(crate) const SCALE: usize = 8;
+/// Space between panels and around the picture, in canvas pixels.
+pub(crate) const GAP: usize = 4;
+
+/// Canvas colour (between panels).
+const CANVAS: [u8; 3] = [255, 255, 255];
+/// Background (id 0) of the ground-truth maps.
+const BACKGROUND: [u8; 3] = [0, 0, 0];
+/// Island colours, in order of island number (wrapping after the last).
+const PALETTE: [[u8; 3]; 20] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 212],
+    [0, 128, 128],
+    [220, 190, 255],
+    [170, 110, 40],
+    [255, 225, 25],
+    [128, 0, 0],
+    [170, 255, 195],
+    [128, 128, 0],
+    [255, 215, 180],
+    [0, 0, 128],
+    [128, 128, 128],
+    [100, 60, 160],
+];
+
+/// Which image to parse.
+#[derive(Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct Input {
+    /// Index of a held-out image of the checkpoint's data.
+    #[arg(long, value_name = "N")]
+    image: Option<usize>,
+    /// A PNG of the configured image size and channels.
+    #[arg(long, value_name = "FILE")]
+    png: Option<PathBuf>,
+}
+
+/// Size in pixels `(width, height)` of the picture for images of `side`
+/// pixels, `levels` levels, `iterations` iterations, with or without the
+/// two ground-truth maps.
+pub(crate) fn picture_size(
+    side: usize,
+    levels: usize,
+    iterations: usize,
+    truth: bool,
+) -> (usize, usize) {
+    let panel = side * SCALE;
+    let columns = 1 + levels + if truth { 2 } else { 0 };
+    let width = GAP + columns * (panel + GAP);
+    let height = GAP + panel + GAP + iterations * (panel / 2 + GAP);
+    (width, height)
+}
+
+/// `glom parse --checkpoint DIR (--image N | --png FILE) --out OUT.png [--json OUT.json]`.
+pub(crate) fn run(dir: &Path, input: &Input, out: &Path, json: Option<&Path>) -> Result<()> {
+    let manifest = checkpoint::read_manifest(dir)?;
+    let cfg = manifest.config.clone();
+    let (image, source) = match (input.image, &input.png) {
+        (Some(n), _) => (held_out_image(&cfg, n)?, serde_json::json!({ "image": n })),
+        (None, Some(path)) => (
+            read_png(path, &cfg)?,
+            serde_json::json!({ "png": path.display().to_string() }),
+        ),
+        (None, None) => bail!("give --image N or --png FILE"),
+    };
+    let model = whole_model(&cfg)?;
+    checkpoint::load_into(dir, &model, None)?;
+    let (levels, strip) = settle(&model, &image)?;
+
+    let threshold = cfg.eval.island_threshold;
+    let dim = cfg.model.dim;
+    let tree = build_tree(&levels, dim, threshold);
+    let islands = islands_per_level(&levels, dim, threshold);
+    let strip: Vec<Vec<Vec<usize>>> = strip
+        .iter()
+        .map(|fields| islands_per_level(fields, dim, threshold))
+        .collect();
+    let png = render(&cfg, &image, &islands, &strip);
+    write_png(out, &png)?;
+
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "checkpoint": dir.display().to_string(),
+            "step": manifest.step,
+            "source": source,
+            "grid_side": cfg.grid_side(),
+            "levels": cfg.model.levels,
+            "island_threshold": threshold,
+            "nodes": tree.nodes,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    summary(&tree, &cfg, out, json);
+    Ok(())
+}
+
+/// Held-out image `n`, or an error naming `n` and the held-out size.
+fn held_out_image(cfg: &Config, n: usize) -> Result<Image> {
+    let data = datasets(cfg)?;
+    let len = data.held_out.len();
+    if n >= len {
+        bail!(
+            "--image {n} is out of range: the held-out set has {len} images (0..={})",
+            len.saturating_sub(1)
+        );
+    }
+    Ok(data.held_out.get(n))
+}
+
+/// Read a PNG as an image of the configured size and channels (pixels in
+/// [0, 1], channel-major; alpha is dropped; no ground-truth maps).
+fn read_png(path: &Path, cfg: &Config) -> Result<Image> {
+    let name = path.display();
+    let file = File::open(path).with_context(|| format!("cannot open --png {name}"))?;
+    let mut decoder = png::Decoder::new(BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder
+        .read_info()
+        .with_context(|| format!("--png {name} is not a readable PNG"))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| anyhow!("--png {name}: image too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .with_context(|| format!("--png {name} is not a readable PNG"))?;
+    let side = cfg.image_side();
+    let (w, h) = (info.width as usize, info.height as usize);
+    if (w, h) != (side, side) {
+        bail!(
+            "--png {name} is {w}x{h} pixels but the model reads {side}x{side} images (data.image_size)"
+        );
+    }
+    let samples = info.color_type.samples();
+    let colours = match info.color_type {
+        png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => 1,
+        _ => 3,
+    };
+    let channels = cfg.channels();
+    if colours != channels {
+        let kind = |c: usize| if c == 1 { "grayscale" } else { "RGB" };
+        bail!(
+            "--png {name} is {} but the model reads {} images ({channels} channel{})",
+            kind(colours),
+            kind(channels),
+            if channels == 1 { "" } else { "s" }
+        );
+    }
+    let mut pixels = Vec::with_capacity(channels * side * side);
+    for c in 0..channels {
+        for y in 0..side {
+            for x in 0..side {
+                let v = buf[y * info.line_size + x * samples + c];
+                pixels.push(f32::from(v) / 255.0);
+            }
+        }
+    }
+    Ok(Image {
+        pixels,
+        part_map: None,
+        object_map: None,
+        label: None,
+    })
+}
+
+/// Settle one image unmasked: the final field of every level, and the
+/// settled field of every level after every iteration (each `[P * d]`).
+type Fields = Vec<Vec<f32>>;
+fn settle(model: &Glom, image: &Image) -> Result<(Fields, Vec<Fields>)> {
+    let cfg = &model.cfg;
+    let batch = make_batch(
+        cfg,
+        std::slice::from_ref(image),
+        &model.tile.locs,
+        EVAL_KEY,
+        0.0,
+        model.device(),
+        model.dtype(),
+    )?;
+    let settled = model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, true)?;
+    let rows = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let levels = settled.levels.iter().map(rows).collect::<Result<_>>()?;
+    let strip = settled
+        .trace
+        .iter()
+        .map(|step| step.iter().map(|(_, state)| rows(state)).collect())
+        .collect::<Result<_>>()?;
+    Ok((levels, strip))
+}
+
+/// An RGB picture.
+struct Canvas {
+    width: usize,
+    height: usize,
+    rgb: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(width: usize, height: usize) -> Self {
+        let rgb = CANVAS.repeat(width * height);
+        Self { width, height, rgb }
+    }
+
+    fn fill(&mut self, x0: usize, y0: usize, w: usize, h: usize, colour: [u8; 3]) {
+        for y in y0..(y0 + h).min(self.height) {
+            for x in x0..(x0 + w).min(self.width) {
+                let i = 3 * (y * self.width + x);
+                self.rgb[i..i + 3].copy_from_slice(&colour);
+            }
+        }
+    }
+
+    /// A `side x side` map of colours, each cell `cell` canvas pixels wide.
+    fn map(
+        &mut self,
+        x0: usize,
+        y0: usize,
+        side: usize,
+        cell: usize,
+        at: impl Fn(usize) -> [u8; 3],
+    ) {
+        for r in 0..side {
+            for c in 0..side {
+                self.fill(x0 + c * cell, y0 + r * cell, cell, cell, at(r * side + c));
+            }
+        }
+    }
+}
+
+fn island_colour(k: usize) -> [u8; 3] {
+    PALETTE[k % PALETTE.len()]
+}
+
+/// Colours of a ground-truth id map: background black, other ids from the
+/// palette in order of first appearance.
+fn truth_colours(map: &[u16]) -> Vec<[u8; 3]> {
+    let mut seen: Vec<u16> = Vec::new();
+    map.iter()
+        .map(|&id| {
+            if id == 0 {
+                return BACKGROUND;
+            }
+            let k = seen.iter().position(|&s| s == id).unwrap_or_else(|| {
+                seen.push(id);
+                seen.len() - 1
+            });
+            island_colour(k)
+        })
+        .collect()
+}
+
+/// Draw the picture described in the module header.
+fn render(
+    cfg: &Config,
+    image: &Image,
+    islands: &[Vec<usize>],
+    strip: &[Vec<Vec<usize>>],
+) -> Canvas {
+    let side = cfg.image_side();
+    let grid = cfg.grid_side();
+    let levels = islands.len();
+    let truth = match (&image.part_map, &image.object_map) {
+        (Some(p), Some(o)) => Some((p, o)),
+        _ => None,
+    };
+    let (width, height) = picture_size(side, levels, strip.len(), truth.is_some());
+    let mut canvas = Canvas::new(width, height);
+    let panel = side * SCALE;
+    let column = |i: usize| GAP + i * (panel + GAP);
+
+    let channels = cfg.channels();
+    let plane = side * side;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    canvas.map(column(0), GAP, side, SCALE, |i| {
+        if channels >= 3 {
+            [0, 1, 2].map(|c| byte(image.pixels[c * plane + i]))
+        } else {
+            [byte(image.pixels[i]); 3]
+        }
+    });
+    for (l, labels) in islands.iter().enumerate() {
+        canvas.map(column(1 + l), GAP, grid, panel / grid, |i| {
+            island_colour(labels[i])
+        });
+    }
+    if let Some((part, object)) = truth {
+        for (k, map) in [part, object].into_iter().enumerate() {
+            let colours = truth_colours(map);
+            canvas.map(column(1 + levels + k), GAP, side, SCALE, |i| colours[i]);
+        }
+    }
+    let small = panel / 2;
+    for (t, step) in strip.iter().enumerate() {
+        let y = GAP + panel + GAP + t * (small + GAP);
+        for (l, labels) in step.iter().enumerate() {
+            canvas.map(column(1 + l), y, grid, small / grid, |i| {
+                island_colour(labels[i])
+            });
+        }
+    }
+    canvas
+}
+
+fn write_png(path: &Path, canvas: &Canvas) -> Result<()> {
+    let name = path.display();
+    let file = File::create(path).with_context(|| format!("cannot create {name}"))?;
+    let mut encoder = png::Encoder::new(
+        BufWriter::new(file),
+        canvas.width as u32,
+        canvas.height as u32,
+    );
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder
+        .write_header()
+        .with_context(|| format!("writing {name}"))?;
+    writer
+        .write_image_data(&canvas.rgb)
+        .with_context(|| format!("writing {name}"))?;
+    writer.finish().with_context(|| format!("writing {name}"))?;
+    Ok(())
+}
+
+/// What was written, and the islands per level.
+fn summary(tree: &ParseTree, cfg: &Config, out: &Path, json: Option<&Path>) {
+    let counts: Vec<String> = (0..cfg.model.levels)
+        .map(|l| tree.level(l).count().to_string())
+        .collect();
+    println!(
+        "islands per level (threshold {}): {}",
+        cfg.eval.island_threshold,
+        counts.join(" ")
+    );
+    println!(
+        "wrote {}: input | levels 0..{} | ground truth (part, object) when known; \
+         below, islands after each iteration (rows) per level (columns)",
+        out.display(),
+        cfg.model.levels.saturating_sub(1)
+    );
+    if let Some(path) = json {
+        println!("wrote {}: parse tree (nodes, parents)", path.display());
+    }
+}

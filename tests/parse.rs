@@ -1,0 +1,260 @@
+//! `glom parse` run the way a user runs it: the picture is a valid PNG of the
+//! size its layout implies, the parse tree links every island to one at the
+//! level above, and bad arguments fail with a message naming what was wrong.
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A tiny model on 16x16 scenes: 2 levels, 2 iterations, a 4x4 grid.
+const TINY: &[&str] = &[
+    "train.steps=2",
+    "model.levels=2",
+    "model.dim=8",
+    "model.hidden=16",
+    "model.iterations=2",
+    "data.image_size=16",
+    "eval.images=4",
+    "eval.probe_images=8",
+    // Tests run in parallel: each endpoint takes a free port.
+    "metrics.listen=127.0.0.1:0",
+];
+const SIDE: usize = 16;
+const LEVELS: usize = 2;
+const ITERATIONS: usize = 2;
+const LOCATIONS: usize = 16;
+
+/// The picture's layout: panels of `SIDE * 8` pixels, 4 pixels apart and
+/// around; a top row of input, one panel per level and (when the data has
+/// them) the part and object maps; below, one row of half-size panels per
+/// iteration.
+fn expected_size(truth: bool) -> (u32, u32) {
+    let (panel, gap) = (SIDE * 8, 4);
+    let columns = 1 + LEVELS + if truth { 2 } else { 0 };
+    let width = gap + columns * (panel + gap);
+    let height = gap + panel + gap + ITERATIONS * (panel / 2 + gap);
+    (width as u32, height as u32)
+}
+
+fn glom(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glom"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the glom binary runs")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "glom failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failure(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "glom succeeded but should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Train the tiny model under `tmp`; its final checkpoint.
+fn trained(tmp: &Path) -> PathBuf {
+    let run = tmp.join("run");
+    let mut args = vec!["train", "--out", run.to_str().unwrap(), "--no-eval"];
+    for set in TINY {
+        args.extend(["--set", set]);
+    }
+    ok(&glom(&args));
+    run.join("checkpoints").join("final")
+}
+
+fn parse(checkpoint: &Path, input: &[&str], out: &Path, json: Option<&Path>) -> Output {
+    let mut args = vec!["parse", "--checkpoint", checkpoint.to_str().unwrap()];
+    args.extend_from_slice(input);
+    args.extend(["--out", out.to_str().unwrap()]);
+    if let Some(j) = json {
+        args.extend(["--json", j.to_str().unwrap()]);
+    }
+    glom(&args)
+}
+
+/// Decode a PNG: (width, height, colour type).
+fn decode(path: &Path) -> (u32, u32, png::ColorType) {
+    let file = std::fs::File::open(path).unwrap();
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap_or_else(|e| panic!("{}: not a valid PNG: {e}", path.display()));
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    (info.width, info.height, info.color_type)
+}
+
+/// Write a `side x side` PNG of `colour` type (8 bits, a gradient).
+fn write_png(path: &Path, side: u32, colour: png::ColorType) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(BufWriter::new(file), side, side);
+    enc.set_color(colour);
+    enc.set_depth(png::BitDepth::Eight);
+    let n = (side * side) as usize * colour.samples();
+    let data: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+    let mut w = enc.write_header().unwrap();
+    w.write_image_data(&data).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn parse_writes_a_picture_of_the_layout_size_and_a_tree_whose_parents_point_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let (png_out, json_out) = (tmp.path().join("x.png"), tmp.path().join("x.json"));
+    ok(&parse(&ckpt, &["--image", "0"], &png_out, Some(&json_out)));
+
+    let (w, h, colour) = decode(&png_out);
+    assert_eq!(
+        (w, h),
+        expected_size(true),
+        "scenes have part and object maps"
+    );
+    assert_eq!(colour, png::ColorType::Rgb);
+
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    let nodes = doc["nodes"].as_array().expect("a nodes array");
+    for level in 0..LEVELS {
+        let at: Vec<&Value> = nodes.iter().filter(|n| n["level"] == level).collect();
+        assert!(!at.is_empty(), "no node at level {level}: {doc}");
+        // The islands of a level partition the grid.
+        let mut locations: Vec<u64> = at
+            .iter()
+            .flat_map(|n| {
+                let locs = n["locations"].as_array().unwrap();
+                assert_eq!(n["size"].as_u64().unwrap() as usize, locs.len());
+                assert!(n["mean_norm"].as_f64().unwrap() > 0.0);
+                locs.iter().map(|l| l.as_u64().unwrap())
+            })
+            .collect();
+        locations.sort_unstable();
+        assert_eq!(
+            locations,
+            (0..LOCATIONS as u64).collect::<Vec<_>>(),
+            "level {level}"
+        );
+    }
+    for (id, node) in nodes.iter().enumerate() {
+        assert_eq!(node["id"], id);
+        let level = node["level"].as_u64().unwrap();
+        match node["parent"].as_u64() {
+            Some(p) => {
+                let parent = &nodes[p as usize];
+                assert_eq!(parent["level"].as_u64().unwrap(), level + 1, "node {id}");
+                let above: Vec<&Value> = parent["locations"].as_array().unwrap().iter().collect();
+                assert!(
+                    node["locations"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|l| above.contains(&l)),
+                    "node {id}'s parent covers none of its locations"
+                );
+            }
+            None => assert_eq!(level as usize, LEVELS - 1, "node {id} has no parent"),
+        }
+    }
+}
+
+#[test]
+fn parse_of_a_png_has_no_ground_truth_panels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let input = tmp.path().join("in.png");
+    write_png(&input, SIDE as u32, png::ColorType::Rgb);
+    let out = tmp.path().join("x.png");
+    ok(&parse(
+        &ckpt,
+        &["--png", input.to_str().unwrap()],
+        &out,
+        None,
+    ));
+    let (w, h, _) = decode(&out);
+    assert_eq!((w, h), expected_size(false));
+}
+
+#[test]
+fn parse_rejects_an_image_index_out_of_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let out = tmp.path().join("x.png");
+    let err = failure(&parse(&ckpt, &["--image", "99999"], &out, None));
+    assert!(err.contains("99999"), "{err}");
+    assert!(err.contains("held-out set has 8 images"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn parse_rejects_a_file_that_is_not_a_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let bogus = tmp.path().join("not-a-picture.png");
+    std::fs::write(&bogus, "plain text").unwrap();
+    let out = tmp.path().join("x.png");
+    let err = failure(&parse(
+        &ckpt,
+        &["--png", bogus.to_str().unwrap()],
+        &out,
+        None,
+    ));
+    assert!(err.contains("not-a-picture.png"), "{err}");
+    assert!(err.contains("not a readable PNG"), "{err}");
+    let missing = tmp.path().join("missing.png");
+    let err = failure(&parse(
+        &ckpt,
+        &["--png", missing.to_str().unwrap()],
+        &out,
+        None,
+    ));
+    assert!(err.contains("missing.png"), "{err}");
+}
+
+#[test]
+fn parse_rejects_a_png_of_the_wrong_size_or_channels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = trained(tmp.path());
+    let out = tmp.path().join("x.png");
+    let small = tmp.path().join("small.png");
+    write_png(&small, 10, png::ColorType::Rgb);
+    let err = failure(&parse(
+        &ckpt,
+        &["--png", small.to_str().unwrap()],
+        &out,
+        None,
+    ));
+    assert!(err.contains("10x10"), "{err}");
+    assert!(err.contains("16x16"), "{err}");
+    let gray = tmp.path().join("gray.png");
+    write_png(&gray, SIDE as u32, png::ColorType::Grayscale);
+    let err = failure(&parse(
+        &ckpt,
+        &["--png", gray.to_str().unwrap()],
+        &out,
+        None,
+    ));
+    assert!(err.contains("grayscale") && err.contains("RGB"), "{err}");
+}
+
+#[test]
+fn parse_needs_exactly_one_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let ckpt = tmp.path().join("none");
+    let err = failure(&parse(&ckpt, &[], &out, None));
+    assert!(err.contains("--image") && err.contains("--png"), "{err}");
+    let err = failure(&parse(
+        &ckpt,
+        &["--image", "0", "--png", "a.png"],
+        &out,
+        None,
+    ));
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -1,0 +1,352 @@
+//! Dreaming and the two phases of a sleep job (paper section 12.2,
+//! DESIGN.md section 3).
+//!
+//! - Dream: stored (optionally perturbed) top-level embeddings run down the
+//!   top-down nets, each result layer-normalised like a settled state. Each
+//!   location dreams alone: no lateral attention, so no halo.
+//! - Negative phase: at every level l >= 1 the bottom-up prediction from the
+//!   dreamed level below, `BU[l](dream[l-1])`, is held apart from the
+//!   consensus of an unrelated context with `relu(cos - margin)`. Only the
+//!   bottom-up nets learn here: dreams and negatives are detached and the
+//!   optimiser holds only `bu.*` parameters.
+//! - Positive phase: the awake distillation form with the dream as the
+//!   consensus: `BU[l](dream[l-1])` toward `dream[l]`, and
+//!   `TD[l](dream[l+1])` toward `dream[l]` (both targets detached). Since a
+//!   dream is the top-down nets' own normalised output, the top-down term
+//!   only keeps their outputs on the scale of a normalised consensus; it
+//!   teaches them nothing the day did not (the section's "the top level
+//!   simply does not learn during REM sleep because those episodes did not
+//!   happen"). The bottom-up term is what makes this phase matter: it keeps
+//!   the bottom-up nets agreeing with what the top-down nets generate, so the
+//!   negative phase cannot win by breaking the positive agreement.
+//!
+//! Choice of negatives: FINDINGS item 2 found that other images at the same
+//! location make poor negatives - most such pairs are background against
+//! background, which should agree, and the hinge grows instead of falling.
+//! So for each dreamed sample and location, [`NEGATIVE_CANDIDATES`] other
+//! stored images are drawn and the one whose stored level-l consensus at
+//! that location has the LOWEST cosine to the dream's own level-l vector is
+//! the negative: the stored context most likely to be a different entity
+//! (another island, another object) rather than one that should agree.
+//!
+//! Losses are sums over this tile's locations divided by the number of
+//! locations of the whole grid, as in the awake objective, so tiles of one
+//! grid add up to the grid's loss and every location's gradient is its own.
+
+use candle_core::{Tensor, Var};
+use glom_protocol::config::WeightMode;
+
+use super::{cosine, hinge, ReplayBuffer, SleepParams};
+use crate::error::{Error, Result};
+use crate::learn::{Adam, AdamParams};
+use crate::model::{layer_norm, nets::location_code, Glom};
+use crate::rng::Rng;
+
+/// Stored contexts compared per dreamed sample to choose its negative.
+pub const NEGATIVE_CANDIDATES: usize = 4;
+
+/// Stream tags of [`Rng::from_key`].
+const SLEEP_STREAM: u64 = 0x534c_4550;
+const EVAL_STREAM: u64 = 0x534c_4556;
+
+/// What a sleep job did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SleepReport {
+    /// Negative (hinge) loss of the first negative step, before its update.
+    pub negative_loss_first: f64,
+    /// Negative loss of the last negative step, before its update.
+    pub negative_loss_last: f64,
+    /// Positive loss of the last positive step (0 if none ran).
+    pub positive_loss_last: f64,
+    /// Optimisation steps run (negative and positive).
+    pub steps: usize,
+}
+
+/// The location code of the shared top-down net, as [`Glom::settle`]
+/// appends it (`[P, 1, code]`), or `None` when the model uses none.
+fn top_down_code(model: &Glom) -> Result<Option<Tensor>> {
+    let m = &model.cfg.model;
+    if m.weights == WeightMode::Shared && m.location_code && m.location_code_dim > 0 {
+        Ok(Some(location_code(
+            model.tile.grid,
+            &model.tile.locs,
+            m.location_code_dim,
+            model.device(),
+            model.dtype(),
+        )?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// `TD[l]` applied to `above` (`[P, n, d]`), with the location code if any.
+fn top_down(model: &Glom, code: Option<&Tensor>, l: usize, above: &Tensor) -> Result<Tensor> {
+    let input = match code {
+        Some(code) => {
+            let (p, n, _) = above.dims3()?;
+            let c = code.broadcast_as((p, n, code.dim(2)?))?;
+            Tensor::cat(&[above, &c], 2)?
+        }
+        None => above.clone(),
+    };
+    model.nets.top_down[l].forward(&input)
+}
+
+/// Generate every level top-down from top-level embeddings `top`
+/// (`[P, n, d]`, P the tile's locations): `e[K-1] = LN(top)`,
+/// `e[l] = LN(TD[l](e[l+1]))`. Returns levels `0..K`. Each location is
+/// computed alone (no lateral attention, no halo); in shared mode the
+/// location code is appended as the settle does.
+pub fn dream(model: &Glom, top: &Tensor) -> Result<Vec<Tensor>> {
+    let k = model.cfg.model.levels;
+    let (p, _, d) = top.dims3()?;
+    if p != model.tile.locs.len() || d != model.cfg.model.dim {
+        return Err(Error::Shape(format!(
+            "dream: top is {:?}, the tile needs [{}, n, {}]",
+            top.dims(),
+            model.tile.locs.len(),
+            model.cfg.model.dim
+        )));
+    }
+    let code = top_down_code(model)?;
+    let mut out = vec![layer_norm(top)?];
+    for l in (0..k.saturating_sub(1)).rev() {
+        let td = top_down(model, code.as_ref(), l, &out[0])?;
+        out.insert(0, layer_norm(&td)?);
+    }
+    Ok(out)
+}
+
+/// One draw of a step: dreams (detached) and, per level, the negatives.
+struct Draw {
+    dreams: Vec<Tensor>,
+    src: Vec<usize>,
+}
+
+/// Dream from `batch` stored top-level states, perturbed by `noise`.
+fn draw_dreams(
+    model: &Glom,
+    replay: &ReplayBuffer,
+    params: &SleepParams,
+    rng: &mut Rng,
+) -> Result<Draw> {
+    let k = model.cfg.model.levels;
+    if replay.levels() != Some(k) {
+        return Err(Error::Shape(format!(
+            "sleep: replay holds {:?} levels, the model has {k} (or the buffer is empty)",
+            replay.levels()
+        )));
+    }
+    let src = replay.sample_indices(params.batch.max(1), rng)?;
+    let mut top = replay.gather(k - 1, &src)?;
+    if params.noise > 0.0 {
+        // Keyed by global location, so any tiling perturbs alike.
+        let base = rng.next_u64();
+        let per_loc = top.elem_count() / model.tile.locs.len().max(1);
+        let mut noise = Vec::with_capacity(top.elem_count());
+        for &g in &model.tile.locs {
+            let mut r = Rng::from_key(&[base, g as u64]);
+            noise.extend((0..per_loc).map(|_| (r.normal() * params.noise) as f32));
+        }
+        let noise = Tensor::from_vec(noise, top.shape(), top.device())?.to_dtype(top.dtype())?;
+        top = (top + noise)?;
+    }
+    let dreams = dream(model, &top.to_dtype(model.dtype())?)?
+        .into_iter()
+        .map(|t| t.detach())
+        .collect();
+    Ok(Draw { dreams, src })
+}
+
+/// Per dreamed sample, [`NEGATIVE_CANDIDATES`] stored items other than its
+/// source (when the buffer holds any other), sample-major.
+fn candidates(replay: &ReplayBuffer, src: &[usize], rng: &mut Rng) -> Vec<usize> {
+    let len = replay.len() as u64;
+    let mut out = Vec::with_capacity(src.len() * NEGATIVE_CANDIDATES);
+    for &s in src {
+        for _ in 0..NEGATIVE_CANDIDATES {
+            let c = if len > 1 {
+                let c = rng.below(len - 1) as usize;
+                if c >= s {
+                    c + 1
+                } else {
+                    c
+                }
+            } else {
+                0
+            };
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// For each location and sample, the candidate whose stored level-`level`
+/// vector has the lowest cosine to `own` (`[P, n, d]`): `[P, n, d]`.
+fn least_similar(
+    replay: &ReplayBuffer,
+    level: usize,
+    cand: &[usize],
+    own: &Tensor,
+) -> Result<Tensor> {
+    let (p, n, d) = own.dims3()?;
+    let c = NEGATIVE_CANDIDATES;
+    let stored = replay
+        .gather(level, cand)?
+        .to_dtype(own.dtype())?
+        .reshape((p, n, c, d))?;
+    let cos = cosine(&own.unsqueeze(2)?, &stored)?; // [P, n, C]
+    let pick = cos
+        .argmin_keepdim(2)?
+        .unsqueeze(3)?
+        .broadcast_as((p, n, 1, d))?
+        .contiguous()?;
+    Ok(stored.contiguous()?.gather(&pick, 2)?.squeeze(2)?)
+}
+
+/// The negative loss of one draw (differentiable in the `bu.*` nets only):
+/// the mean over levels 1..K of the hinge, averaged over samples, summed
+/// over the tile's locations and divided by the grid's location count.
+fn negative_loss(
+    model: &Glom,
+    replay: &ReplayBuffer,
+    params: &SleepParams,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    let k = model.cfg.model.levels;
+    let draw = draw_dreams(model, replay, params, rng)?;
+    let cand = candidates(replay, &draw.src, rng);
+    let grid = model.tile.grid.len() as f64;
+    let mut total: Option<Tensor> = None;
+    for l in 1..k {
+        let pred = model.nets.bottom_up[l - 1].forward(&draw.dreams[l - 1])?;
+        let neg = least_similar(replay, l, &cand, &draw.dreams[l])?.detach();
+        let h = hinge(&pred, &neg, params.margin)?; // [P, n]
+        let term = (h.mean(1)?.sum_all()? / grid)?;
+        total = Some(match total {
+            Some(t) => (t + term)?,
+            None => term,
+        });
+    }
+    let total = total.ok_or_else(|| Error::Shape("sleep needs at least two levels".into()))?;
+    Ok((total / (k - 1) as f64)?)
+}
+
+/// The positive loss of one draw: mean squared error of the bottom-up and
+/// top-down predictions toward the (detached) dreamed levels, averaged over
+/// terms, normalised like [`negative_loss`].
+fn positive_loss(
+    model: &Glom,
+    replay: &ReplayBuffer,
+    params: &SleepParams,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    let k = model.cfg.model.levels;
+    let draw = draw_dreams(model, replay, params, rng)?;
+    let code = top_down_code(model)?;
+    let e = &draw.dreams;
+    let (_, n, d) = e[0].dims3()?;
+    let scale = model.tile.grid.len() as f64 * (n * d) as f64;
+    let mut terms = Vec::new();
+    for l in 1..k {
+        let pred = model.nets.bottom_up[l - 1].forward(&e[l - 1])?;
+        terms.push(((pred - &e[l])?.sqr()?.sum_all()? / scale)?);
+    }
+    for l in 0..k - 1 {
+        let pred = top_down(model, code.as_ref(), l, &e[l + 1])?;
+        terms.push(((pred - &e[l])?.sqr()?.sum_all()? / scale)?);
+    }
+    let count = terms.len();
+    let sum = Tensor::stack(&terms, 0)?.sum_all()?;
+    Ok((sum / count.max(1) as f64)?)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// The variables whose names start with one of `prefixes`.
+fn vars_named(model: &Glom, prefixes: &[&str]) -> Vec<Var> {
+    model
+        .params
+        .entries
+        .iter()
+        .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p)))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The negative loss on a fixed draw keyed by `seed` (no update): a measure
+/// to compare before and after a job.
+pub fn evaluate_negative(
+    model: &Glom,
+    replay: &ReplayBuffer,
+    params: &SleepParams,
+    seed: u64,
+) -> Result<f64> {
+    let mut rng = Rng::from_key(&[seed, EVAL_STREAM]);
+    scalar(&negative_loss(model, replay, params, &mut rng)?)
+}
+
+/// Run a sleep job on `model` (updated in place) from the states in
+/// `replay`: `params.steps` steps in phases of `negative_steps` negative
+/// then `positive_steps` positive steps, negative first. Step s draws from
+/// the stream keyed by `(seed, s)`. The negative optimiser holds only the
+/// `bu.*` parameters, the positive one `bu.*` and `td.*`; the front end and
+/// the decoder never change.
+pub fn run_sleep(
+    model: &Glom,
+    replay: &ReplayBuffer,
+    params: &SleepParams,
+    seed: u64,
+) -> Result<SleepReport> {
+    if model.cfg.model.levels < 2 {
+        return Err(Error::Shape("sleep needs at least two levels".into()));
+    }
+    if params.steps > 0 && params.negative_steps + params.positive_steps == 0 {
+        return Err(Error::Shape(
+            "sleep: negative_steps and positive_steps are both 0".into(),
+        ));
+    }
+    let decay = model.cfg.train.weight_decay;
+    let mut neg_opt = Adam::new(
+        vars_named(model, &["bu."]),
+        AdamParams::new(params.learning_rate, decay),
+    )?;
+    let mut pos_opt = Adam::new(
+        vars_named(model, &["bu.", "td."]),
+        AdamParams::new(params.learning_rate, decay),
+    )?;
+    let mut report = SleepReport::default();
+    let mut first_negative = true;
+    let mut step = 0usize;
+    while step < params.steps {
+        for _ in 0..params.negative_steps {
+            if step >= params.steps {
+                break;
+            }
+            let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
+            let loss = negative_loss(model, replay, params, &mut rng)?;
+            let v = scalar(&loss)?;
+            if first_negative {
+                report.negative_loss_first = v;
+                first_negative = false;
+            }
+            report.negative_loss_last = v;
+            neg_opt.step(&loss.backward()?)?;
+            step += 1;
+        }
+        for _ in 0..params.positive_steps {
+            if step >= params.steps {
+                break;
+            }
+            let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
+            let loss = positive_loss(model, replay, params, &mut rng)?;
+            report.positive_loss_last = scalar(&loss)?;
+            pos_opt.step(&loss.backward()?)?;
+            step += 1;
+        }
+    }
+    report.steps = step;
+    Ok(report)
+}

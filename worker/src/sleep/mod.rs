@@ -1,0 +1,83 @@
+//! The sleep job: offline negative learning (paper sections 7 and 12.2,
+//! DESIGN.md section 3).
+//!
+//! Awake training is positive-only, and positive-only learning collapses
+//! (FINDINGS item 1). The paper's section 12.2 proposes doing the negative
+//! learning offline, "at night": the top-level embeddings generate, through
+//! the top-down nets, embeddings at every level of every column ("dreams");
+//! the bottom-up nets are then trained to keep their predictions from those
+//! dreams apart from the consensus vectors of unrelated contexts, with a
+//! hinge on similarity above a margin (section 7: separation, not distance).
+//! A negative phase comes first, then short positive phases on the generated
+//! inputs alternate with negative phases.
+//!
+//! Generation needs no perceptual inference, hence no attention between
+//! columns: every location dreams alone, so a tile sleeps without any halo
+//! and a worker without peers runs the job on its own locations.
+//!
+//! This module is pure computation: a [`ReplayBuffer`] of recent consensus
+//! states, [`dream`], and [`run_sleep`] which updates the model's parameters
+//! in place.
+
+mod job;
+mod replay;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{Tensor, D};
+
+use crate::error::Result;
+pub use job::{dream, evaluate_negative, run_sleep, SleepReport, NEGATIVE_CANDIDATES};
+pub use replay::ReplayBuffer;
+
+/// Lengths, margin and rates of one sleep job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SleepParams {
+    /// Total optimisation steps of the job (negative and positive together).
+    pub steps: usize,
+    /// Length of each negative phase, in steps (the job starts with one).
+    pub negative_steps: usize,
+    /// Length of each positive phase, in steps (0: negative-only sleep).
+    pub positive_steps: usize,
+    /// Cosine similarity above which a prediction and a negative are pushed
+    /// apart; pairs already below it are left alone.
+    pub margin: f64,
+    /// Adam learning rate of both phases.
+    pub learning_rate: f64,
+    /// Standard deviation of the gaussian perturbation added to stored
+    /// top-level vectors before dreaming (0: dream the stored states).
+    pub noise: f64,
+    /// Dreamed samples per location per step.
+    pub batch: usize,
+}
+
+impl Default for SleepParams {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            negative_steps: 10,
+            positive_steps: 5,
+            margin: 0.2,
+            learning_rate: 1e-3,
+            noise: 0.1,
+            batch: 16,
+        }
+    }
+}
+
+/// Cosine similarity over the last axis (with the engine's epsilon), with
+/// broadcasting between `a` and `b`.
+pub fn cosine(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dot = a.broadcast_mul(b)?.sum(D::Minus1)?;
+    let na = a.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?;
+    Ok(dot.broadcast_div(&(na.broadcast_mul(&nb)? + 1e-6)?)?)
+}
+
+/// The sleep hinge, elementwise over all but the last axis:
+/// `relu(cos(pred, neg) - margin)`. Zero, with zero gradient, for pairs
+/// already separated beyond the margin (paper section 7, footnote 24:
+/// maintain separation rather than maximise distance).
+pub fn hinge(pred: &Tensor, neg: &Tensor, margin: f64) -> Result<Tensor> {
+    Ok((cosine(pred, neg)? - margin)?.relu()?)
+}
