@@ -1,9 +1,12 @@
 //! End-to-end tests of the `glom` command line, run the way a user runs it.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::{failure, ok};
 
 /// A small, fast model and evaluation (a few seconds per run).
 const TINY: &[&str] = &[
@@ -31,20 +34,6 @@ fn glom(args: &[&str], sets: &[&str], env: &[(&str, &str)]) -> Output {
     }
     cmd.env("RUST_LOG", "warn");
     cmd.output().expect("the glom binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "glom failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failure(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "glom succeeded but should have failed"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn train(dir: &Path, extra: &[&str]) -> Output {

@@ -2,11 +2,14 @@
 //! size its layout implies, the parse tree links every island to one at the
 //! level above, and bad arguments fail with a message naming what was wrong.
 
+mod support;
+
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::{failure, ok};
 
 /// A tiny model on 16x16 scenes: 2 levels, 2 iterations, a 4x4 grid.
 const TINY: &[&str] = &[
@@ -44,20 +47,6 @@ fn glom(args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("the glom binary runs")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "glom failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failure(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "glom succeeded but should have failed"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Train the tiny model under `tmp`; its final checkpoint.

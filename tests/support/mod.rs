@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A small, fast model (a few milliseconds per step).
@@ -154,4 +154,20 @@ pub(crate) fn tool(name: &str) -> Option<PathBuf> {
 /// The repository root (where `scripts/` and `docs/` are).
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The stdout of a `glom` run that must succeed (its stderr in the panic if not).
+pub(crate) fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "glom failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stderr of a `glom` run that must fail.
+pub(crate) fn failure(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "glom succeeded but should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
