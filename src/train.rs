@@ -85,7 +85,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 
 /// The telemetry of a run and, when metrics are enabled, its endpoint
 /// (bound now, so an address in use fails before any training).
-fn telemetry(cfg: &Config, dir: &Path) -> Result<(Box<dyn Telemetry>, Option<Endpoint>)> {
+fn telemetry(cfg: &Config) -> Result<(Box<dyn Telemetry>, Option<Endpoint>)> {
     if !cfg.metrics.enabled {
         return Ok((Box::new(NoTelemetry), None));
     }
@@ -102,10 +102,6 @@ fn telemetry(cfg: &Config, dir: &Path) -> Result<(Box<dyn Telemetry>, Option<End
     };
     let prom = PromTelemetry::new(&info)?;
     let endpoint = Endpoint::start(&cfg.metrics.listen, prom.registry.clone())?;
-    let addr = endpoint.addr();
-    std::fs::write(dir.join("metrics_addr.txt"), format!("{addr}\n"))
-        .with_context(|| format!("writing {}", dir.join("metrics_addr.txt").display()))?;
-    tracing::info!(%addr, "metrics at http://{addr}/metrics");
     Ok((Box::new(prom), Some(endpoint)))
 }
 
@@ -113,10 +109,18 @@ fn telemetry(cfg: &Config, dir: &Path) -> Result<(Box<dyn Telemetry>, Option<End
 pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let started = Instant::now();
     let dir = out.unwrap_or_else(default_run_dir);
-    // Open the data and build the model first: a bad data path leaves no run directory behind.
+    // Open the data, build the model and bind the metrics endpoint first: a
+    // bad data path or an address in use leaves no run directory behind.
     let data = datasets(&cfg)?;
     let model = whole_model(&cfg)?;
+    let (telemetry, endpoint) = telemetry(&cfg)?;
     create_run_dir(&dir)?;
+    if let Some(addr) = endpoint.as_ref().map(Endpoint::addr) {
+        let path = dir.join("metrics_addr.txt");
+        std::fs::write(&path, format!("{addr}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     std::fs::write(dir.join("config.toml"), toml::to_string(&cfg)?)
         .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;
     tracing::info!(dir = %dir.display(), steps = cfg.train.steps, weights = ?cfg.model.weights,
@@ -126,7 +130,6 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let metrics_path = dir.join("metrics.jsonl");
     let mut metrics = File::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;
-    let (telemetry, endpoint) = telemetry(&cfg, &dir)?;
     telemetry.phase(Phase::Awake);
     let mut cost = Cost::default();
     let stop = interrupt_flag();
