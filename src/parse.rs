@@ -26,8 +26,8 @@ use clap::Args;
 use glom_protocol::config::Config;
 use glom_worker::checkpoint;
 use glom_worker::data::Image;
-use glom_worker::learn::{make_batch, EVAL_KEY};
-use glom_worker::model::{Glom, Mode, NoHalo};
+use glom_worker::eval::settle_unmasked;
+use glom_worker::model::Glom;
 use glom_worker::parse::{build_tree, islands_per_level, ParseTree};
 
 use crate::run::{datasets, whole_model};
@@ -210,17 +210,7 @@ fn read_png(path: &Path, cfg: &Config) -> Result<Image> {
 /// settled field of every level after every iteration (each `[P * d]`).
 type Fields = Vec<Vec<f32>>;
 fn settle(model: &Glom, image: &Image) -> Result<(Fields, Vec<Fields>)> {
-    let cfg = &model.cfg;
-    let batch = make_batch(
-        cfg,
-        std::slice::from_ref(image),
-        &model.tile.locs,
-        EVAL_KEY,
-        0.0,
-        model.device(),
-        model.dtype(),
-    )?;
-    let settled = model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, true)?;
+    let settled = settle_unmasked(model, std::slice::from_ref(image), true)?;
     let rows = |t: &Tensor| -> Result<Vec<f32>> {
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     };

@@ -269,20 +269,27 @@ fn batches(
         let images: Vec<Image> = (start..count.min(start + BATCH))
             .map(|i| data.get(i))
             .collect();
-        let batch = make_batch(
-            &model.cfg,
-            &images,
-            &model.tile.locs,
-            EVAL_KEY,
-            0.0,
-            model.device(),
-            model.dtype(),
-        )?;
-        let settled = model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, false)?;
+        let settled = settle_unmasked(model, &images, false)?;
         each(start, &images, &settled)?;
         progress(phase, start + images.len(), count);
     }
     Ok(())
+}
+
+/// Settle `images` whole (nothing hidden) with the evaluation's fixed
+/// neighbour draws, as islands, probes and parse trees read them; `trace`
+/// keeps every iteration's states.
+pub fn settle_unmasked(model: &Glom, images: &[Image], trace: bool) -> Result<Settled> {
+    let batch = make_batch(
+        &model.cfg,
+        images,
+        &model.tile.locs,
+        EVAL_KEY,
+        0.0,
+        model.device(),
+        model.dtype(),
+    )?;
+    model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, trace)
 }
 
 /// PSNR of the reconstruction of the hidden patches of the first `count`
