@@ -31,5 +31,5 @@ pub mod state;
 mod tests;
 
 pub use error::{Error, Result};
-pub use metrics::StepSummary;
+pub use metrics::{GridLevel, GridObservation, StepSummary, WorkerStep};
 pub use state::{Action, ConnId, Coordinator, LostReason, Phase, Settings};

@@ -1,18 +1,20 @@
-//! The metrics of one step over the whole grid, aggregated from every
+//! The metrics of one step over the whole grid, assembled from every
 //! worker's [`StepMetrics`].
 //!
-//! Losses arrive as means over each worker's own locations (see
-//! [`StepMetrics`]); weighting them by `locations` gives the mean over the
-//! grid, whatever the tiling. Traffic adds up; waits and step times are
-//! reported as the maximum, since the slowest worker sets the pace.
+//! Losses arrive per location and are added up in global location order,
+//! and observed embeddings are put back in global order, so the summary of
+//! a step is the same, to the last bit, whatever the tiling (sharding
+//! invariance covers the metrics too). Traffic adds up; waits and step
+//! times are also kept per worker, and the maximum is the cluster's, since
+//! the slowest worker sets the pace.
 
-use glom_protocol::message::{EmbeddingSample, StepMetrics};
+use glom_protocol::message::{Observation, StepMetrics};
 use serde::{Deserialize, Serialize};
 
 /// One step's metrics over the grid, for the driver to log and export.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepSummary {
-    /// Location-weighted means over the grid of the workers' losses.
+    /// Grid means of the loss terms.
     pub loss_recon: f64,
     pub loss_distill_bu: f64,
     pub loss_distill_td: f64,
@@ -21,110 +23,298 @@ pub struct StepSummary {
     pub locations: u64,
     /// Halo bytes sent by all workers: compare with the plan's minimum.
     pub halo_bytes_sent: u64,
-    /// Halo bytes received by all workers (equal to sent unless a frame
-    /// was lost, which the transport does not allow).
+    /// Halo bytes received by all workers (equal to sent: the transport
+    /// loses nothing).
     pub halo_bytes_received: u64,
     /// Longest time any worker waited for a halo during the step.
     pub max_halo_wait_seconds: f64,
     /// Longest step time of any worker: the step time of the cluster.
     pub max_step_seconds: f64,
-    /// The workers' embedding samples, merged per level.
-    pub collapse_samples: Vec<EmbeddingSample>,
+    /// Each worker's share, by worker id.
+    pub workers: Vec<WorkerStep>,
+    /// On observed steps: the workers' observations in global order.
+    pub observation: Option<GridObservation>,
 }
 
-/// Sums of one step's reports while they come in.
-#[derive(Debug, Default)]
+/// One worker's traffic and timing in a step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStep {
+    pub worker_id: u32,
+    pub halo_bytes_sent: u64,
+    pub halo_bytes_received: u64,
+    pub halo_wait_seconds: f64,
+    pub step_seconds: f64,
+}
+
+/// The observations of every worker, as if one process had made them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GridObservation {
+    /// Images per location in `embeddings`.
+    pub images: usize,
+    pub dim: usize,
+    /// Locations of the grid.
+    pub locations: usize,
+    pub levels: Vec<GridLevel>,
+}
+
+/// One level of a [`GridObservation`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GridLevel {
+    /// `[locations, images, dim]`, locations in global id order.
+    pub embeddings: Vec<f32>,
+    /// `[locations, dim]`: every location's bottom-up net on the probe input.
+    pub probe: Vec<f32>,
+    /// Grid means of the per-location agreements (`None` where the level
+    /// has no such prediction).
+    pub agreement_bu: Option<f64>,
+    pub agreement_td: Option<f64>,
+}
+
+/// One worker's observation, kept until every worker reported.
+#[derive(Debug)]
+struct Observed {
+    locations: Vec<u32>,
+    observation: Observation,
+}
+
+/// One step's reports while they come in.
+#[derive(Debug)]
 pub(crate) struct StepAccumulator {
     /// Workers that reported.
     pub(crate) reports: usize,
-    /// Sums of `loss * locations`, divided by `locations` at the end.
-    weighted: [f64; 4],
-    summary: StepSummary,
+    /// Per global location: its loss terms, once reported.
+    losses: Vec<Option<[f64; 4]>>,
+    workers: Vec<WorkerStep>,
+    observed: Vec<Observed>,
 }
 
 impl StepAccumulator {
-    /// Add one worker's report.
-    pub(crate) fn add(&mut self, m: StepMetrics) {
-        let w = f64::from(m.locations);
-        let losses = [
-            m.loss_recon,
-            m.loss_distill_bu,
-            m.loss_distill_td,
-            m.loss_negative,
-        ];
-        for (sum, loss) in self.weighted.iter_mut().zip(losses) {
-            *sum += loss * w;
+    /// An empty step on a grid of `locations` locations.
+    pub(crate) fn new(locations: usize) -> Self {
+        Self {
+            reports: 0,
+            losses: vec![None; locations],
+            workers: Vec::new(),
+            observed: Vec::new(),
         }
-        let s = &mut self.summary;
-        s.locations += u64::from(m.locations);
-        s.halo_bytes_sent += m.halo_bytes_sent;
-        s.halo_bytes_received += m.halo_bytes_received;
-        s.max_halo_wait_seconds = s.max_halo_wait_seconds.max(m.halo_wait_seconds);
-        s.max_step_seconds = s.max_step_seconds.max(m.step_seconds);
-        for sample in m.collapse_samples {
-            match s
-                .collapse_samples
-                .iter_mut()
-                .find(|o| o.level == sample.level && o.dim == sample.dim)
-            {
-                Some(o) => o.values.extend(sample.values),
-                None => s.collapse_samples.push(sample),
-            }
-        }
-        self.reports += 1;
     }
 
-    /// The summary of the reports so far.
-    pub(crate) fn finish(self) -> StepSummary {
-        let mut s = self.summary;
-        let n = s.locations.max(1) as f64;
-        let [recon, bu, td, neg] = self.weighted.map(|x| x / n);
-        (
-            s.loss_recon,
-            s.loss_distill_bu,
-            s.loss_distill_td,
-            s.loss_negative,
-        ) = (recon, bu, td, neg);
-        s
+    /// Add worker `worker_id`'s report; an error says what is malformed
+    /// (the worker is then in breach of the protocol).
+    pub(crate) fn add(&mut self, worker_id: u32, m: StepMetrics) -> Result<(), String> {
+        if m.losses.len() != m.locations.len() {
+            return Err(format!(
+                "{} loss entries for {} locations",
+                m.losses.len(),
+                m.locations.len()
+            ));
+        }
+        let grid = self.losses.len();
+        for (&g, l) in m.locations.iter().zip(&m.losses) {
+            let slot = self
+                .losses
+                .get_mut(g as usize)
+                .ok_or_else(|| format!("location {g} is outside the grid of {grid} locations"))?;
+            if slot.is_some() {
+                return Err(format!("location {g} was reported twice"));
+            }
+            *slot = Some(*l);
+        }
+        if let Some(o) = m.observation {
+            let (p, n, d) = (m.locations.len(), o.images as usize, o.dim as usize);
+            for (l, lv) in o.levels.iter().enumerate() {
+                let bad = |what: &str, got: usize, want: usize| {
+                    Err(format!(
+                        "level {l} observation: {got} {what} values, expected {want}"
+                    ))
+                };
+                if lv.embeddings.len() != p * n * d {
+                    return bad("embedding", lv.embeddings.len(), p * n * d);
+                }
+                if lv.probe.len() != p * d {
+                    return bad("probe", lv.probe.len(), p * d);
+                }
+                for (what, v) in [
+                    ("bottom-up", &lv.agreement_bu),
+                    ("top-down", &lv.agreement_td),
+                ] {
+                    if !v.is_empty() && v.len() != p {
+                        return bad(what, v.len(), p);
+                    }
+                }
+            }
+            self.observed.push(Observed {
+                locations: m.locations,
+                observation: o,
+            });
+        }
+        self.workers.push(WorkerStep {
+            worker_id,
+            halo_bytes_sent: m.halo_bytes_sent,
+            halo_bytes_received: m.halo_bytes_received,
+            halo_wait_seconds: m.halo_wait_seconds,
+            step_seconds: m.step_seconds,
+        });
+        self.reports += 1;
+        Ok(())
     }
+
+    /// The summary of the reports.
+    pub(crate) fn finish(mut self) -> StepSummary {
+        let mut sums = [0f64; 4];
+        let mut locations = 0;
+        for l in self.losses.iter().flatten() {
+            locations += 1;
+            for (s, v) in sums.iter_mut().zip(l) {
+                *s += v;
+            }
+        }
+        self.workers.sort_by_key(|w| w.worker_id);
+        let observation = grid_observation(self.losses.len(), &self.observed);
+        StepSummary {
+            loss_recon: sums[0],
+            loss_distill_bu: sums[1],
+            loss_distill_td: sums[2],
+            loss_negative: sums[3],
+            locations,
+            halo_bytes_sent: self.workers.iter().map(|w| w.halo_bytes_sent).sum(),
+            halo_bytes_received: self.workers.iter().map(|w| w.halo_bytes_received).sum(),
+            max_halo_wait_seconds: self
+                .workers
+                .iter()
+                .map(|w| w.halo_wait_seconds)
+                .fold(0.0, f64::max),
+            max_step_seconds: self
+                .workers
+                .iter()
+                .map(|w| w.step_seconds)
+                .fold(0.0, f64::max),
+            workers: self.workers,
+            observation,
+        }
+    }
+}
+
+/// Put the workers' observations back in global location order; `None`
+/// unless every location was observed with the same shape.
+fn grid_observation(grid: usize, observed: &[Observed]) -> Option<GridObservation> {
+    let first = &observed.first()?.observation;
+    let (n, d, k) = (
+        first.images as usize,
+        first.dim as usize,
+        first.levels.len(),
+    );
+    let same =
+        |o: &Observation| o.images as usize == n && o.dim as usize == d && o.levels.len() == k;
+    if !observed.iter().all(|o| same(&o.observation))
+        || observed.iter().map(|o| o.locations.len()).sum::<usize>() != grid
+    {
+        return None;
+    }
+    let mut levels = Vec::with_capacity(k);
+    for l in 0..k {
+        let mut level = GridLevel {
+            embeddings: vec![0.0; grid * n * d],
+            probe: vec![0.0; grid * d],
+            ..GridLevel::default()
+        };
+        let mut bu = vec![None; grid];
+        let mut td = vec![None; grid];
+        for o in observed {
+            let lv = &o.observation.levels[l];
+            for (i, &g) in o.locations.iter().enumerate() {
+                let g = g as usize;
+                level.embeddings[g * n * d..(g + 1) * n * d]
+                    .copy_from_slice(&lv.embeddings[i * n * d..(i + 1) * n * d]);
+                level.probe[g * d..(g + 1) * d].copy_from_slice(&lv.probe[i * d..(i + 1) * d]);
+                bu[g] = lv.agreement_bu.get(i).copied();
+                td[g] = lv.agreement_td.get(i).copied();
+            }
+        }
+        let mean = |v: &[Option<f64>]| -> Option<f64> {
+            let vals: Option<Vec<f64>> = v.iter().copied().collect();
+            vals.map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64)
+        };
+        level.agreement_bu = mean(&bu);
+        level.agreement_td = mean(&td);
+        levels.push(level);
+    }
+    Some(GridObservation {
+        images: n,
+        dim: d,
+        locations: grid,
+        levels,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use glom_protocol::message::LevelObservation;
 
-    fn metrics(loss: f64, locations: u32, wait: f64, level: u32) -> StepMetrics {
+    fn metrics(locations: Vec<u32>, loss: f64, wait: f64) -> StepMetrics {
+        let observation = Observation {
+            images: 1,
+            dim: 2,
+            levels: vec![LevelObservation {
+                embeddings: locations.iter().flat_map(|&g| [g as f32, 0.5]).collect(),
+                probe: locations.iter().flat_map(|&g| [0.0, g as f32]).collect(),
+                agreement_bu: Vec::new(),
+                agreement_td: locations.iter().map(|&g| f64::from(g)).collect(),
+            }],
+        };
         StepMetrics {
-            loss_recon: loss,
-            loss_distill_bu: 2.0 * loss,
-            loss_distill_td: 0.0,
-            loss_negative: 0.0,
+            losses: locations
+                .iter()
+                .map(|_| [loss, 2.0 * loss, 0.0, 0.0])
+                .collect(),
             locations,
             halo_bytes_sent: 100,
             halo_bytes_received: 90,
             halo_wait_seconds: wait,
             step_seconds: 1.0 + wait,
-            collapse_samples: vec![EmbeddingSample {
-                level,
-                dim: 2,
-                values: vec![1.0, 2.0],
-            }],
+            observation: Some(observation),
         }
     }
 
     #[test]
-    fn losses_are_weighted_by_locations_and_traffic_adds_up() {
-        let mut acc = StepAccumulator::default();
-        acc.add(metrics(1.0, 48, 0.5, 0));
-        acc.add(metrics(3.0, 16, 0.25, 0));
+    fn losses_add_up_and_observations_are_put_in_global_order() {
+        let mut acc = StepAccumulator::new(4);
+        acc.add(1, metrics(vec![3, 1], 0.25, 0.5)).unwrap();
+        acc.add(0, metrics(vec![0, 2], 0.125, 0.25)).unwrap();
         assert_eq!(acc.reports, 2);
         let s = acc.finish();
-        assert_eq!(s.loss_recon, (48.0 + 3.0 * 16.0) / 64.0);
-        assert_eq!(s.loss_distill_bu, 2.0 * s.loss_recon);
-        assert_eq!(s.locations, 64);
+        assert_eq!(s.loss_recon, 0.75);
+        assert_eq!(s.loss_distill_bu, 1.5);
+        assert_eq!(s.locations, 4);
         assert_eq!((s.halo_bytes_sent, s.halo_bytes_received), (200, 180));
         assert_eq!((s.max_halo_wait_seconds, s.max_step_seconds), (0.5, 1.5));
-        assert_eq!(s.collapse_samples.len(), 1);
-        assert_eq!(s.collapse_samples[0].values.len(), 4);
+        assert_eq!(
+            s.workers.iter().map(|w| w.worker_id).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        let o = s.observation.unwrap();
+        let level = &o.levels[0];
+        assert_eq!(level.embeddings, [0.0, 0.5, 1.0, 0.5, 2.0, 0.5, 3.0, 0.5]);
+        assert_eq!(level.probe, [0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 3.0]);
+        assert_eq!(level.agreement_bu, None);
+        assert_eq!(level.agreement_td, Some(1.5));
+    }
+
+    #[test]
+    fn malformed_reports_are_refused_with_the_reason() {
+        let mut acc = StepAccumulator::new(4);
+        let e = acc.add(0, metrics(vec![7], 0.0, 0.0)).unwrap_err();
+        assert!(e.contains("location 7 is outside"), "{e}");
+        acc.add(0, metrics(vec![1], 0.0, 0.0)).unwrap();
+        let e = acc.add(1, metrics(vec![1], 0.0, 0.0)).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let mut m = metrics(vec![2], 0.0, 0.0);
+        m.observation.as_mut().unwrap().levels[0].probe.push(1.0);
+        let e = acc.add(1, m).unwrap_err();
+        assert!(e.contains("probe"), "{e}");
+        let mut m = metrics(vec![3], 0.0, 0.0);
+        m.losses.clear();
+        assert!(acc.add(1, m).unwrap_err().contains("loss entries"));
     }
 }

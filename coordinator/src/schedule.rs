@@ -21,6 +21,9 @@ use std::time::Instant;
 use glom_protocol::manifest::{Manifest, ShardEntry};
 use glom_protocol::message::{ControlMessage, ShardAck, Step, StepMetrics};
 
+use glom_protocol::Config;
+
+use crate::metrics::StepAccumulator;
 use crate::state::{Action, Coordinator, LostReason, Stage};
 
 /// Step count at which the next checkpoint falls, after one at `last`
@@ -35,6 +38,17 @@ pub fn next_checkpoint(last: Option<u64>, every: u64, steps: u64) -> u64 {
         None => every,
     };
     next.min(steps)
+}
+
+/// Whether step `step` (0-based) is observed: the first, the last, and
+/// those after which `train.log_every` or `metrics.every_steps` steps are
+/// complete (where `glom train` logs a record or computes the measures).
+pub fn observes(cfg: &Config, step: u64) -> bool {
+    let n = step + 1;
+    n == 1
+        || n == cfg.train.steps
+        || n % cfg.train.log_every.max(1) == 0
+        || (cfg.metrics.enabled && n % cfg.metrics.every_steps.max(1) == 0)
 }
 
 /// Directory of checkpoint `step` under `root`.
@@ -65,6 +79,7 @@ impl Coordinator {
                 step,
                 batch: Vec::new(),
                 mask_key: step,
+                observe: observes(&self.cfg, step),
             }));
         }
     }
@@ -80,14 +95,24 @@ impl Coordinator {
             return self.lose(id, LostReason::ProtocolViolation { message });
         }
         self.workers[id as usize].done += 1;
-        let acc = self.pending.entry(step).or_default();
-        acc.add(metrics);
+        let grid = self.cfg.grid_side() * self.cfg.grid_side();
+        let acc = self
+            .pending
+            .entry(step)
+            .or_insert_with(|| StepAccumulator::new(grid));
+        if let Err(e) = acc.add(id, metrics) {
+            let message = format!("malformed metrics of step {step}: {e}");
+            return self.lose(id, LostReason::ProtocolViolation { message });
+        }
         if acc.reports < self.workers.len() {
             return;
         }
         // Each worker reports in order, so steps complete in order.
         debug_assert_eq!(step, self.completed);
-        let summary = self.pending.remove(&step).unwrap_or_default().finish();
+        let summary = match self.pending.remove(&step) {
+            Some(acc) => acc.finish(),
+            None => return,
+        };
         self.completed = step + 1;
         self.emit(Action::StepCompleted { step, summary });
         self.drive(now);

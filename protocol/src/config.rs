@@ -23,6 +23,7 @@ pub struct Config {
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
     pub metrics: MetricsConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// Whether each location owns its nets (paper section 12.1) or all share one set.
@@ -319,6 +320,52 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Precision of the embeddings in halo frames (DESIGN.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaloPrecision {
+    /// Full precision: runs on any number of workers compute the same bits.
+    F32,
+    /// Half the bytes, about 3 significant digits; results then depend on
+    /// the tiling (a halo value is rounded, an own value is not).
+    Bf16,
+}
+
+/// How the run is spread over workers (DESIGN.md section 4). Only
+/// `halo_precision` changes what is computed: the tiling does not (sharding
+/// invariance), so `workers` and the transport knobs stay out of
+/// [`Config::hash`] and a checkpoint resumes on any number of workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Workers, one tile of the grid each: the in-process workers of
+    /// `glom train`, the workers `glom coordinator` waits for.
+    pub workers: usize,
+    /// Values of the halo frames.
+    pub halo_precision: HaloPrecision,
+    /// Steps the coordinator issues ahead of the slowest worker (1 = lockstep).
+    pub max_ahead: u64,
+    /// QUIC address of `glom coordinator` (UDP); port 0 picks a free one.
+    pub listen: String,
+    /// Seconds between heartbeats; a peer silent for `heartbeat_timeout`
+    /// seconds is lost.
+    pub heartbeat_seconds: f64,
+    pub heartbeat_timeout: f64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            halo_precision: HaloPrecision::F32,
+            max_ahead: 2,
+            listen: "127.0.0.1:7400".into(),
+            heartbeat_seconds: 5.0,
+            heartbeat_timeout: 60.0,
+        }
+    }
+}
+
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -537,7 +584,74 @@ impl Config {
         check(mc.every_steps >= 1, "metrics.every_steps", || {
             format!("{} must be positive", mc.every_steps)
         })?;
+        let c = &self.cluster;
+        check(c.workers >= 1, "cluster.workers", || {
+            format!("{} must be at least 1", c.workers)
+        })?;
+        check(c.max_ahead >= 1, "cluster.max_ahead", || {
+            format!("{} must be at least 1 (1 = lockstep)", c.max_ahead)
+        })?;
+        check(
+            c.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "cluster.listen",
+            || format!("{:?} is not a socket address like 0.0.0.0:7400", c.listen),
+        )?;
+        check(
+            c.heartbeat_seconds.is_finite() && c.heartbeat_seconds > 0.0,
+            "cluster.heartbeat_seconds",
+            || format!("{} must be > 0", c.heartbeat_seconds),
+        )?;
+        check(
+            c.heartbeat_timeout.is_finite() && c.heartbeat_timeout > c.heartbeat_seconds,
+            "cluster.heartbeat_timeout",
+            || {
+                format!(
+                    "{} must be longer than cluster.heartbeat_seconds = {}",
+                    c.heartbeat_timeout, c.heartbeat_seconds
+                )
+            },
+        )?;
         Ok(())
+    }
+
+    /// Check that the run can be split over `workers` workers: only
+    /// per-location nets learning locally can, because nothing but
+    /// embeddings crosses the network (shared weights would need their
+    /// gradients summed over workers, BPTT gradients through the halo).
+    pub fn validate_workers(&self, workers: usize) -> Result<()> {
+        check(workers >= 1, "cluster.workers", || {
+            format!("{workers} must be at least 1")
+        })?;
+        if workers == 1 {
+            return Ok(());
+        }
+        check(
+            self.model.weights == WeightMode::PerLocation,
+            "cluster.workers",
+            || {
+                format!(
+                    "{workers} workers need model.weights = \"per_location\": shared weights \
+                     would need gradients to cross the network; use 1 worker"
+                )
+            },
+        )?;
+        check(
+            self.train.learning == Learning::Local,
+            "cluster.workers",
+            || {
+                format!(
+                    "{workers} workers need train.learning = \"local\": backpropagation through \
+                 time would send gradients through the halo; use 1 worker"
+                )
+            },
+        )?;
+        let side = self.grid_side();
+        check(workers <= side * side, "cluster.workers", || {
+            format!(
+                "{workers} is more than the {side}x{side} = {} locations of the grid",
+                side * side
+            )
+        })
     }
 
     /// Side of the image in pixels for the configured data source.
@@ -561,10 +675,27 @@ impl Config {
         self.image_side() / self.model.patch
     }
 
-    /// Stable hash of the configuration (hex SHA-256 of its JSON form). Two
-    /// processes agree on a run only when their hashes agree.
+    /// Stable hash of what the configuration computes (hex SHA-256 of the
+    /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`
+    /// and `rank_sample`, `data` without `path`, and
+    /// `cluster.halo_precision`). Two processes agree on a run only when
+    /// their hashes agree; settings that do not change the numbers (where
+    /// the data lies on each host, evaluation, checkpoint and metrics
+    /// cadence, the number of workers, addresses) may differ.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(self).expect("a config always serialises");
+        let mut data = self.data.clone();
+        data.path.clear();
+        // How long to train and how often to log change no step's numbers.
+        let mut train = self.train.clone();
+        (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
+        let identity = serde_json::json!({
+            "seed": self.seed,
+            "model": self.model,
+            "train": train,
+            "data": data,
+            "halo_precision": self.cluster.halo_precision,
+        });
+        let json = serde_json::to_vec(&identity).expect("a config always serialises");
         let digest = Sha256::digest(&json);
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -622,12 +753,57 @@ mod tests {
     }
 
     #[test]
-    fn hash_changes_with_any_value() {
+    fn hash_changes_with_what_is_computed_only() {
         let a = Config::default();
-        let mut b = a.clone();
-        b.train.learning_rate *= 2.0;
         assert_eq!(a.hash(), Config::default().hash());
-        assert_ne!(a.hash(), b.hash());
+        let changed: [fn(&mut Config); 5] = [
+            |c| c.train.learning_rate *= 2.0,
+            |c| c.seed += 1,
+            |c| c.model.dim += 1,
+            |c| c.data.max_objects -= 1,
+            |c| c.cluster.halo_precision = HaloPrecision::Bf16,
+        ];
+        for (i, change) in changed.iter().enumerate() {
+            let mut b = a.clone();
+            change(&mut b);
+            assert_ne!(a.hash(), b.hash(), "change {i}");
+        }
+        let same: [fn(&mut Config); 7] = [
+            |c| c.cluster.workers = 4,
+            |c| c.cluster.listen = "0.0.0.0:1".into(),
+            |c| c.data.path = "/elsewhere".into(),
+            |c| c.train.steps = 1,
+            |c| c.metrics.every_steps = 3,
+            |c| c.checkpoint.every_steps = 7,
+            |c| c.eval.images = 5,
+        ];
+        for (i, change) in same.iter().enumerate() {
+            let mut b = a.clone();
+            change(&mut b);
+            assert_eq!(a.hash(), b.hash(), "setting {i}");
+        }
+    }
+
+    #[test]
+    fn only_per_location_local_runs_split_over_workers() {
+        let mut c = Config::default();
+        c.validate_workers(4).unwrap();
+        c.model.weights = WeightMode::Shared;
+        c.validate_workers(1).unwrap();
+        let e = c.validate_workers(2).unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.workers") && e.contains("per_location"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        c.train.learning = Learning::Bptt;
+        let e = c.validate_workers(2).unwrap_err().to_string();
+        assert!(e.contains("local"), "{e}");
+        let e = Config::default()
+            .validate_workers(65)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("8x8"), "{e}");
     }
 
     #[test]

@@ -207,23 +207,26 @@ pub struct Step {
     pub batch: Vec<u64>,
     /// Seed of the patch mask of this step (same mask on every worker).
     pub mask_key: u64,
+    /// Report an [`Observation`] with this step's `StepDone` (the steps on
+    /// which the collapse measures are computed).
+    pub observe: bool,
 }
 
-/// What a worker measured during one step. Losses are means over the
-/// worker's own locations; the coordinator weights them by `locations` to
-/// get the mean over the grid.
+/// What a worker measured during one step.
+///
+/// Losses travel per location rather than as a mean over the tile: the
+/// coordinator adds them up in global location order, so the grid's loss
+/// is the same number, to the last bit, whatever the tiling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
-    /// Reconstruction of masked patches (the task the embeddings serve).
-    pub loss_recon: f64,
-    /// Bottom-up and top-down students toward the consensus: how far the
-    /// nets are from agreeing, the quantity local learning drives down.
-    pub loss_distill_bu: f64,
-    pub loss_distill_td: f64,
-    /// Awake negative (hinge) term; 0 when it is switched off.
-    pub loss_negative: f64,
-    /// Locations the losses are averaged over (the tile size).
-    pub locations: u32,
+    /// Global ids of the worker's own locations: the order of `losses` and
+    /// of every per-location vector of the [`Observation`].
+    pub locations: Vec<u32>,
+    /// Per location: its share of each grid-mean loss term (reconstruction,
+    /// bottom-up distillation, top-down distillation, awake negative),
+    /// already divided by the grid-wide normaliser, so the grid's loss is
+    /// their sum over all locations.
+    pub losses: Vec<[f64; 4]>,
     /// Halo bytes this worker put on the wire (framed), to compare with the
     /// plan's minimum.
     pub halo_bytes_sent: u64,
@@ -234,20 +237,39 @@ pub struct StepMetrics {
     pub halo_wait_seconds: f64,
     /// Wall time of the whole step on this worker, halo wait included.
     pub step_seconds: f64,
-    /// A few embeddings of the tile, for the collapse measures (rank,
-    /// similarity) the coordinator computes over the grid; empty on steps
-    /// that take no sample, else at most one entry per level.
-    pub collapse_samples: Vec<EmbeddingSample>,
+    /// On observed steps ([`Step::observe`]): what the collapse measures
+    /// need from this worker's locations.
+    pub observation: Option<Observation>,
 }
 
-/// Embeddings of one level, row-major `values.len() / dim` vectors of `dim`.
+/// A worker's view of its own locations on an observed step: a bounded
+/// sample (the first `images` images of the batch) of the settled
+/// embeddings, and per-location values the coordinator averages over the
+/// grid. Small beside a step: levels x locations x (images + 1) x dim floats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EmbeddingSample {
-    /// Level the embeddings come from (collapse is measured per level).
-    pub level: u32,
-    /// Length of one vector, to cut `values` without knowing the config.
+pub struct Observation {
+    /// Images of the batch the embeddings are for (its first ones).
+    pub images: u32,
+    /// Length of one embedding.
     pub dim: u32,
-    pub values: Vec<f32>,
+    /// One entry per level, bottom first.
+    pub levels: Vec<LevelObservation>,
+}
+
+/// [`Observation`] of one level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelObservation {
+    /// Settled embeddings, row-major `[locations, images, dim]`.
+    pub embeddings: Vec<f32>,
+    /// Output of the level's bottom-up net (the front end at level 0) on
+    /// the common probe input, row-major `[locations, dim]`: how
+    /// differently the locations' nets compute (co-distillation).
+    pub probe: Vec<f32>,
+    /// Per location: mean over the batch of the cosine between the
+    /// bottom-up prediction and the settled level; empty at level 0.
+    pub agreement_bu: Vec<f64>,
+    /// Same for the top-down prediction; empty at the top level.
+    pub agreement_td: Vec<f64>,
 }
 
 /// A worker's report of the shard file it wrote; it becomes one

@@ -192,6 +192,7 @@ fn a_truncated_frame_is_incomplete_then_an_error_at_end_of_stream() {
         step: 9,
         batch: (0..16).collect(),
         mask_key: 77,
+        observe: false,
     });
     let frame = encode(&msg, &Limits::default()).unwrap();
     let mut dec = FrameDecoder::new(Limits::default());

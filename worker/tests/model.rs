@@ -396,7 +396,11 @@ struct Replay {
 }
 
 impl HaloExchange for Replay {
-    fn exchange(&mut self, iteration: usize, _own: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn send(&mut self, _iteration: usize, _own: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+
+    fn receive(&mut self, iteration: usize) -> Result<Vec<Tensor>> {
         let idx = Tensor::new(
             self.halo.iter().map(|&g| g as u32).collect::<Vec<_>>(),
             &Device::Cpu,
@@ -412,8 +416,12 @@ impl HaloExchange for Replay {
 struct Record(Vec<Vec<Tensor>>);
 
 impl HaloExchange for Record {
-    fn exchange(&mut self, _iteration: usize, own: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn send(&mut self, _iteration: usize, own: &[Tensor]) -> Result<()> {
         self.0.push(own.to_vec());
+        Ok(())
+    }
+
+    fn receive(&mut self, _iteration: usize) -> Result<Vec<Tensor>> {
         Ok(Vec::new())
     }
 }

@@ -24,7 +24,9 @@ fn mismatched_hellos_are_refused_and_the_run_still_starts() {
     let mut old = Hello::new(&cfg.hash(), "old", "10.0.0.9:7000");
     old.version = PROTOCOL_VERSION + 1;
     let old = sim.add_worker(old);
-    let other = sim.add_worker(Hello::new(&config(4, 0).hash(), "other", "10.0.0.8:7000"));
+    let mut different = cfg.clone();
+    different.model.dim += 1;
+    let other = sim.add_worker(Hello::new(&different.hash(), "other", "10.0.0.8:7000"));
     sim.join(old);
     sim.join(other);
     assert_eq!(
@@ -148,7 +150,7 @@ fn a_silent_worker_is_lost_after_the_timeout() {
         0,
         ControlMessage::StepDone {
             step: done,
-            metrics: metrics(32),
+            metrics: metrics((0..32).collect(), [0.0; 4]),
         },
     );
     assert_eq!(sim.actions.len(), before, "{:?}", &sim.actions[before..]);
@@ -195,7 +197,7 @@ fn a_done_for_a_step_never_issued_is_a_protocol_violation() {
     sim.join_all();
     let bogus = ControlMessage::StepDone {
         step: 7,
-        metrics: metrics(64),
+        metrics: metrics((0..64).collect(), [0.0; 4]),
     };
     sim.deliver(0, bogus);
     let lost = sim.actions_where(|a| matches!(a, Action::WorkerLost { reason: LostReason::ProtocolViolation { message }, .. } if message.contains("never issued")));

@@ -29,19 +29,17 @@ pub(crate) fn config(steps: u64, every: u64) -> Config {
     cfg
 }
 
-/// Metrics of a step on `locations` locations: 1000 halo bytes each way.
-pub(crate) fn metrics(locations: u32) -> StepMetrics {
+/// Metrics of a step on `locations`, each with loss terms `loss`: 1000 halo
+/// bytes each way.
+pub(crate) fn metrics(locations: Vec<u32>, loss: [f64; 4]) -> StepMetrics {
     StepMetrics {
-        loss_recon: 0.0,
-        loss_distill_bu: 0.0,
-        loss_distill_td: 0.0,
-        loss_negative: 0.0,
+        losses: vec![loss; locations.len()],
         locations,
         halo_bytes_sent: 1000,
         halo_bytes_received: 1000,
         halo_wait_seconds: 0.0,
         step_seconds: 0.1,
-        collapse_samples: Vec::new(),
+        observation: None,
     }
 }
 
@@ -288,10 +286,9 @@ impl Sim {
             ControlMessage::Step(s) => Some(ControlMessage::StepDone {
                 step: s.step,
                 metrics: StepMetrics {
-                    loss_recon: (s.step + 1) as f64,
-                    loss_distill_bu: i as f64,
                     halo_wait_seconds: 0.01 * i as f64,
-                    ..metrics(locations.len() as u32)
+                    // Shares of a grid mean: each location adds 1/64 of it.
+                    ..metrics(locations, [(s.step + 1) as f64 / 64.0, i as f64, 0.0, 0.0])
                 },
             }),
             ControlMessage::CheckpointSave { step, .. } => Some(ControlMessage::CheckpointAck {

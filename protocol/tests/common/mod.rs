@@ -4,8 +4,8 @@
 
 use glom_protocol::halo::{HaloFrame, HaloPayload};
 use glom_protocol::message::{
-    Assign, ControlMessage, EmbeddingSample, Hello, PeerHello, PeerInfo, PeerMessage, RefuseReason,
-    ShardAck, SleepDone, SleepStart, Step, StepMetrics, TileAssignment,
+    Assign, ControlMessage, Hello, LevelObservation, Observation, PeerHello, PeerInfo, PeerMessage,
+    RefuseReason, ShardAck, SleepDone, SleepStart, Step, StepMetrics, TileAssignment,
 };
 
 /// splitmix64: tiny, fast, and good enough to drive a property test.
@@ -95,20 +95,26 @@ impl Rng {
 
     pub(crate) fn metrics(&mut self) -> StepMetrics {
         StepMetrics {
-            loss_recon: self.f64(),
-            loss_distill_bu: self.f64(),
-            loss_distill_td: self.f64(),
-            loss_negative: self.f64(),
-            locations: self.u32(),
+            locations: self.vec(8, Rng::u32),
+            losses: self.vec(8, |r| [r.f64(), r.f64(), r.f64(), r.f64()]),
             halo_bytes_sent: self.u64(),
             halo_bytes_received: self.u64(),
             halo_wait_seconds: self.f64(),
             step_seconds: self.f64(),
-            collapse_samples: self.vec(3, |r| EmbeddingSample {
-                level: r.u32(),
-                dim: r.u32(),
-                values: r.vec(40, Rng::f32),
-            }),
+            observation: if self.below(2) == 0 {
+                None
+            } else {
+                Some(Observation {
+                    images: self.u32(),
+                    dim: self.u32(),
+                    levels: self.vec(3, |r| LevelObservation {
+                        embeddings: r.vec(40, Rng::f32),
+                        probe: r.vec(8, Rng::f32),
+                        agreement_bu: r.vec(4, Rng::f64),
+                        agreement_td: r.vec(4, Rng::f64),
+                    }),
+                })
+            },
         }
     }
 
@@ -193,6 +199,7 @@ pub(crate) fn random_control(r: &mut Rng, variant: usize) -> ControlMessage {
             step: r.u64(),
             batch: r.vec(32, Rng::u64),
             mask_key: r.next(),
+            observe: r.below(2) == 0,
         }),
         5 => ControlMessage::StepDone {
             step: r.u64(),

@@ -112,12 +112,15 @@ pub struct LossValues {
     pub loss_total: f64,
 }
 
-/// The objective of a settled batch, as a differentiable scalar and values.
+/// The objective of a settled batch: a differentiable scalar, its terms'
+/// values, and each location's share of every term (recon, distill_bu,
+/// distill_td, negative; their sums over the grid's locations are the
+/// values, added in location order by whoever holds the whole grid).
 pub fn objective(
     model: &Glom,
     batch: &Batch,
     settled: &crate::model::Settled,
-) -> Result<(Tensor, LossValues)> {
+) -> Result<(Tensor, LossValues, Vec<[f64; 4]>)> {
     let cfg = &model.cfg;
     let (_, b, pix) = batch.target.dims3()?;
     let n = model.tile.grid.len() as f64;
@@ -131,28 +134,64 @@ pub fn objective(
     let weight = ((&batch.hidden + (visible * tr.recon_visible_weight)?)?)
         .broadcast_as(batch.target.shape())?;
     let sq = (&settled.recon - &batch.target)?.sqr()?;
-    let recon = ((sq * weight)?.sum_all()? / (n * b as f64 * pix as f64))?;
-    let bu = (settled.distill_bu.sum_all()? / (n * b as f64 * d * t * k))?;
+    let recon_loc = ((sq * weight)?.sum(2)?.sum(1)? / (n * b as f64 * pix as f64))?;
+    let bu_loc = (&settled.distill_bu / (n * b as f64 * d * t * k))?;
     let td_count = (k - 1.0).max(1.0);
-    let td = (settled.distill_td.sum_all()? / (n * b as f64 * d * t * td_count))?;
-    let neg = (settled.negative.sum_all()? / (n * b as f64 * t * k))?;
+    let td_loc = (&settled.distill_td / (n * b as f64 * d * t * td_count))?;
+    let neg_loc = (&settled.negative / (n * b as f64 * t * k))?;
+    let (recon, bu, td, neg) = (
+        recon_loc.sum_all()?,
+        bu_loc.sum_all()?,
+        td_loc.sum_all()?,
+        neg_loc.sum_all()?,
+    );
     let total = ((&recon * tr.recon_weight)? + ((&bu + &td)? * tr.distill_weight)?)?;
     let total = (total + (&neg * tr.negative_weight)?)?;
-    let scalar = |x: &Tensor| -> Result<f64> { Ok(x.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-    let values = LossValues {
-        loss_recon: scalar(&recon)?,
-        loss_distill_bu: scalar(&bu)?,
-        loss_distill_td: scalar(&td)?,
-        loss_negative: scalar(&neg)?,
-        loss_total: scalar(&total)?,
-    };
-    Ok((total, values))
+    let values_of = |x: &Tensor| -> Result<Vec<f64>> { Ok(x.to_dtype(DType::F64)?.to_vec1()?) };
+    let terms = [
+        values_of(&recon_loc)?,
+        values_of(&bu_loc)?,
+        values_of(&td_loc)?,
+        values_of(&neg_loc)?,
+    ];
+    let per_location: Vec<[f64; 4]> = (0..terms[0].len())
+        .map(|i| [terms[0][i], terms[1][i], terms[2][i], terms[3][i]])
+        .collect();
+    let values = LossValues::from_shares(cfg, &per_location);
+    Ok((total, values, per_location))
+}
+
+impl LossValues {
+    /// The terms from every location's shares, added in the order given
+    /// (the grid's location order gives the same bits on any tiling), and
+    /// their weighted total.
+    pub fn from_shares(cfg: &Config, shares: &[[f64; 4]]) -> Self {
+        let mut sums = [0f64; 4];
+        for s in shares {
+            for (sum, v) in sums.iter_mut().zip(s) {
+                *sum += v;
+            }
+        }
+        let tr = &cfg.train;
+        let [recon, bu, td, neg] = sums;
+        Self {
+            loss_recon: recon,
+            loss_distill_bu: bu,
+            loss_distill_td: td,
+            loss_negative: neg,
+            loss_total: recon * tr.recon_weight
+                + (bu + td) * tr.distill_weight
+                + neg * tr.negative_weight,
+        }
+    }
 }
 
 /// What one training step produced.
 #[derive(Debug)]
 pub struct StepOutput {
     pub losses: LossValues,
+    /// Each location's share of the loss terms (see [`objective`]).
+    pub loss_shares: Vec<[f64; 4]>,
     /// Settled embeddings per level, `[P, B, d]`, for collapse measures.
     pub levels: Vec<Tensor>,
 }
@@ -200,12 +239,13 @@ impl Trainer {
         let settled = self
             .model
             .settle(&batch.input, self.step, mode, halo, false)?;
-        let (loss, losses) = objective(&self.model, &batch, &settled)?;
+        let (loss, losses, loss_shares) = objective(&self.model, &batch, &settled)?;
         let grads = loss.backward()?;
         self.opt.step(&grads)?;
         self.step += 1;
         Ok(StepOutput {
             losses,
+            loss_shares,
             levels: settled.levels,
         })
     }

@@ -46,18 +46,30 @@ impl From<Learning> for Mode {
 
 /// Supplies the embeddings of a tile's halo at each iteration. A
 /// distributed worker sends its boundary and receives its neighbours' here.
+///
+/// The exchange is split in two so that it overlaps with compute: the
+/// engine hands over its state with [`HaloExchange::send`], computes every
+/// bottom-up and top-down prediction (which need no halo), and only then
+/// blocks in [`HaloExchange::receive`] for the halo that lateral attention
+/// reads.
 pub trait HaloExchange {
-    /// Given the tile's own embeddings per level (`[P, B, d]`) at the start
-    /// of `iteration`, return the halo's per level (`[H, B, d]`, in the
-    /// order of [`Tile::halo`]).
-    fn exchange(&mut self, iteration: usize, own: &[Tensor]) -> Result<Vec<Tensor>>;
+    /// Start the exchange of `iteration`: the tile's own embeddings per
+    /// level (`[P, B, d]`) at the start of that iteration.
+    fn send(&mut self, iteration: usize, own: &[Tensor]) -> Result<()>;
+    /// Finish it: the halo's embeddings per level (`[H, B, d]`, in the
+    /// order of [`Tile::halo`]) at the start of `iteration`.
+    fn receive(&mut self, iteration: usize) -> Result<Vec<Tensor>>;
 }
 
 /// The halo of a tile that has none (the whole grid).
 pub struct NoHalo;
 
 impl HaloExchange for NoHalo {
-    fn exchange(&mut self, _iteration: usize, _own: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn send(&mut self, _iteration: usize, _own: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+
+    fn receive(&mut self, _iteration: usize) -> Result<Vec<Tensor>> {
         Ok(Vec::new())
     }
 }
@@ -290,9 +302,9 @@ impl Glom {
         let mut trace = Vec::new();
         for t in 0..m.iterations {
             let w = MixWeights::at(&self.cfg, t);
-            let halo_e = halo.exchange(t, &e)?;
-            let mut new = Vec::with_capacity(k);
-            let mut step_trace = Vec::new();
+            halo.send(t, &e)?;
+            // Everything that needs no halo, while the exchange is in flight.
+            let mut predictions = Vec::with_capacity(k);
             for l in 0..k {
                 let bu = if l == 0 {
                     self.nets.front.forward(patches)?
@@ -312,6 +324,12 @@ impl Glom {
                 } else {
                     None
                 };
+                predictions.push((bu, td));
+            }
+            let halo_e = halo.receive(t)?;
+            let mut new = Vec::with_capacity(k);
+            let mut step_trace = Vec::new();
+            for (l, (bu, td)) in predictions.into_iter().enumerate() {
                 let src = match halo_e.get(l) {
                     Some(h) if h.dim(0)? > 0 => Tensor::cat(&[&e[l], h], 0)?,
                     _ => e[l].clone(),
@@ -367,30 +385,19 @@ impl Glom {
 
 /// Awake negative term: hinge on the cosine similarity between each
 /// bottom-up prediction and the consensus of an unrelated context (another
-/// image, shifted by one in the batch, at a location half the tile away),
-/// penalising only similarity above `margin` ("maintain separation", paper
-/// section 7, footnote 24). Sum over images, per location `[P]`.
+/// image: the batch shifted by one, at the same location, so the pairing
+/// does not depend on the tiling), penalising only similarity above
+/// `margin` ("maintain separation", paper section 7, footnote 24). Sum over
+/// images, per location `[P]`.
 fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tensor> {
     let (p, b, _) = pred.dims3()?;
     if b < 2 {
         return Ok(Tensor::zeros(p, pred.dtype(), pred.device())?);
     }
-    let shift_b = Tensor::cat(
+    let other = Tensor::cat(
         &[&consensus.narrow(1, 1, b - 1)?, &consensus.narrow(1, 0, 1)?],
         1,
     )?;
-    let half = p / 2;
-    let other = if half > 0 {
-        Tensor::cat(
-            &[
-                &shift_b.narrow(0, half, p - half)?,
-                &shift_b.narrow(0, 0, half)?,
-            ],
-            0,
-        )?
-    } else {
-        shift_b
-    };
     let dot = (pred * &other)?.sum(D::Minus1)?;
     let norms = (pred.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
     let cos = (dot / (norms + 1e-6)?)?;
