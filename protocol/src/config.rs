@@ -24,6 +24,7 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub metrics: MetricsConfig,
     pub cluster: ClusterConfig,
+    pub sleep: SleepConfig,
 }
 
 /// Whether each location owns its nets (paper section 12.1) or all share one set.
@@ -366,6 +367,105 @@ impl Default for ClusterConfig {
     }
 }
 
+/// The sleep phase: scheduled offline negative learning (paper section
+/// 12.2, DESIGN.md section 3). A job dreams from a bounded replay buffer
+/// of recent settled states, pushes the bottom-up nets' predictions from
+/// dreamed levels away from the consensus of unrelated contexts (negative
+/// phase, first), and alternates short positive phases on the dreams.
+///
+/// When sleep is scheduled (`every_steps > 0` or a `timetable`), awake
+/// training must be positive-only: [`Config::validate`] refuses
+/// `train.negative_weight > 0` with it. The lengths, margin and rates
+/// below also drive the standalone `glom sleep` job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SleepConfig {
+    /// Run a sleep job after every this many awake steps (0 = never by
+    /// step count). A job falls after step N when N is a multiple of it
+    /// and N < `train.steps`.
+    pub every_steps: u64,
+    /// Wall-clock schedule: UTC times of day `"HH:MM"` at which a job is
+    /// due; a due job starts at the next step boundary. Empty = none.
+    /// Kept out of [`Config::hash`]: when a job runs then depends on the
+    /// clock, not on the configuration.
+    pub timetable: Vec<String>,
+    /// Optimisation steps of one job (negative and positive together).
+    pub steps: u64,
+    /// Length of each negative phase, in steps (the job starts with one).
+    pub negative_steps: u64,
+    /// Length of each positive phase, in steps (0 = negative-only sleep).
+    pub positive_steps: u64,
+    /// Cosine similarity above which a dreamed prediction and an unrelated
+    /// consensus vector are pushed apart (paper section 7: separation, not
+    /// distance).
+    pub margin: f64,
+    /// Adam learning rate of both phases.
+    pub learning_rate: f64,
+    /// Std of the gaussian perturbation of the stored top-level states
+    /// before dreaming (0 = dream the stored states).
+    pub noise: f64,
+    /// Dreamed samples per location per sleep step.
+    pub batch: usize,
+    /// Settled images a worker keeps in its replay buffer (oldest evicted
+    /// first); `glom sleep` settles this many training images to fill it.
+    pub replay_capacity: usize,
+    /// Training images in the fixed sample whose bottom-up embeddings are
+    /// measured before and after every job (collapse measures; 0 = none).
+    pub observe_images: usize,
+}
+
+impl Default for SleepConfig {
+    fn default() -> Self {
+        Self {
+            every_steps: 0,
+            timetable: Vec::new(),
+            steps: 100,
+            negative_steps: 10,
+            positive_steps: 5,
+            margin: 0.2,
+            learning_rate: 1e-3,
+            noise: 0.1,
+            batch: 16,
+            replay_capacity: 256,
+            observe_images: 8,
+        }
+    }
+}
+
+impl SleepConfig {
+    /// Whether jobs are scheduled during training (by steps or by clock).
+    pub fn scheduled(&self) -> bool {
+        self.every_steps > 0 || !self.timetable.is_empty()
+    }
+
+    /// The timetable as seconds after UTC midnight, sorted and without
+    /// repeats; the error names the first entry that is not `"HH:MM"`.
+    pub fn timetable_seconds(&self) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(self.timetable.len());
+        for entry in &self.timetable {
+            out.push(parse_time_of_day(entry).ok_or_else(|| {
+                Error::config(
+                    "sleep.timetable",
+                    format!("{entry:?} is not a UTC time of day \"HH:MM\" (00:00 to 23:59)"),
+                )
+            })?);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// `"HH:MM"` as seconds after midnight.
+fn parse_time_of_day(s: &str) -> Option<u32> {
+    let (h, m) = s.trim().split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
+}
+
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -611,6 +711,61 @@ impl Config {
                 )
             },
         )?;
+        self.validate_sleep()
+    }
+
+    fn validate_sleep(&self) -> Result<()> {
+        let s = &self.sleep;
+        s.timetable_seconds()?;
+        check(s.steps >= 1, "sleep.steps", || {
+            format!("{} must be at least 1", s.steps)
+        })?;
+        check(s.negative_steps >= 1, "sleep.negative_steps", || {
+            format!(
+                "{} must be at least 1: a job starts with a negative phase",
+                s.negative_steps
+            )
+        })?;
+        check((-1.0..=1.0).contains(&s.margin), "sleep.margin", || {
+            format!("{} must be a cosine similarity in [-1, 1]", s.margin)
+        })?;
+        check(
+            s.learning_rate.is_finite() && s.learning_rate > 0.0,
+            "sleep.learning_rate",
+            || format!("{} must be > 0", s.learning_rate),
+        )?;
+        finite_nonneg(s.noise, "sleep.noise")?;
+        check(s.batch >= 1, "sleep.batch", || {
+            format!("{} must be positive", s.batch)
+        })?;
+        check(s.replay_capacity >= 2, "sleep.replay_capacity", || {
+            format!(
+                "{} must be at least 2: negatives come from other stored images",
+                s.replay_capacity
+            )
+        })?;
+        if s.scheduled() {
+            let key = if s.every_steps > 0 {
+                "sleep.every_steps"
+            } else {
+                "sleep.timetable"
+            };
+            check(self.train.negative_weight == 0.0, key, || {
+                format!(
+                    "sleep is scheduled, so awake training must be positive-only, but \
+                     train.negative_weight = {}: set it to 0 (the negatives are learnt \
+                     asleep) or turn sleep off",
+                    self.train.negative_weight
+                )
+            })?;
+            check(self.model.levels >= 2, key, || {
+                format!(
+                    "sleep trains the bottom-up nets between levels, and model.levels = {} \
+                     has none",
+                    self.model.levels
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -677,8 +832,9 @@ impl Config {
 
     /// Stable hash of what the configuration computes (hex SHA-256 of the
     /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`
-    /// and `rank_sample`, `data` without `path`, and
-    /// `cluster.halo_precision`). Two processes agree on a run only when
+    /// and `rank_sample`, `data` without `path`,
+    /// `cluster.halo_precision`, and `sleep` without `timetable` and
+    /// `observe_images`). Two processes agree on a run only when
     /// their hashes agree; settings that do not change the numbers (where
     /// the data lies on each host, evaluation, checkpoint and metrics
     /// cadence, the number of workers, addresses) may differ.
@@ -688,12 +844,17 @@ impl Config {
         // How long to train and how often to log change no step's numbers.
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
+        // When a wall-clock job runs is the clock's business, and what is
+        // measured around a job changes no parameter.
+        let mut sleep = self.sleep.clone();
+        (sleep.timetable, sleep.observe_images) = (Vec::new(), 0);
         let identity = serde_json::json!({
             "seed": self.seed,
             "model": self.model,
             "train": train,
             "data": data,
             "halo_precision": self.cluster.halo_precision,
+            "sleep": sleep,
         });
         let json = serde_json::to_vec(&identity).expect("a config always serialises");
         let digest = Sha256::digest(&json);
@@ -756,7 +917,10 @@ mod tests {
     fn hash_changes_with_what_is_computed_only() {
         let a = Config::default();
         assert_eq!(a.hash(), Config::default().hash());
-        let changed: [fn(&mut Config); 5] = [
+        let changed: [fn(&mut Config); 8] = [
+            |c| c.sleep.every_steps = 50,
+            |c| c.sleep.margin = 0.5,
+            |c| c.sleep.replay_capacity = 10,
             |c| c.train.learning_rate *= 2.0,
             |c| c.seed += 1,
             |c| c.model.dim += 1,
@@ -768,7 +932,9 @@ mod tests {
             change(&mut b);
             assert_ne!(a.hash(), b.hash(), "change {i}");
         }
-        let same: [fn(&mut Config); 7] = [
+        let same: [fn(&mut Config); 9] = [
+            |c| c.sleep.timetable = vec!["03:00".into()],
+            |c| c.sleep.observe_images = 1,
             |c| c.cluster.workers = 4,
             |c| c.cluster.listen = "0.0.0.0:1".into(),
             |c| c.data.path = "/elsewhere".into(),
@@ -804,6 +970,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("8x8"), "{e}");
+    }
+
+    #[test]
+    fn sleep_values_name_their_key() {
+        let mut c = Config::default();
+        c.sleep.steps = 0;
+        assert_eq!(err_key(&c), "sleep.steps");
+        let mut c = Config::default();
+        c.sleep.negative_steps = 0;
+        assert_eq!(err_key(&c), "sleep.negative_steps");
+        let mut c = Config::default();
+        c.sleep.margin = 1.5;
+        assert_eq!(err_key(&c), "sleep.margin");
+        let mut c = Config::default();
+        c.sleep.learning_rate = 0.0;
+        assert_eq!(err_key(&c), "sleep.learning_rate");
+        let mut c = Config::default();
+        c.sleep.noise = -0.1;
+        assert_eq!(err_key(&c), "sleep.noise");
+        let mut c = Config::default();
+        c.sleep.batch = 0;
+        assert_eq!(err_key(&c), "sleep.batch");
+        let mut c = Config::default();
+        c.sleep.replay_capacity = 1;
+        assert_eq!(err_key(&c), "sleep.replay_capacity");
+        for bad in ["3:00", "24:00", "12:60", "noon", "12:00:00"] {
+            let mut c = Config::default();
+            c.sleep.timetable = vec!["01:30".into(), bad.into()];
+            assert_eq!(err_key(&c), "sleep.timetable", "{bad}");
+            assert!(c.validate().unwrap_err().to_string().contains(bad));
+        }
+    }
+
+    #[test]
+    fn scheduled_sleep_needs_positive_only_awake_training() {
+        let mut c = Config::default();
+        c.sleep.every_steps = 50;
+        c.validate().unwrap();
+        c.train.negative_weight = 0.1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("sleep.every_steps") && e.contains("train.negative_weight"),
+            "{e}"
+        );
+        c.sleep.every_steps = 0;
+        c.validate().unwrap(); // unscheduled: awake negatives are allowed
+        c.sleep.timetable = vec!["02:00".into()];
+        assert_eq!(err_key(&c), "sleep.timetable");
+        let mut c = Config::default();
+        c.sleep.every_steps = 5;
+        c.model.levels = 1;
+        assert_eq!(err_key(&c), "sleep.every_steps");
+    }
+
+    #[test]
+    fn timetable_reads_utc_times_of_day() {
+        let c = SleepConfig {
+            timetable: vec!["23:59".into(), "00:00".into(), " 02:30".into(), "00:00".into()],
+            ..SleepConfig::default()
+        };
+        assert_eq!(c.timetable_seconds().unwrap(), vec![0, 9000, 86_340]);
+        assert!(c.scheduled());
+        assert!(!SleepConfig::default().scheduled());
     }
 
     #[test]

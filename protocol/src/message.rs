@@ -237,6 +237,9 @@ pub struct StepMetrics {
     pub halo_wait_seconds: f64,
     /// Wall time of the whole step on this worker, halo wait included.
     pub step_seconds: f64,
+    /// Part of `step_seconds` spent making the observation (0 on steps
+    /// without one): the cost of the collapse measures on the worker.
+    pub observe_seconds: f64,
     /// On observed steps ([`Step::observe`]): what the collapse measures
     /// need from this worker's locations.
     pub observation: Option<Observation>,
@@ -297,28 +300,50 @@ impl From<ShardAck> for ShardEntry {
     }
 }
 
-/// Start of a sleep-phase job (offline negative or consolidation phase).
+/// Start of a sleep job (paper section 12.2, DESIGN.md section 3): every
+/// worker dreams on its own locations, with no halo exchange, from its
+/// replay buffer of recent settled states, then answers [`SleepDone`]. No
+/// step is in flight while a job runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SleepStart {
-    /// Id the matching [`SleepDone`] refers to.
+    /// Id the matching [`SleepDone`] refers to (0, 1, ... within a run).
     pub job: u64,
-    /// Training step after which the job runs.
+    /// Awake steps completed before the job; training resumes with this
+    /// step number.
     pub after_step: u64,
-    /// Updates the job makes.
+    /// Updates the job makes (`sleep.steps`).
     pub steps: u64,
-    /// Seed of the job's random stream, the same on every worker.
+    /// Seed of the job's random streams, the same on every worker, so the
+    /// draws of every location do not depend on the tiling.
     pub seed: u64,
 }
 
-/// End of a sleep-phase job.
+/// End of a sleep job on one worker.
+///
+/// Like [`StepMetrics`], losses travel per location, so the coordinator's
+/// grid sums are the same bits whatever the tiling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SleepDone {
     /// The [`SleepStart::job`] this answers.
     pub job: u64,
-    /// Mean loss of the job over the worker's locations.
-    pub loss: f64,
-    /// Wall time of the job, for scheduling the next one.
+    /// Global ids of the worker's own locations: the order of `losses`
+    /// and of every per-location vector of `before` and `after`.
+    pub locations: Vec<u32>,
+    /// Per location: its share of the grid's sleep losses (negative loss
+    /// of the first negative step, negative loss of the last negative step,
+    /// positive loss of the last positive step), already divided by the
+    /// grid's location count, so the grid's loss is their sum.
+    pub losses: Vec<[f64; 3]>,
+    /// Updates made (negative and positive).
+    pub steps: u64,
+    /// Wall time of the job, measurements included.
     pub seconds: f64,
+    /// Bottom-up embeddings of the fixed observation sample before the
+    /// job (`sleep.observe_images` > 0): the initial bottom-up pass needs
+    /// no halo. Agreements are empty.
+    pub before: Option<Observation>,
+    /// The same after the job.
+    pub after: Option<Observation>,
 }
 
 /// Traffic between two neighbouring workers.

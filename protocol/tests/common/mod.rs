@@ -101,21 +101,25 @@ impl Rng {
             halo_bytes_received: self.u64(),
             halo_wait_seconds: self.f64(),
             step_seconds: self.f64(),
-            observation: if self.below(2) == 0 {
-                None
-            } else {
-                Some(Observation {
-                    images: self.u32(),
-                    dim: self.u32(),
-                    levels: self.vec(3, |r| LevelObservation {
-                        embeddings: r.vec(40, Rng::f32),
-                        probe: r.vec(8, Rng::f32),
-                        agreement_bu: r.vec(4, Rng::f64),
-                        agreement_td: r.vec(4, Rng::f64),
-                    }),
-                })
-            },
+            observe_seconds: self.f64(),
+            observation: self.observation(),
         }
+    }
+
+    pub(crate) fn observation(&mut self) -> Option<Observation> {
+        if self.below(2) == 0 {
+            return None;
+        }
+        Some(Observation {
+            images: self.u32(),
+            dim: self.u32(),
+            levels: self.vec(3, |r| LevelObservation {
+                embeddings: r.vec(40, Rng::f32),
+                probe: r.vec(8, Rng::f32),
+                agreement_bu: r.vec(4, Rng::f64),
+                agreement_td: r.vec(4, Rng::f64),
+            }),
+        })
     }
 
     pub(crate) fn halo(&mut self) -> HaloFrame {
@@ -227,8 +231,12 @@ pub(crate) fn random_control(r: &mut Rng, variant: usize) -> ControlMessage {
         }),
         10 => ControlMessage::SleepDone(SleepDone {
             job: r.u64(),
-            loss: r.f64(),
+            locations: r.vec(8, Rng::u32),
+            losses: r.vec(8, |r| [r.f64(), r.f64(), r.f64()]),
+            steps: r.u64(),
             seconds: r.f64(),
+            before: r.observation(),
+            after: r.observation(),
         }),
         11 => ControlMessage::Shutdown { reason: r.string() },
         _ => ControlMessage::Error {
