@@ -1027,7 +1027,12 @@ mod tests {
     #[test]
     fn timetable_reads_utc_times_of_day() {
         let c = SleepConfig {
-            timetable: vec!["23:59".into(), "00:00".into(), " 02:30".into(), "00:00".into()],
+            timetable: vec![
+                "23:59".into(),
+                "00:00".into(),
+                " 02:30".into(),
+                "00:00".into(),
+            ],
             ..SleepConfig::default()
         };
         assert_eq!(c.timetable_seconds().unwrap(), vec![0, 9000, 86_340]);
