@@ -50,7 +50,7 @@ const SLEEP_STREAM: u64 = 0x534c_4550;
 const EVAL_STREAM: u64 = 0x534c_4556;
 
 /// What a sleep job did.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SleepReport {
     /// Negative (hinge) loss of the first negative step, before its update.
     pub negative_loss_first: f64,
@@ -60,6 +60,11 @@ pub struct SleepReport {
     pub positive_loss_last: f64,
     /// Optimisation steps run (negative and positive).
     pub steps: usize,
+    /// Per location of the tile, in tile order: its share of the three
+    /// losses above (already divided by the grid's location count), so the
+    /// grid's values are the sums over every tile's locations, and the
+    /// three totals above are the sums of these in tile order.
+    pub shares: Vec<[f64; 3]>,
 }
 
 /// The location code of the shared top-down net, as [`Glom::settle`]
@@ -204,9 +209,10 @@ fn least_similar(
     Ok(stored.contiguous()?.gather(&pick, 2)?.squeeze(2)?)
 }
 
-/// The negative loss of one draw (differentiable in the `bu.*` nets only):
-/// the mean over levels 1..K of the hinge, averaged over samples, summed
-/// over the tile's locations and divided by the grid's location count.
+/// The negative loss of one draw (differentiable in the `bu.*` nets only),
+/// per location `[P]`: the mean over levels 1..K of the hinge, averaged
+/// over samples and divided by the grid's location count. The loss is its
+/// sum over the tile's locations.
 fn negative_loss(
     model: &Glom,
     replay: &ReplayBuffer,
@@ -222,19 +228,20 @@ fn negative_loss(
         let pred = model.nets.bottom_up[l - 1].forward(&draw.dreams[l - 1])?;
         let neg = least_similar(replay, l, &cand, &draw.dreams[l])?.detach();
         let h = hinge(&pred, &neg, params.margin)?; // [P, n]
-        let term = (h.mean(1)?.sum_all()? / grid)?;
+        let term = h.mean(1)?;
         total = Some(match total {
             Some(t) => (t + term)?,
             None => term,
         });
     }
     let total = total.ok_or_else(|| Error::Shape("sleep needs at least two levels".into()))?;
-    Ok((total / (k - 1) as f64)?)
+    Ok((total / (grid * (k - 1) as f64))?)
 }
 
-/// The positive loss of one draw: mean squared error of the bottom-up and
-/// top-down predictions toward the (detached) dreamed levels, averaged over
-/// terms, normalised like [`negative_loss`].
+/// The positive loss of one draw per location `[P]`: squared error of the
+/// bottom-up and top-down predictions toward the (detached) dreamed
+/// levels, averaged over terms, samples and dimensions and divided by the
+/// grid's location count, like [`negative_loss`].
 fn positive_loss(
     model: &Glom,
     replay: &ReplayBuffer,
@@ -248,21 +255,27 @@ fn positive_loss(
     let (_, n, d) = e[0].dims3()?;
     let scale = model.tile.grid.len() as f64 * (n * d) as f64;
     let mut terms = Vec::new();
+    let per_location = |err: Tensor| -> Result<Tensor> { Ok((err.sqr()?.sum((1, 2))? / scale)?) };
     for l in 1..k {
         let pred = model.nets.bottom_up[l - 1].forward(&e[l - 1])?;
-        terms.push(((pred - &e[l])?.sqr()?.sum_all()? / scale)?);
+        terms.push(per_location((pred - &e[l])?)?);
     }
     for l in 0..k - 1 {
         let pred = top_down(model, code.as_ref(), l, &e[l + 1])?;
-        terms.push(((pred - &e[l])?.sqr()?.sum_all()? / scale)?);
+        terms.push(per_location((pred - &e[l])?)?);
     }
     let count = terms.len();
-    let sum = Tensor::stack(&terms, 0)?.sum_all()?;
+    let sum = Tensor::stack(&terms, 0)?.sum(0)?;
     Ok((sum / count.max(1) as f64)?)
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// The values of a per-location loss `[P]`, in tile order.
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
 }
 
 /// The variables whose names start with one of `prefixes`.
@@ -285,7 +298,7 @@ pub fn evaluate_negative(
     seed: u64,
 ) -> Result<f64> {
     let mut rng = Rng::from_key(&[seed, EVAL_STREAM]);
-    scalar(&negative_loss(model, replay, params, &mut rng)?)
+    scalar(&negative_loss(model, replay, params, &mut rng)?.sum_all()?)
 }
 
 /// Run a sleep job on `model` (updated in place) from the states in
@@ -317,7 +330,11 @@ pub fn run_sleep(
         vars_named(model, &["bu.", "td."]),
         AdamParams::new(params.learning_rate, decay),
     )?;
-    let mut report = SleepReport::default();
+    let p = model.tile.locs.len();
+    let mut report = SleepReport {
+        shares: vec![[0.0; 3]; p],
+        ..SleepReport::default()
+    };
     let mut first_negative = true;
     let mut step = 0usize;
     while step < params.steps {
@@ -326,13 +343,15 @@ pub fn run_sleep(
                 break;
             }
             let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
-            let loss = negative_loss(model, replay, params, &mut rng)?;
-            let v = scalar(&loss)?;
-            if first_negative {
-                report.negative_loss_first = v;
-                first_negative = false;
+            let per_location = negative_loss(model, replay, params, &mut rng)?;
+            let loss = per_location.sum_all()?;
+            for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
+                if first_negative {
+                    share[0] = v;
+                }
+                share[1] = v;
             }
-            report.negative_loss_last = v;
+            first_negative = false;
             neg_opt.step(&loss.backward()?)?;
             step += 1;
         }
@@ -341,12 +360,22 @@ pub fn run_sleep(
                 break;
             }
             let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
-            let loss = positive_loss(model, replay, params, &mut rng)?;
-            report.positive_loss_last = scalar(&loss)?;
+            let per_location = positive_loss(model, replay, params, &mut rng)?;
+            let loss = per_location.sum_all()?;
+            for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
+                share[2] = v;
+            }
             pos_opt.step(&loss.backward()?)?;
             step += 1;
         }
     }
     report.steps = step;
+    // The totals add the shares in tile order, as the grid's are added in
+    // location order from every tile's shares.
+    for share in &report.shares {
+        report.negative_loss_first += share[0];
+        report.negative_loss_last += share[1];
+        report.positive_loss_last += share[2];
+    }
     Ok(report)
 }

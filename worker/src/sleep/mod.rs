@@ -17,18 +17,28 @@
 //!
 //! This module is pure computation: a [`ReplayBuffer`] of recent consensus
 //! states, [`dream`], and [`run_sleep`] which updates the model's parameters
-//! in place.
+//! in place; [`run_job`] wraps it for one scheduled job of a worker (its
+//! parameters from `[sleep]`, its seed from the coordinator's
+//! `SleepStart`, a collapse measurement before and after), and
+//! [`observe_bottom_up`] is that measurement: the initial bottom-up pass of
+//! a fixed sample of images, which needs no halo either.
 
 mod job;
 mod replay;
+mod run;
 #[cfg(test)]
 mod tests;
 
 use candle_core::{Tensor, D};
+use glom_protocol::config::SleepConfig;
 
 use crate::error::Result;
 pub use job::{dream, evaluate_negative, run_sleep, SleepReport, NEGATIVE_CANDIDATES};
 pub use replay::ReplayBuffer;
+pub use run::{
+    bottom_up_pass, fill_replay, job_seed, observation_images, observe_bottom_up, replay_for,
+    run_job, SleepOutcome,
+};
 
 /// Lengths, margin and rates of one sleep job.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,17 +61,24 @@ pub struct SleepParams {
     pub batch: usize,
 }
 
-impl Default for SleepParams {
-    fn default() -> Self {
+impl From<&SleepConfig> for SleepParams {
+    fn from(c: &SleepConfig) -> Self {
         Self {
-            steps: 100,
-            negative_steps: 10,
-            positive_steps: 5,
-            margin: 0.2,
-            learning_rate: 1e-3,
-            noise: 0.1,
-            batch: 16,
+            steps: c.steps as usize,
+            negative_steps: c.negative_steps as usize,
+            positive_steps: c.positive_steps as usize,
+            margin: c.margin,
+            learning_rate: c.learning_rate,
+            noise: c.noise,
+            batch: c.batch,
         }
+    }
+}
+
+impl Default for SleepParams {
+    /// The `[sleep]` defaults of the configuration.
+    fn default() -> Self {
+        Self::from(&SleepConfig::default())
     }
 }
 

@@ -311,3 +311,219 @@ fn sleep_reduces_the_negative_loss_of_a_collapsed_model() -> Result<()> {
     );
     Ok(())
 }
+
+/// Once every pair is separated beyond the margin the hinge is zero and
+/// pushes nothing: with margin 1 (no cosine exceeds it) a negative-only
+/// job reports zero loss and leaves every parameter as it was.
+#[test]
+fn no_push_once_separated_beyond_the_margin() -> Result<()> {
+    let cfg = small_cfg();
+    let grid = Grid::square(cfg.grid_side());
+    let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let replay = replay_of(&settled_levels(&model, 6)?)?;
+    let before = snapshot(&model);
+    let params = SleepParams {
+        steps: 3,
+        positive_steps: 0,
+        batch: 4,
+        margin: 1.0,
+        ..Default::default()
+    };
+    let report = run_sleep(&model, &replay, &params, 3)?;
+    assert_eq!(report.steps, 3);
+    assert_eq!(report.negative_loss_first, 0.0);
+    assert_eq!(report.negative_loss_last, 0.0);
+    assert!(snapshot(&model) == before, "a separated pair was pushed");
+    Ok(())
+}
+
+/// The totals of a report are the sums of its per-location shares, and a
+/// tile's shares are the whole grid's at the tile's locations.
+#[test]
+fn loss_shares_add_up_and_do_not_depend_on_the_tiling() -> Result<()> {
+    let cfg = small_cfg();
+    let grid = Grid::square(cfg.grid_side());
+    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let tile = Tile::rect(grid, 0..2, 1..4, 2);
+    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
+    let levels = settled_levels(&whole, 6)?;
+    let idx = Tensor::new(
+        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )?;
+    let own = levels
+        .iter()
+        .map(|t| t.index_select(&idx, 0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let params = SleepParams {
+        steps: 3,
+        negative_steps: 1,
+        positive_steps: 1,
+        batch: 4,
+        margin: -1.0,
+        ..Default::default()
+    };
+    let w = run_sleep(&whole, &replay_of(&levels)?, &params, 9)?;
+    let p = run_sleep(&part, &replay_of(&own)?, &params, 9)?;
+    assert_eq!(w.shares.len(), grid.len());
+    let sum = |r: &SleepReport, i: usize| r.shares.iter().map(|s| s[i]).sum::<f64>();
+    assert_eq!(w.negative_loss_first, sum(&w, 0));
+    assert_eq!(w.negative_loss_last, sum(&w, 1));
+    assert_eq!(w.positive_loss_last, sum(&w, 2));
+    assert!(w.negative_loss_first > 0.0 && w.positive_loss_last > 0.0);
+    for (i, &g) in tile.locs.iter().enumerate() {
+        for t in 0..3 {
+            let (a, b) = (p.shares[i][t], w.shares[g][t]);
+            assert!((a - b).abs() < 1e-9, "location {g} term {t}: {a} vs {b}");
+        }
+    }
+    Ok(())
+}
+
+fn start(steps: u64) -> glom_protocol::message::SleepStart {
+    glom_protocol::message::SleepStart {
+        job: 2,
+        after_step: 40,
+        steps,
+        seed: 40,
+    }
+}
+
+/// A scheduled job on a tile without peers: it takes no halo exchange at
+/// all, gives every location of the tile the update, loss shares and
+/// before/after measurements of the same job on the whole grid, and its
+/// answer names the tile's locations.
+#[test]
+fn a_job_on_a_tile_without_peers_matches_the_whole_grid() -> Result<()> {
+    let mut cfg = small_cfg();
+    cfg.sleep.observe_images = 3;
+    cfg.sleep.batch = 4;
+    cfg.sleep.negative_steps = 2;
+    cfg.sleep.positive_steps = 1;
+    let grid = Grid::square(cfg.grid_side());
+    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let tile = Tile::rect(grid, 1..4, 0..2, 2);
+    assert!(!tile.halo.is_empty());
+    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
+    let levels = settled_levels(&whole, 6)?;
+    let idx = Tensor::new(
+        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )?;
+    let own = levels
+        .iter()
+        .map(|t| t.index_select(&idx, 0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let data = scenes(&cfg);
+    let images = observation_images(&cfg, &data);
+    assert_eq!(images.len(), 3);
+    let w = run_job(&whole, &replay_of(&levels)?, &start(4), &images)?;
+    let p = run_job(&part, &replay_of(&own)?, &start(4), &images)?;
+    assert_eq!(p.report.steps, 4);
+    for (name, var) in &part.params.entries {
+        let want = whole
+            .params
+            .get(name)
+            .unwrap()
+            .as_tensor()
+            .index_select(&idx, 0)?;
+        let diff = max_abs_diff(var.as_tensor(), &want);
+        assert!(diff < 1e-5, "{name}: tile and grid differ by {diff}");
+    }
+    let (d, n) = (cfg.model.dim, images.len());
+    for (obs_p, obs_w) in [(&p.before, &w.before), (&p.after, &w.after)] {
+        let (obs_p, obs_w) = (obs_p.as_ref().unwrap(), obs_w.as_ref().unwrap());
+        assert_eq!((obs_p.images, obs_p.dim), (n as u32, d as u32));
+        assert_eq!(obs_p.levels.len(), cfg.model.levels);
+        for (lp, lw) in obs_p.levels.iter().zip(&obs_w.levels) {
+            assert_eq!(lp.embeddings.len(), tile.locs.len() * n * d);
+            assert_eq!(lp.probe.len(), tile.locs.len() * d);
+            assert!(lp.agreement_bu.is_empty() && lp.agreement_td.is_empty());
+            for (i, &g) in tile.locs.iter().enumerate() {
+                let a = &lp.embeddings[i * n * d..(i + 1) * n * d];
+                let b = &lw.embeddings[g * n * d..(g + 1) * n * d];
+                assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
+                let a = &lp.probe[i * d..(i + 1) * d];
+                let b = &lw.probe[g * d..(g + 1) * d];
+                assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
+            }
+        }
+    }
+    // The job changed the bottom-up nets, so the measurement changed.
+    assert_ne!(w.before, w.after);
+    let done = p.clone().into_done(2, &part);
+    assert_eq!(done.job, 2);
+    assert_eq!(
+        done.locations,
+        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>()
+    );
+    assert_eq!(done.losses, p.report.shares);
+    assert_eq!(done.steps, 4);
+    Ok(())
+}
+
+/// The measurement is the settle's starting state, computed from the nets
+/// alone and reproducibly; a job refuses an empty replay buffer.
+#[test]
+fn bottom_up_pass_and_empty_replay() -> Result<()> {
+    let cfg = small_cfg();
+    let grid = Grid::square(cfg.grid_side());
+    let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let images: Vec<_> = (0..2).map(|i| scenes(&cfg).get(i)).collect();
+    let batch = make_batch(
+        &cfg,
+        &images,
+        &model.tile.locs,
+        1,
+        0.0,
+        &Device::Cpu,
+        DType::F32,
+    )?;
+    let e = bottom_up_pass(&model, &batch.input)?;
+    assert_eq!(e.len(), cfg.model.levels);
+    let want1 = crate::model::layer_norm(&model.nets.bottom_up[0].forward(&e[0])?)?;
+    assert!(max_abs_diff(&e[1], &want1) < 1e-6);
+    let e_again = bottom_up_pass(&model, &batch.input)?;
+    assert!(max_abs_diff(&e[2], &e_again[2]) == 0.0);
+    let err = run_job(&model, &ReplayBuffer::new(4), &start(1), &[]).unwrap_err();
+    assert!(err.to_string().contains("replay buffer is empty"), "{err}");
+    Ok(())
+}
+
+/// The standalone job's buffer: `count` settled images, deterministic.
+#[test]
+fn fill_replay_settles_count_images_deterministically() -> Result<()> {
+    let cfg = small_cfg();
+    let grid = Grid::square(cfg.grid_side());
+    let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let data = scenes(&cfg);
+    let mut seen = Vec::new();
+    let a = fill_replay(&model, &data, 5, 7, &mut |done, total| {
+        seen.push((done, total))
+    })?;
+    assert_eq!(seen, vec![(3, 5), (5, 5)]);
+    assert_eq!((a.len(), a.levels()), (5, Some(cfg.model.levels)));
+    let b = fill_replay(&model, &data, 5, 7, &mut |_, _| {})?;
+    let all: Vec<usize> = (0..5).collect();
+    assert!(max_abs_diff(&a.gather(2, &all)?, &b.gather(2, &all)?) == 0.0);
+    // A tile cannot settle alone.
+    let part = Glom::new(
+        &cfg,
+        Tile::rect(grid, 0..2, 0..2, 2),
+        &Device::Cpu,
+        DType::F32,
+    )?;
+    assert!(fill_replay(&part, &data, 2, 7, &mut |_, _| {}).is_err());
+    Ok(())
+}
+
+#[test]
+fn params_follow_the_config_and_replay_only_when_scheduled() {
+    let mut cfg = Config::default();
+    assert_eq!(SleepParams::from(&cfg.sleep), SleepParams::default());
+    assert!(replay_for(&cfg).is_none());
+    cfg.sleep.every_steps = 10;
+    cfg.sleep.replay_capacity = 7;
+    assert_eq!(replay_for(&cfg).unwrap().capacity(), 7);
+    assert_ne!(job_seed(&cfg, 1), job_seed(&cfg, 2));
+}
