@@ -9,6 +9,7 @@
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
 
+mod cluster;
 mod evaluate;
 mod metrics;
 mod observe;
@@ -53,6 +54,9 @@ enum Command {
         /// Skip the evaluation at the end.
         #[arg(long)]
         no_eval: bool,
+        /// In-process workers, one tile each (overrides `cluster.workers`).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
     /// Evaluate a checkpoint against the same model at random initialisation.
     Eval {
@@ -123,9 +127,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             config,
             out,
             no_eval,
+            workers,
         } => {
             let cfg = settings::load(config.config.as_deref(), &config.sets)?;
-            train::run(cfg, out, !no_eval)
+            train::run(cfg, workers, out, !no_eval)
         }
         Command::Eval {
             checkpoint,

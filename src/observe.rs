@@ -1,67 +1,67 @@
 //! The per-level measures of a training step, for the telemetry and the
 //! log, and what computing them costs.
 //!
-//! They run every `metrics.every_steps` steps on what the step already
-//! produced (the settled embeddings) plus a few forward passes of the nets,
-//! so their cost is a small, measured fraction of a step: `glom train` logs
-//! it at the end and writes it to `summary.json` under `monitor`.
+//! Every `metrics.every_steps` steps (and wherever a metrics record is
+//! logged) the workers report an observation of their locations; the
+//! coordinator's driver puts them together in global order
+//! ([`glom_coordinator::GridObservation`]) and computes here the numbers of
+//! the whole grid, the same whatever the tiling. Their cost (the workers'
+//! share plus this one) is a small, measured fraction of a step: `glom
+//! train` logs it at the end and writes it to `summary.json` under `monitor`.
 
 use std::time::Instant;
 
-use anyhow::Result;
-use candle_core::DType;
+use glom_coordinator::GridObservation;
 use glom_protocol::Config;
-use glom_worker::analysis::CollapseStats;
-use glom_worker::learn::{collapse_by_level, StepOutput};
-use glom_worker::model::Glom;
-use glom_worker::monitor;
+use glom_worker::analysis::{collapse_stats, CollapseStats};
+use glom_worker::monitor::{self, Agreement};
 
 use crate::metrics::LevelReport;
 
-/// Images of the batch whose islands are counted (clustering is the dearest
-/// measure, quadratic in the locations of an image).
-const ISLAND_IMAGES: usize = 4;
-
-/// Collapse measures and the full level reports of one step.
+/// Collapse measures and the full level reports of one observed step.
 pub(crate) struct Measured {
     pub(crate) collapse: Vec<CollapseStats>,
     pub(crate) levels: Vec<LevelReport>,
+    /// What computing them took here (the workers' share comes on top).
     pub(crate) seconds: f64,
 }
 
-/// Every per-level measure of the step that produced `out` (step number `step`).
-pub(crate) fn measure(cfg: &Config, model: &Glom, out: &StepOutput, step: u64) -> Result<Measured> {
+/// Every per-level measure of a grid observation.
+pub(crate) fn measure(cfg: &Config, o: &GridObservation) -> Measured {
     let started = Instant::now();
-    let collapse = collapse_by_level(&out.levels, cfg.train.rank_sample, cfg.seed, step)?;
-    let disagreement = monitor::disagreement_by_level(model)?;
-    let agreement = monitor::prediction_agreement(model, &out.levels)?;
-    let mut levels = Vec::with_capacity(out.levels.len());
-    for (l, t) in out.levels.iter().enumerate() {
-        let (p, b, d) = t.dims3()?;
-        let rows: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let (within, across) = monitor::cosine_within_across(&rows, p, b, d);
+    let (p, b, d) = (o.locations, o.images, o.dim);
+    let mut collapse = Vec::with_capacity(o.levels.len());
+    let mut levels = Vec::with_capacity(o.levels.len());
+    for level in &o.levels {
+        let rows = &level.embeddings;
+        let stats = collapse_stats(rows, d);
+        let (within, across) = monitor::cosine_within_across(rows, p, b, d);
         levels.push(LevelReport {
-            effective_rank: collapse[l].effective_rank,
-            dim_std: collapse[l].mean_dim_std,
+            effective_rank: stats.effective_rank,
+            dim_std: stats.mean_dim_std,
             mean_cosine: across,
             mean_cosine_within_image: within,
             islands_per_image: monitor::islands_per_image(
-                &rows,
+                rows,
                 p,
                 b,
                 d,
-                ISLAND_IMAGES,
+                b,
                 cfg.eval.island_threshold,
             ),
-            codistill_disagreement: disagreement.get(l).copied().unwrap_or(0.0),
-            agreement: agreement.get(l).copied().unwrap_or_default(),
+            codistill_disagreement: monitor::disagreement_of(&level.probe, d),
+            agreement: Agreement {
+                bottom_up: level.agreement_bu,
+                top_down: level.agreement_td,
+            },
         });
+        collapse.push(stats);
     }
-    Ok(Measured {
+    Measured {
         collapse,
         levels,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 /// Running totals of step and measurement time.

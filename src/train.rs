@@ -1,25 +1,36 @@
-//! `glom train`: train on one machine, log metrics, write checkpoints, then
-//! evaluate against the same model at random initialisation.
+//! `glom train`: the embedded cluster. One process starts the coordinator
+//! and `cluster.workers` workers (`--workers N`) over loopback QUIC with an
+//! ephemeral CA (the same code path as a multi-host cluster), trains, then
+//! evaluates the final checkpoint against the same model at random
+//! initialisation.
 //!
 //! The run directory holds `config.toml` (the resolved configuration),
-//! `metrics.jsonl` (one JSON object per logged step), `checkpoints/step-<N>/`
-//! and `checkpoints/final/`, and `summary.json` (the evaluation plus
-//! `steps` and `wall_seconds`).
+//! `plan.json` (the tile of each worker), `metrics.jsonl` (one JSON object
+//! per logged step), `checkpoints/step-<N>/` and `checkpoints/final/`, and
+//! `summary.json` (the evaluation plus `steps`, `wall_seconds`, throughput).
 
 use std::fs::File;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use candle_core::Device;
+use glom_coordinator::{Coordinator, Settings, StepSummary};
+use glom_net::certs::{worker_name, ClusterCa, COORDINATOR_NAME};
+use glom_net::tls::{client_config, server_config, server_endpoint, TransportTuning};
+use glom_protocol::message::Assign;
 use glom_protocol::Config;
-use glom_worker::analysis::CollapseStats;
 use glom_worker::checkpoint;
-use glom_worker::learn::{collapse_by_level, LossValues, Trainer};
+use glom_worker::learn::LossValues;
+use glom_worker::runtime::{run_worker, WorkerOptions};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
+use crate::cluster::driver::{drive, RunObserver};
 use crate::metrics::server::Endpoint;
 use crate::metrics::{NoTelemetry, Phase, PromTelemetry, RunInfo, StepReport, Telemetry};
 use crate::observe::{measure, Cost};
@@ -34,31 +45,14 @@ struct MetricsRecord<'a> {
     wall_seconds: f64,
     #[serde(flatten)]
     losses: LossValues,
+    /// Slowest worker's step time, and the part of it spent waiting for halos.
+    step_seconds: f64,
+    halo_wait_fraction: f64,
+    /// Framed halo bytes all workers sent this step.
+    halo_bytes: u64,
     effective_rank_by_level: Vec<f64>,
     dim_std_by_level: Vec<f64>,
     mean_cosine_by_level: Vec<f64>,
-}
-
-impl<'a> MetricsRecord<'a> {
-    fn new(
-        step: u64,
-        phase: &'a str,
-        images_per_s: f64,
-        wall: f64,
-        losses: LossValues,
-        c: &[CollapseStats],
-    ) -> Self {
-        Self {
-            step,
-            phase,
-            images_per_s,
-            wall_seconds: wall,
-            losses,
-            effective_rank_by_level: c.iter().map(|s| s.effective_rank).collect(),
-            dim_std_by_level: c.iter().map(|s| s.mean_dim_std).collect(),
-            mean_cosine_by_level: c.iter().map(|s| s.mean_cosine).collect(),
-        }
-    }
 }
 
 /// Set by Ctrl-C: finish the current step, checkpoint, and stop.
@@ -105,16 +99,235 @@ fn telemetry(cfg: &Config) -> Result<(Box<dyn Telemetry>, Option<Endpoint>)> {
     Ok((Box::new(prom), Some(endpoint)))
 }
 
-/// Train `cfg` into `out` (default `runs/<timestamp>`), then evaluate if `eval`.
-pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
+/// Records a run as the coordinator drives it: `metrics.jsonl`, the
+/// telemetry, the progress bar and the log.
+pub(crate) struct Recorder {
+    cfg: Config,
+    dir: PathBuf,
+    telemetry: Box<dyn Telemetry>,
+    metrics: File,
+    bar: ProgressBar,
+    cost: Cost,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    /// Start of the current throughput window and the steps in it.
+    window: (Instant, u64),
+    /// Halo traffic and waiting over the whole run.
+    pub(crate) halo: HaloTotals,
+    pub(crate) last_checkpoint: Option<(PathBuf, u64)>,
+}
+
+/// Sums over the steps of a run, for `summary.json`.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct HaloTotals {
+    pub(crate) steps: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) step_seconds: f64,
+    pub(crate) wait_seconds: f64,
+}
+
+impl Recorder {
+    pub(crate) fn new(cfg: &Config, dir: &Path, telemetry: Box<dyn Telemetry>) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let metrics =
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        telemetry.phase(Phase::Awake);
+        Ok(Self {
+            cfg: cfg.clone(),
+            dir: dir.to_path_buf(),
+            telemetry,
+            metrics,
+            bar: progress(cfg.train.steps, "train"),
+            cost: Cost::default(),
+            stop: interrupt_flag(),
+            started: Instant::now(),
+            window: (Instant::now(), 0),
+            halo: HaloTotals::default(),
+            last_checkpoint: None,
+        })
+    }
+
+    /// The cost of the collapse measures, for `summary.json`.
+    pub(crate) fn monitor(&self) -> serde_json::Value {
+        self.cost.summary()
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl RunObserver for Recorder {
+    fn started(&mut self, assignments: &[(String, Assign)]) -> Result<()> {
+        let plan: Vec<serde_json::Value> = assignments
+            .iter()
+            .map(|(name, a)| {
+                let peers: Vec<u32> = a.peers.iter().map(|p| p.worker_id).collect();
+                self.bar.suspend(|| {
+                    tracing::info!(worker = a.worker_id, %name, rows = ?a.tile.rows,
+                        cols = ?a.tile.cols, locations = a.tile.num_locations(), ?peers, "tile")
+                });
+                serde_json::json!({
+                    "worker_id": a.worker_id,
+                    "name": name,
+                    "rows": [a.tile.rows.0, a.tile.rows.1],
+                    "cols": [a.tile.cols.0, a.tile.cols.1],
+                    "locations": a.tile.num_locations(),
+                    "reach": a.reach,
+                    "peers": peers,
+                })
+            })
+            .collect();
+        let plan = serde_json::json!({ "workers": assignments.len(), "tiles": plan });
+        write_json(&self.dir.join("plan.json"), &plan)
+    }
+
+    fn step(&mut self, step: u64, s: &StepSummary) -> Result<()> {
+        let cfg = &self.cfg;
+        let done = step + 1;
+        let losses = LossValues::from_shares(
+            cfg,
+            &[[s.loss_recon, s.loss_distill_bu, s.loss_distill_td, s.loss_negative]],
+        );
+        if !losses.loss_total.is_finite() {
+            return Err(anyhow!(
+                "loss became {} at step {done}: lower train.learning_rate",
+                losses.loss_total
+            ));
+        }
+        self.cost.add_step(s.max_step_seconds);
+        self.halo.steps += 1;
+        self.halo.bytes_sent += s.halo_bytes_sent;
+        self.halo.step_seconds += s.max_step_seconds;
+        self.halo.wait_seconds += s.max_halo_wait_seconds;
+        self.window.1 += 1;
+        let batch = cfg.train.batch_size as f64;
+        let images_per_s =
+            self.window.1 as f64 * batch / self.window.0.elapsed().as_secs_f64().max(1e-9);
+        self.telemetry.step(&StepReport {
+            seconds: s.max_step_seconds,
+            images_per_second: images_per_s,
+            losses,
+        });
+        self.telemetry.cluster(s);
+        self.bar.set_position(done);
+        self.bar.set_message(format!(
+            "loss {:.4} | {images_per_s:.1} img/s",
+            losses.loss_total
+        ));
+        let measured = s.observation.as_ref().map(|o| measure(cfg, o));
+        if let Some(m) = &measured {
+            let on_workers = s
+                .workers
+                .iter()
+                .map(|w| w.observe_seconds)
+                .fold(0.0, f64::max);
+            self.cost.add_pass(m.seconds + on_workers);
+            self.telemetry.levels(&m.levels, m.seconds + on_workers);
+        }
+        let last = done == cfg.train.steps;
+        if done % cfg.train.log_every == 0 || done == 1 || last {
+            let Some(m) = measured else {
+                return Err(anyhow!("step {done} was logged but not observed"));
+            };
+            let rec = MetricsRecord {
+                step: done,
+                phase: "awake",
+                images_per_s,
+                wall_seconds: self.started.elapsed().as_secs_f64(),
+                losses,
+                step_seconds: s.max_step_seconds,
+                halo_wait_fraction: s.max_halo_wait_seconds / s.max_step_seconds.max(1e-12),
+                halo_bytes: s.halo_bytes_sent,
+                effective_rank_by_level: m.collapse.iter().map(|c| c.effective_rank).collect(),
+                dim_std_by_level: m.collapse.iter().map(|c| c.mean_dim_std).collect(),
+                mean_cosine_by_level: m.collapse.iter().map(|c| c.mean_cosine).collect(),
+            };
+            serde_json::to_writer(&mut self.metrics, &rec)?;
+            self.metrics.write_all(b"\n")?;
+            self.metrics.flush()?;
+            let ranks: Vec<String> = rec
+                .effective_rank_by_level
+                .iter()
+                .map(|r| format!("{r:.1}"))
+                .collect();
+            self.bar.suspend(|| {
+                tracing::info!(
+                    step = done,
+                    loss = format!("{:.4}", losses.loss_total),
+                    recon = format!("{:.4}", losses.loss_recon),
+                    images_per_s = format!("{images_per_s:.1}"),
+                    halo_wait = format!("{:.0}%", 100.0 * rec.halo_wait_fraction),
+                    effective_rank = ranks.join(" "),
+                    "step"
+                )
+            });
+            self.window = (Instant::now(), 0);
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, dir: &Path, step: u64) -> Result<()> {
+        self.bar
+            .suspend(|| tracing::info!(step, dir = %dir.display(), "checkpoint written"));
+        self.last_checkpoint = Some((dir.to_path_buf(), step));
+        Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// The coordinator's settings for `cfg`, checkpoints under `root`.
+pub(crate) fn coordinator_settings(cfg: &Config, root: &Path) -> Settings {
+    let c = &cfg.cluster;
+    Settings {
+        max_ahead: c.max_ahead,
+        heartbeat_timeout: Duration::from_secs_f64(c.heartbeat_timeout),
+        heartbeat_interval: Duration::from_secs_f64(c.heartbeat_seconds),
+        checkpoint_root: root.to_string_lossy().into_owned(),
+    }
+}
+
+/// QUIC tuning for `cfg`: the idle timeout is the heartbeat timeout.
+pub(crate) fn tuning(cfg: &Config) -> TransportTuning {
+    TransportTuning {
+        idle_timeout: Duration::from_secs_f64(cfg.cluster.heartbeat_timeout),
+        keep_alive: Some(Duration::from_secs_f64(cfg.cluster.heartbeat_seconds)),
+    }
+}
+
+/// A multi-threaded runtime for the network tasks (the compute threads
+/// are separate, so two threads are plenty).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    glom_net::tls::install_default_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Train `cfg` on `workers` in-process workers into `out` (default
+/// `runs/<timestamp>`), then evaluate if `eval`.
+pub(crate) fn run(mut cfg: Config, workers: Option<usize>, out: Option<PathBuf>, eval: bool) -> Result<()> {
     let started = Instant::now();
+    if let Some(n) = workers {
+        cfg.cluster.workers = n;
+    }
+    cfg.validate()?;
+    let n = cfg.cluster.workers;
+    cfg.validate_workers(n)?;
     let dir = out.unwrap_or_else(default_run_dir);
     // Open the data, build the model and bind the metrics endpoint first: a
     // bad data path or an address in use leaves no run directory behind.
     let data = datasets(&cfg)?;
-    let model = whole_model(&cfg)?;
     let (telemetry, endpoint) = telemetry(&cfg)?;
     create_run_dir(&dir)?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
     if let Some(addr) = endpoint.as_ref().map(Endpoint::addr) {
         let path = dir.join("metrics_addr.txt");
         std::fs::write(&path, format!("{addr}\n"))
@@ -123,95 +336,19 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     }
     std::fs::write(dir.join("config.toml"), toml::to_string(&cfg)?)
         .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;
-    tracing::info!(dir = %dir.display(), steps = cfg.train.steps, weights = ?cfg.model.weights,
+    tracing::info!(dir = %dir.display(), steps = cfg.train.steps, workers = n, weights = ?cfg.model.weights,
         learning = ?cfg.train.learning, data = ?cfg.data.source, "training");
 
-    let mut trainer = Trainer::new(model, data.train.clone())?;
-    let metrics_path = dir.join("metrics.jsonl");
-    let mut metrics = File::create(&metrics_path)
-        .with_context(|| format!("creating {}", metrics_path.display()))?;
-    telemetry.phase(Phase::Awake);
-    let mut cost = Cost::default();
-    let stop = interrupt_flag();
-
-    let bar = progress(cfg.train.steps, "train");
-    let batch = cfg.train.batch_size as f64;
+    let mut recorder = Recorder::new(&cfg, &dir, telemetry)?;
+    let ck_root = dir.join("checkpoints");
     let train_started = Instant::now();
-    let mut window = (Instant::now(), 0u64);
-    let mut last_save = None;
-    while trainer.step < cfg.train.steps {
-        let step_started = Instant::now();
-        let out = trainer.train_step()?;
-        let step_seconds = step_started.elapsed().as_secs_f64();
-        cost.add_step(step_seconds);
-        let step = trainer.step; // steps completed
-        window.1 += 1;
-        let images_per_s = window.1 as f64 * batch / window.0.elapsed().as_secs_f64().max(1e-9);
-        telemetry.step(&StepReport {
-            seconds: step_seconds,
-            images_per_second: images_per_s,
-            losses: out.losses,
-        });
-        bar.set_position(step);
-        bar.set_message(format!(
-            "loss {:.4} | {:.1} img/s",
-            out.losses.loss_total, images_per_s
-        ));
-        if !out.losses.loss_total.is_finite() {
-            anyhow::bail!(
-                "loss became {} at step {step}: lower train.learning_rate",
-                out.losses.loss_total
-            );
-        }
-        let last = step == cfg.train.steps || stop.load(Ordering::SeqCst);
-        let mut collapse = None;
-        if cfg.metrics.enabled && (step % cfg.metrics.every_steps == 0 || step == 1 || last) {
-            let m = measure(&cfg, &trainer.model, &out, step)?;
-            cost.add_pass(m.seconds);
-            telemetry.levels(&m.levels, m.seconds);
-            collapse = Some(m.collapse);
-        }
-        if step % cfg.train.log_every == 0 || step == 1 || last {
-            let collapse = match collapse {
-                Some(c) => c,
-                None => collapse_by_level(&out.levels, cfg.train.rank_sample, cfg.seed, step)?,
-            };
-            let wall = train_started.elapsed().as_secs_f64();
-            let rec = MetricsRecord::new(step, "awake", images_per_s, wall, out.losses, &collapse);
-            serde_json::to_writer(&mut metrics, &rec)?;
-            metrics.write_all(b"\n")?;
-            metrics.flush()?;
-            let ranks: Vec<String> = rec
-                .effective_rank_by_level
-                .iter()
-                .map(|r| format!("{r:.1}"))
-                .collect();
-            bar.suspend(|| {
-                tracing::info!(
-                    step,
-                    loss = format!("{:.4}", out.losses.loss_total),
-                    recon = format!("{:.4}", out.losses.loss_recon),
-                    images_per_s = format!("{images_per_s:.1}"),
-                    effective_rank = ranks.join(" "),
-                    "step"
-                )
-            });
-            window = (Instant::now(), 0);
-        }
-        let every = cfg.checkpoint.every_steps;
-        if (every > 0 && step % every == 0) || last {
-            let ck = dir.join("checkpoints").join(format!("step-{step}"));
-            checkpoint::save(&ck, &trainer.model, &trainer.opt, step)?;
-            last_save = Some(step);
-        }
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-    }
-    bar.finish_and_clear();
+    let rt = runtime()?;
+    let end = rt.block_on(embedded(&cfg, n, &ck_root, data.train.clone(), &mut recorder));
+    recorder.finish();
     drop(endpoint);
+    let steps = end?;
     let train_seconds = train_started.elapsed().as_secs_f64();
-    let monitor = cost.summary();
+    let monitor = recorder.monitor();
     if cfg.metrics.enabled {
         tracing::info!(
             passes = %monitor["passes"],
@@ -220,25 +357,34 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
             "cost of the per-level measures"
         );
     }
-    let steps = trainer.step;
-    if last_save != Some(steps) {
-        let ck = dir.join("checkpoints").join(format!("step-{steps}"));
-        checkpoint::save(&ck, &trainer.model, &trainer.opt, steps)?;
-    }
-    let final_dir = dir.join("checkpoints").join("final");
-    checkpoint::save(&final_dir, &trainer.model, &trainer.opt, steps)?;
+    let (last_dir, _) = recorder
+        .last_checkpoint
+        .clone()
+        .ok_or_else(|| anyhow!("the run ended without a checkpoint"))?;
+    let final_dir = ck_root.join("final");
+    copy_checkpoint(&last_dir, &final_dir)?;
     tracing::info!(steps, seconds = format!("{train_seconds:.1}"), checkpoint = %final_dir.display(), "trained");
 
+    let batch = cfg.train.batch_size as f64;
+    let h = &recorder.halo;
     let mut summary = serde_json::json!({
         "steps": steps,
+        "workers": n,
         "train_seconds": train_seconds,
         "images_per_s": steps as f64 * batch / train_seconds.max(1e-9),
         "config_hash": cfg.hash(),
         "interrupted": steps < cfg.train.steps,
         "monitor": monitor,
+        "halo": {
+            "bytes_per_step": h.bytes_sent as f64 / h.steps.max(1) as f64,
+            "seconds_per_step": h.step_seconds / h.steps.max(1) as f64,
+            "wait_fraction": h.wait_seconds / h.step_seconds.max(1e-12),
+        },
     });
     if eval {
-        let report = crate::evaluate::evaluate_model(&trainer.model, &data)?;
+        let model = whole_model(&cfg)?;
+        checkpoint::load_into(&final_dir, &model, None)?;
+        let report = crate::evaluate::evaluate_model(&model, &data)?;
         crate::evaluate::print_table(&report);
         if let (serde_json::Value::Object(s), serde_json::Value::Object(r)) =
             (&mut summary, serde_json::to_value(&report)?)
@@ -249,6 +395,87 @@ pub(crate) fn run(cfg: Config, out: Option<PathBuf>, eval: bool) -> Result<()> {
     summary["wall_seconds"] = started.elapsed().as_secs_f64().into();
     write_json(&dir.join("summary.json"), &summary)?;
     println!("run directory: {}", dir.display());
+    Ok(())
+}
+
+/// The coordinator and `n` workers over loopback QUIC, with an ephemeral
+/// CA; returns the steps trained.
+async fn embedded(
+    cfg: &Config,
+    n: usize,
+    ck_root: &Path,
+    train: Arc<dyn glom_worker::data::Dataset>,
+    recorder: &mut Recorder,
+) -> Result<u64> {
+    let ca = ClusterCa::new()?;
+    let tuning = tuning(cfg);
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let id = ca.issue(COORDINATOR_NAME)?;
+    let coord_ep = server_endpoint(loopback, server_config(&id, ca.cert(), &tuning)?, None)?;
+    let coord_addr = coord_ep.local_addr()?;
+    let coordinator = Coordinator::with_settings(
+        cfg.clone(),
+        n,
+        coordinator_settings(cfg, ck_root),
+        Instant::now(),
+    )?;
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = worker_name(i);
+        let id = ca.issue(&name)?;
+        let endpoint = server_endpoint(
+            loopback,
+            server_config(&id, ca.cert(), &tuning)?,
+            Some(client_config(&id, ca.cert(), &tuning)?),
+        )?;
+        let opts = WorkerOptions {
+            cfg: cfg.clone(),
+            name,
+            coordinator: coord_addr.to_string(),
+            endpoint,
+            advertise: None,
+            patience: Duration::from_secs(10),
+            device: Device::Cpu,
+        };
+        handles.push(tokio::spawn(run_worker(opts, train.clone())));
+    }
+    let end = drive(coordinator, coord_ep, recorder).await;
+    let mut first_worker_error = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!("worker failed: {e}");
+                first_worker_error.get_or_insert(anyhow!(e));
+            }
+            Err(e) => {
+                first_worker_error.get_or_insert(anyhow!("a worker task failed: {e}"));
+            }
+        }
+    }
+    let end = end?;
+    match first_worker_error {
+        Some(e) => Err(e.context("the run finished but a worker failed")),
+        None => Ok(end.steps),
+    }
+}
+
+/// Copy checkpoint `from` to `to` (replaced), manifest last.
+pub(crate) fn copy_checkpoint(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut names: Vec<_> = std::fs::read_dir(from)
+        .with_context(|| format!("reading {}", from.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    // The manifest vouches for the shards: it goes last.
+    names.sort_by_key(|n| n == "manifest.json");
+    for name in names {
+        std::fs::copy(from.join(&name), to.join(&name))
+            .with_context(|| format!("copying {} to {}", from.join(&name).display(), to.display()))?;
+    }
     Ok(())
 }
 

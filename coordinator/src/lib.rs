@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod plan;
 pub mod schedule;
 pub mod state;
+mod stop;
 #[cfg(test)]
 mod tests;
 

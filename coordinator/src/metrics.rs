@@ -44,6 +44,7 @@ pub struct WorkerStep {
     pub halo_bytes_received: u64,
     pub halo_wait_seconds: f64,
     pub step_seconds: f64,
+    pub observe_seconds: f64,
 }
 
 /// The observations of every worker, as if one process had made them.
@@ -154,6 +155,7 @@ impl StepAccumulator {
             halo_bytes_received: m.halo_bytes_received,
             halo_wait_seconds: m.halo_wait_seconds,
             step_seconds: m.step_seconds,
+            observe_seconds: m.observe_seconds,
         });
         self.reports += 1;
         Ok(())
@@ -273,6 +275,7 @@ mod tests {
             halo_bytes_received: 90,
             halo_wait_seconds: wait,
             step_seconds: 1.0 + wait,
+            observe_seconds: 0.0,
             observation: Some(observation),
         }
     }

@@ -237,6 +237,9 @@ pub struct StepMetrics {
     pub halo_wait_seconds: f64,
     /// Wall time of the whole step on this worker, halo wait included.
     pub step_seconds: f64,
+    /// Part of `step_seconds` spent making the observation (0 on steps
+    /// without one): the cost of the collapse measures on the worker.
+    pub observe_seconds: f64,
     /// On observed steps ([`Step::observe`]): what the collapse measures
     /// need from this worker's locations.
     pub observation: Option<Observation>,

@@ -49,6 +49,8 @@ pub(crate) trait Telemetry {
     fn levels(&self, levels: &[LevelReport], seconds: f64);
     /// The current phase (`awake` or `sleep`).
     fn phase(&self, phase: Phase);
+    /// After every step: each worker's halo traffic and waiting.
+    fn cluster(&self, _summary: &glom_coordinator::StepSummary) {}
 }
 
 /// Training phase, as the `phase` label of `glom_phase`.

@@ -26,6 +26,13 @@ pub enum Error {
     /// The model was asked for something its shape does not allow.
     #[error("{0}")]
     Shape(String),
+    /// The networked runtime failed: a peer, the coordinator or the
+    /// transport (the message says which and why).
+    #[error("{0}")]
+    Runtime(String),
+    /// The transport refused or lost a connection.
+    #[error(transparent)]
+    Net(#[from] glom_net::Error),
 }
 
 /// Result alias of this crate.

@@ -1,7 +1,8 @@
 //! The worker side of the GLOM trainer: the model, its learning rules, the
 //! data it reads and the evaluation of what it learned. The model and the
-//! learning code are pure computation (tensors in, tensors out); the only
-//! I/O here is reading datasets and writing this worker's checkpoint shard.
+//! learning code are pure computation (tensors in, tensors out); the I/O
+//! is reading datasets, writing this worker's checkpoint shard, and the
+//! thin networked [`runtime`] around the engine.
 //!
 //! # Layout
 //! - [`model`]: the GLOM engine that settles a tile of columns.
@@ -16,6 +17,8 @@
 //! - [`rng`]: keyed deterministic random streams.
 //! - [`sleep`]: the offline sleep job: replay buffer, dreams, negative and
 //!   positive phases.
+//! - [`runtime`]: the networked worker: joins the coordinator, exchanges
+//!   halos with its neighbours over QUIC, trains its tile.
 
 pub mod analysis;
 pub mod checkpoint;
@@ -27,6 +30,7 @@ pub mod model;
 pub mod monitor;
 pub mod parse;
 pub mod rng;
+pub mod runtime;
 pub mod sleep;
 
 pub use error::{Error, Result};

@@ -6,17 +6,22 @@
 //! - [`codistill_disagreement`]: how differently the per-location nets of
 //!   one level map a common probe input (0 when every location computes the
 //!   same function; co-distillation should shrink it);
-//! - [`prediction_agreement`]: mean cosine between what the bottom-up and
+//! - [`agreement_by_location`]: mean cosine between what the bottom-up and
 //!   top-down nets predict from the settled neighbouring levels and the
 //!   settled consensus itself;
 //! - [`cosine_within_across`]: mean pairwise cosine of the settled vectors
 //!   within an image and across images, exactly, in `O(P B d)`;
 //! - [`islands_per_image`]: threshold islands as the evaluation counts them.
 //!
-//! Exporting the numbers is the binary's job.
+//! A worker computes the net-based measures on its own locations and
+//! reports them, with a sample of its settled embeddings, as an
+//! [`Observation`] ([`observe`]); whoever holds every tile's observation
+//! computes the grid's numbers, the same on any tiling. Exporting them is
+//! the binary's job.
 
 use candle_core::{DType, Tensor, D};
 use glom_protocol::config::WeightMode;
+use glom_protocol::message::{LevelObservation, Observation};
 
 use crate::analysis::unit_rows;
 use crate::error::Result;
@@ -38,34 +43,37 @@ pub fn probe_input(seed: u64, dim: usize) -> Vec<f32> {
     raw.iter().map(|x| ((x - mean) * inv) as f32).collect()
 }
 
-/// Co-distillation disagreement of `net` over `locations` locations: feed
-/// the same `probe` to every location's net and return the mean over
-/// locations of the squared distance of its output to the mean output.
-/// A shared net (one slot) gives 0 by construction.
-pub fn codistill_disagreement(net: &Mlp, probe: &[f32], locations: usize) -> Result<f64> {
+/// Output of `net` on the same `probe` at each of `locations` locations,
+/// row-major `[locations, out]`.
+pub fn probe_outputs(net: &Mlp, probe: &[f32], locations: usize) -> Result<Vec<f32>> {
     let device = net.w1.device();
     let x = Tensor::from_slice(probe, (1, 1, probe.len()), device)?
         .to_dtype(net.w1.dtype())?
         .broadcast_as((locations, 1, probe.len()))?
         .contiguous()?;
-    let y: Vec<Vec<f32>> = net
+    Ok(net
         .forward(&x)?
-        .squeeze(1)?
         .to_dtype(DType::F32)?
-        .to_vec2()?;
-    let Some(width) = y.first().map(Vec::len) else {
-        return Ok(0.0);
-    };
-    let n = y.len() as f64;
+        .flatten_all()?
+        .to_vec1()?)
+}
+
+/// Mean over locations of the squared distance of each location's output
+/// (`outputs`, row-major `[locations, width]`) to the mean output.
+pub fn disagreement_of(outputs: &[f32], width: usize) -> f64 {
+    if width == 0 || outputs.is_empty() {
+        return 0.0;
+    }
+    let n = (outputs.len() / width) as f64;
     let mut mean = vec![0f64; width];
-    for row in &y {
+    for row in outputs.chunks_exact(width) {
         mean.iter_mut()
             .zip(row)
             .for_each(|(m, &v)| *m += f64::from(v));
     }
     mean.iter_mut().for_each(|m| *m /= n);
-    let total: f64 = y
-        .iter()
+    let total: f64 = outputs
+        .chunks_exact(width)
         .map(|row| {
             row.iter()
                 .zip(&mean)
@@ -73,26 +81,45 @@ pub fn codistill_disagreement(net: &Mlp, probe: &[f32], locations: usize) -> Res
                 .sum::<f64>()
         })
         .sum();
-    Ok(total / n)
+    total / n
 }
 
-/// [`codistill_disagreement`] of every level's bottom-up net (index l for
-/// level l: the front end for level 0, which sees pixels, gets the probe of
-/// its own input width).
-pub fn disagreement_by_level(model: &Glom) -> Result<Vec<f64>> {
+/// Co-distillation disagreement of `net` over `locations` locations: feed
+/// the same `probe` to every location's net and return the mean over
+/// locations of the squared distance of its output to the mean output.
+/// A shared net (one slot) gives 0 by construction.
+pub fn codistill_disagreement(net: &Mlp, probe: &[f32], locations: usize) -> Result<f64> {
+    let width = net.w2.dim(2)?;
+    Ok(disagreement_of(
+        &probe_outputs(net, probe, locations)?,
+        width,
+    ))
+}
+
+/// Every level's bottom-up net (the front end at level 0, fed a probe of
+/// its own input width) on the common probe input, at each of the tile's
+/// locations: per level, row-major `[P, d]`. The disagreement of the grid
+/// is [`disagreement_of`] these outputs gathered from every tile.
+pub fn probe_outputs_by_level(model: &Glom) -> Result<Vec<Vec<f32>>> {
     let p = model.tile.locs.len();
-    if model.cfg.model.weights == WeightMode::Shared {
-        return Ok(vec![0.0; model.cfg.model.levels]);
-    }
     let mut out = Vec::with_capacity(model.cfg.model.levels);
     let front_in = model.nets.front.w1.dim(1)?;
     let front_probe = probe_input(model.cfg.seed, front_in);
-    out.push(codistill_disagreement(&model.nets.front, &front_probe, p)?);
+    out.push(probe_outputs(&model.nets.front, &front_probe, p)?);
     let probe = probe_input(model.cfg.seed, model.cfg.model.dim);
     for net in &model.nets.bottom_up {
-        out.push(codistill_disagreement(net, &probe, p)?);
+        out.push(probe_outputs(net, &probe, p)?);
     }
     Ok(out)
+}
+
+/// [`codistill_disagreement`] of every level's bottom-up net over the tile.
+pub fn disagreement_by_level(model: &Glom) -> Result<Vec<f64>> {
+    let d = model.cfg.model.dim;
+    Ok(probe_outputs_by_level(model)?
+        .iter()
+        .map(|o| disagreement_of(o, d))
+        .collect())
 }
 
 /// Agreement of one level's predictions with its settled consensus.
@@ -107,17 +134,20 @@ pub struct Agreement {
     pub top_down: Option<f64>,
 }
 
-/// Mean cosine over locations and images between `a` and `b`, `[P, B, d]`.
-fn mean_cosine(a: &Tensor, b: &Tensor) -> Result<f64> {
+/// Per location, the mean over images of the cosine between `a` and `b`
+/// (`[P, B, d]`): `[P]` values.
+fn cosine_by_location(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
     let dot = (a * b)?.sum(D::Minus1)?;
     let norms = (a.sqr()?.sum(D::Minus1)?.sqrt()? * b.sqr()?.sum(D::Minus1)?.sqrt()?)?;
     let cos = (dot / (norms + 1e-6)?)?;
-    Ok(cos.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
+    Ok(cos.to_dtype(DType::F64)?.mean(1)?.to_vec1()?)
 }
 
-/// [`Agreement`] of every level, from the settled `levels` (`[P, B, d]`
-/// each, as a step returns them): one forward pass per net.
-pub fn prediction_agreement(model: &Glom, levels: &[Tensor]) -> Result<Vec<Agreement>> {
+/// Per level, per location: the mean cosine over the batch between the
+/// layer-normalised bottom-up (`.0`, empty at level 0) and top-down (`.1`,
+/// empty at the top level) predictions made from the settled neighbouring
+/// levels and the settled level itself (`levels`: `[P, B, d]` each).
+pub fn agreement_by_location(model: &Glom, levels: &[Tensor]) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
     let m = &model.cfg.model;
     let k = levels.len();
     let use_code = m.weights == WeightMode::Shared && m.location_code && m.location_code_dim > 0;
@@ -132,11 +162,11 @@ pub fn prediction_agreement(model: &Glom, levels: &[Tensor]) -> Result<Vec<Agree
     } else {
         None
     };
-    let mut out = vec![Agreement::default(); k];
+    let mut out = vec![(Vec::new(), Vec::new()); k];
     for l in 0..k {
         if l > 0 {
             let bu = model.nets.bottom_up[l - 1].forward(&levels[l - 1])?;
-            out[l].bottom_up = Some(mean_cosine(&layer_norm(&bu)?, &levels[l])?);
+            out[l].0 = cosine_by_location(&layer_norm(&bu)?, &levels[l])?;
         }
         if l + 1 < k {
             let input = match &code {
@@ -148,10 +178,49 @@ pub fn prediction_agreement(model: &Glom, levels: &[Tensor]) -> Result<Vec<Agree
                 None => levels[l + 1].clone(),
             };
             let td = model.nets.top_down[l].forward(&input)?;
-            out[l].top_down = Some(mean_cosine(&layer_norm(&td)?, &levels[l])?);
+            out[l].1 = cosine_by_location(&layer_norm(&td)?, &levels[l])?;
         }
     }
     Ok(out)
+}
+
+/// Mean of per-location values; `None` for none.
+pub fn mean_of(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// Images of a step's batch whose settled embeddings an observation keeps.
+pub const OBSERVED_IMAGES: usize = 4;
+
+/// What a tile reports of an observed step (see
+/// [`glom_protocol::message::Observation`]): the settled `levels`
+/// (`[P, B, d]`) of the first [`OBSERVED_IMAGES`] images, the probe
+/// outputs and the per-location agreements.
+pub fn observe(model: &Glom, levels: &[Tensor]) -> Result<Observation> {
+    let probes = probe_outputs_by_level(model)?;
+    let agreement = agreement_by_location(model, levels)?;
+    let (mut images, mut dim) = (0, 0);
+    let mut out = Vec::with_capacity(levels.len());
+    for ((t, probe), (bu, td)) in levels.iter().zip(probes).zip(agreement) {
+        let (_, b, d) = t.dims3()?;
+        (images, dim) = (OBSERVED_IMAGES.min(b), d);
+        let embeddings = t
+            .narrow(1, 0, images)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        out.push(LevelObservation {
+            embeddings,
+            probe,
+            agreement_bu: bu,
+            agreement_td: td,
+        });
+    }
+    Ok(Observation {
+        images: images as u32,
+        dim: dim as u32,
+        levels: out,
+    })
 }
 
 /// Mean pairwise cosine of `[P, B, d]` rows (`p`, `b`, `d`; row-major as a

@@ -39,6 +39,7 @@ pub(crate) fn metrics(locations: Vec<u32>, loss: [f64; 4]) -> StepMetrics {
         halo_bytes_received: 1000,
         halo_wait_seconds: 0.0,
         step_seconds: 0.1,
+        observe_seconds: 0.0,
         observation: None,
     }
 }

@@ -101,6 +101,7 @@ impl Rng {
             halo_bytes_received: self.u64(),
             halo_wait_seconds: self.f64(),
             step_seconds: self.f64(),
+            observe_seconds: self.f64(),
             observation: self.observation(),
         }
     }
