@@ -833,29 +833,35 @@ impl Config {
     /// Stable hash of what the configuration computes (hex SHA-256 of the
     /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`
     /// and `rank_sample`, `data` without `path`,
-    /// `cluster.halo_precision`, and `sleep` without `timetable` and
-    /// `observe_images`). Two processes agree on a run only when
+    /// `cluster.halo_precision`, and, when sleep is scheduled, `sleep`
+    /// without `timetable` and `observe_images`). Two processes agree on a
+    /// run only when
     /// their hashes agree; settings that do not change the numbers (where
     /// the data lies on each host, evaluation, checkpoint and metrics
-    /// cadence, the number of workers, addresses) may differ.
+    /// cadence, the number of workers, addresses) may differ. Unscheduled
+    /// sleep settings change no training step, so they stay out too (and a
+    /// run without sleep keeps the hash it had before `[sleep]` existed);
+    /// when a wall-clock job runs is the clock's business, not the
+    /// configuration's.
     pub fn hash(&self) -> String {
         let mut data = self.data.clone();
         data.path.clear();
         // How long to train and how often to log change no step's numbers.
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
-        // When a wall-clock job runs is the clock's business, and what is
-        // measured around a job changes no parameter.
-        let mut sleep = self.sleep.clone();
-        (sleep.timetable, sleep.observe_images) = (Vec::new(), 0);
-        let identity = serde_json::json!({
+        let mut identity = serde_json::json!({
             "seed": self.seed,
             "model": self.model,
             "train": train,
             "data": data,
             "halo_precision": self.cluster.halo_precision,
-            "sleep": sleep,
         });
+        if self.sleep.scheduled() {
+            // What is measured around a job changes no parameter.
+            let mut sleep = self.sleep.clone();
+            (sleep.timetable, sleep.observe_images) = (Vec::new(), 0);
+            identity["sleep"] = serde_json::json!(sleep);
+        }
         let json = serde_json::to_vec(&identity).expect("a config always serialises");
         let digest = Sha256::digest(&json);
         digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -917,10 +923,9 @@ mod tests {
     fn hash_changes_with_what_is_computed_only() {
         let a = Config::default();
         assert_eq!(a.hash(), Config::default().hash());
-        let changed: [fn(&mut Config); 8] = [
+        let changed: [fn(&mut Config); 7] = [
             |c| c.sleep.every_steps = 50,
-            |c| c.sleep.margin = 0.5,
-            |c| c.sleep.replay_capacity = 10,
+            |c| c.sleep.timetable = vec!["03:00".into()],
             |c| c.train.learning_rate *= 2.0,
             |c| c.seed += 1,
             |c| c.model.dim += 1,
@@ -933,7 +938,7 @@ mod tests {
             assert_ne!(a.hash(), b.hash(), "change {i}");
         }
         let same: [fn(&mut Config); 9] = [
-            |c| c.sleep.timetable = vec!["03:00".into()],
+            |c| c.sleep.margin = 0.5, // unscheduled: no job runs
             |c| c.sleep.observe_images = 1,
             |c| c.cluster.workers = 4,
             |c| c.cluster.listen = "0.0.0.0:1".into(),
@@ -948,6 +953,29 @@ mod tests {
             change(&mut b);
             assert_eq!(a.hash(), b.hash(), "setting {i}");
         }
+    }
+
+    #[test]
+    fn scheduled_sleep_settings_are_hashed_but_not_the_clock() {
+        let mut a = Config::default();
+        let unscheduled = a.hash();
+        a.sleep.every_steps = 20;
+        a.sleep.timetable = vec!["03:00".into()];
+        let changed: [fn(&mut Config); 3] = [
+            |c| c.sleep.margin = 0.5,
+            |c| c.sleep.replay_capacity = 10,
+            |c| c.sleep.every_steps = 21,
+        ];
+        for (i, change) in changed.iter().enumerate() {
+            let mut b = a.clone();
+            change(&mut b);
+            assert_ne!(a.hash(), b.hash(), "change {i}");
+        }
+        let mut b = a.clone();
+        b.sleep.timetable = vec!["04:00".into(), "05:00".into()];
+        b.sleep.observe_images = 3;
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), unscheduled);
     }
 
     #[test]
