@@ -313,6 +313,18 @@ pub fn run_sleep(
     params: &SleepParams,
     seed: u64,
 ) -> Result<SleepReport> {
+    run_sleep_with(model, replay, params, seed, &mut |_| {})
+}
+
+/// [`run_sleep`], calling `progress` with the steps done after each step
+/// (to show progress, or to send heartbeats during a long job).
+pub fn run_sleep_with(
+    model: &Glom,
+    replay: &ReplayBuffer,
+    params: &SleepParams,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<SleepReport> {
     if model.cfg.model.levels < 2 {
         return Err(Error::Shape("sleep needs at least two levels".into()));
     }
@@ -354,6 +366,7 @@ pub fn run_sleep(
             first_negative = false;
             neg_opt.step(&loss.backward()?)?;
             step += 1;
+            progress(step);
         }
         for _ in 0..params.positive_steps {
             if step >= params.steps {
@@ -367,6 +380,7 @@ pub fn run_sleep(
             }
             pos_opt.step(&loss.backward()?)?;
             step += 1;
+            progress(step);
         }
     }
     report.steps = step;

@@ -33,7 +33,9 @@ use candle_core::{Tensor, D};
 use glom_protocol::config::SleepConfig;
 
 use crate::error::Result;
-pub use job::{dream, evaluate_negative, run_sleep, SleepReport, NEGATIVE_CANDIDATES};
+pub use job::{
+    dream, evaluate_negative, run_sleep, run_sleep_with, SleepReport, NEGATIVE_CANDIDATES,
+};
 pub use replay::ReplayBuffer;
 pub use run::{
     bottom_up_pass, fill_replay, job_seed, observation_images, observe_bottom_up, replay_for,

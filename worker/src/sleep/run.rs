@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor};
 use glom_protocol::config::Config;
 use glom_protocol::message::{LevelObservation, Observation, SleepDone, SleepStart};
 
-use super::{run_sleep, ReplayBuffer, SleepParams, SleepReport};
+use super::{run_sleep_with, ReplayBuffer, SleepParams, SleepReport};
 use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
 use crate::eval::settle_unmasked;
@@ -163,14 +163,17 @@ pub fn observe_bottom_up(model: &Glom, images: &[Image]) -> Result<Observation> 
 /// from the states in `replay`: `start.steps` steps with the lengths,
 /// margin and rates of `[sleep]`, negative phase first ([`run_sleep`]),
 /// seeded by [`job_seed`]. With `observe` images, the tile is measured by
-/// [`observe_bottom_up`] before and after. Touches no network: a tile
-/// without peers runs it alike, and every location gets the update it
-/// would get on the whole grid.
+/// [`observe_bottom_up`] before and after. `progress` is called with (steps
+/// done, steps) after every step: a long job must keep the control
+/// connection alive with heartbeats. Touches no network: a tile without
+/// peers runs it alike, and every location gets the update it would get
+/// on the whole grid.
 pub fn run_job(
     model: &Glom,
     replay: &ReplayBuffer,
     start: &SleepStart,
     observe: &[Image],
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SleepOutcome> {
     let started = Instant::now();
     if replay.is_empty() {
@@ -191,7 +194,11 @@ pub fn run_job(
         }
     };
     let before = measure(model)?;
-    let report = run_sleep(model, replay, &params, job_seed(&model.cfg, start.seed))?;
+    let seed = job_seed(&model.cfg, start.seed);
+    let steps = params.steps;
+    let report = run_sleep_with(model, replay, &params, seed, &mut |done| {
+        progress(done, steps)
+    })?;
     let after = measure(model)?;
     Ok(SleepOutcome {
         report,

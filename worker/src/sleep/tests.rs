@@ -417,8 +417,22 @@ fn a_job_on_a_tile_without_peers_matches_the_whole_grid() -> Result<()> {
     let data = scenes(&cfg);
     let images = observation_images(&cfg, &data);
     assert_eq!(images.len(), 3);
-    let w = run_job(&whole, &replay_of(&levels)?, &start(4), &images)?;
-    let p = run_job(&part, &replay_of(&own)?, &start(4), &images)?;
+    let w = run_job(
+        &whole,
+        &replay_of(&levels)?,
+        &start(4),
+        &images,
+        &mut |_, _| {},
+    )?;
+    let mut seen = Vec::new();
+    let p = run_job(
+        &part,
+        &replay_of(&own)?,
+        &start(4),
+        &images,
+        &mut |done, total| seen.push((done, total)),
+    )?;
+    assert_eq!(seen, [(1, 4), (2, 4), (3, 4), (4, 4)]);
     assert_eq!(p.report.steps, 4);
     for (name, var) in &part.params.entries {
         let want = whole
@@ -485,7 +499,14 @@ fn bottom_up_pass_and_empty_replay() -> Result<()> {
     assert!(max_abs_diff(&e[1], &want1) < 1e-6);
     let e_again = bottom_up_pass(&model, &batch.input)?;
     assert!(max_abs_diff(&e[2], &e_again[2]) == 0.0);
-    let err = run_job(&model, &ReplayBuffer::new(4), &start(1), &[]).unwrap_err();
+    let err = run_job(
+        &model,
+        &ReplayBuffer::new(4),
+        &start(1),
+        &[],
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("replay buffer is empty"), "{err}");
     Ok(())
 }
