@@ -3,21 +3,31 @@
 //! # Layout
 //! - [`settings`]: configuration layers (embedded default, file, env, `--set`).
 //! - [`run`]: datasets and models built from a configuration; run directories.
-//! - [`train`]: `glom train`.
+//! - [`train`]: `glom train` (and `glom coordinator`: the same run, workers elsewhere).
+//! - [`cluster`]: the coordinator's driver and `glom worker`.
 //! - [`evaluate`]: `glom eval`.
+//! - [`sleep`]: `glom sleep` (one offline sleep job on a checkpoint).
 //! - [`parse`]: `glom parse` (islands per level: the parse tree, as a picture).
+//! - [`plot`]: `glom plot` (training curves from `metrics.jsonl`, as PNG charts).
+//! - [`table`]: `glom table` (the variants table, in Markdown, from run directories).
+//! - [`draw`]: the canvas, bitmap font and PNG writer both pictures use.
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
 
 mod cluster;
+mod draw;
 mod evaluate;
 mod metrics;
 mod observe;
 mod parse;
+mod plot;
 mod run;
 mod settings;
+mod sleep;
+mod table;
 mod train;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -58,6 +68,52 @@ enum Command {
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
     },
+    /// Coordinate a multi-host run: wait for `cluster.workers` workers, drive
+    /// the steps, write metrics and checkpoints, then evaluate.
+    Coordinator {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Directory of the cluster's certificates (`glom certs init`).
+        #[arg(long, value_name = "DIR")]
+        certs: PathBuf,
+        /// UDP address to listen on (overrides `cluster.listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Workers to wait for (overrides `cluster.workers`).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+        /// Run directory (default: runs/<UTC timestamp>); workers write their
+        /// checkpoint shards under it, so it must be on storage they share.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Skip the evaluation at the end (the coordinator then never reads the data).
+        #[arg(long)]
+        no_eval: bool,
+    },
+    /// Join a `glom coordinator` as one worker of a multi-host run.
+    Worker {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The coordinator's HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        coordinator: String,
+        /// Directory of the cluster's certificates (`glom certs init`).
+        #[arg(long, value_name = "DIR")]
+        certs: PathBuf,
+        /// This worker's certificate name in DIR, also its name in logs.
+        #[arg(long, default_value = "worker-0")]
+        name: String,
+        /// UDP address for halo connections from neighbouring workers.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// HOST:PORT the neighbours use to reach --listen (default: its
+        /// address as seen on the way to the coordinator).
+        #[arg(long, value_name = "HOST:PORT")]
+        advertise: Option<String>,
+        /// Seconds to keep trying to reach the coordinator.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
+    },
     /// Evaluate a checkpoint against the same model at random initialisation.
     Eval {
         /// Checkpoint directory (e.g. runs/X/checkpoints/final).
@@ -83,6 +139,38 @@ enum Command {
         /// Also write the parse tree as JSON here.
         #[arg(long, value_name = "OUT.json")]
         json: Option<PathBuf>,
+    },
+    /// PNG charts of a run's metrics.jsonl: losses, collapse measures per level, images/s.
+    Plot {
+        /// Run directory (holding metrics.jsonl).
+        #[arg(value_name = "RUN_DIR")]
+        run: PathBuf,
+        /// Directory for the charts (created if missing; default RUN_DIR/plots).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Markdown table of finished runs (the variants), per dataset, with the co-distillation gap.
+    Table {
+        /// Run directories (each with config.toml and summary.json).
+        #[arg(value_name = "RUN_DIR", required = true)]
+        runs: Vec<PathBuf>,
+        /// Write the Markdown here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The command that produced the runs, quoted in the heading.
+        #[arg(long, value_name = "TEXT")]
+        command: Option<String>,
+    },
+    /// Run one offline sleep job on a checkpoint and write a new checkpoint.
+    Sleep {
+        /// Checkpoint directory to start from (e.g. runs/X/checkpoints/final).
+        #[arg(long, value_name = "DIR")]
+        checkpoint: PathBuf,
+        /// Directory of the new checkpoint (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Manage the cluster's TLS certificates.
     Certs {
@@ -130,7 +218,46 @@ fn dispatch(cli: Cli) -> Result<()> {
             workers,
         } => {
             let cfg = settings::load(config.config.as_deref(), &config.sets)?;
-            train::run(cfg, workers, out, !no_eval)
+            train::run(cfg, workers, out, !no_eval, train::Launch::Embedded)
+        }
+        Command::Coordinator {
+            config,
+            certs,
+            listen,
+            workers,
+            out,
+            no_eval,
+        } => {
+            let cfg = settings::load(config.config.as_deref(), &config.sets)?;
+            let listen = match listen {
+                Some(l) => l,
+                None => cfg.cluster.listen.parse()?,
+            };
+            let launch = train::Launch::Remote { listen, certs };
+            train::run(cfg, workers, out, !no_eval, launch)
+        }
+        Command::Worker {
+            config,
+            coordinator,
+            certs,
+            name,
+            listen,
+            advertise,
+            wait,
+        } => {
+            let cfg = settings::load(config.config.as_deref(), &config.sets)?;
+            if !(wait.is_finite() && wait >= 0.0) {
+                anyhow::bail!("--wait {wait} must be a number of seconds >= 0");
+            }
+            let args = cluster::node::WorkerArgs {
+                coordinator: &coordinator,
+                certs: &certs,
+                name: &name,
+                listen,
+                advertise,
+                patience: std::time::Duration::from_secs_f64(wait),
+            };
+            cluster::node::worker(cfg, args)
         }
         Command::Eval {
             checkpoint,
@@ -143,6 +270,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             out,
             json,
         } => parse::run(&checkpoint, &input, &out, json.as_deref()),
+        Command::Plot { run, out } => plot::run(&run, out.as_deref()),
+        Command::Table { runs, out, command } => {
+            table::run(&runs, out.as_deref(), command.as_deref())
+        }
+        Command::Sleep {
+            checkpoint,
+            out,
+            config,
+        } => sleep::run(&checkpoint, &out, config.config.as_deref(), &config.sets),
         Command::Certs {
             action:
                 CertsCommand::Init {

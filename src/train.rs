@@ -187,7 +187,12 @@ impl RunObserver for Recorder {
         let done = step + 1;
         let losses = LossValues::from_shares(
             cfg,
-            &[[s.loss_recon, s.loss_distill_bu, s.loss_distill_td, s.loss_negative]],
+            &[[
+                s.loss_recon,
+                s.loss_distill_bu,
+                s.loss_distill_td,
+                s.loss_negative,
+            ]],
         );
         if !losses.loss_total.is_finite() {
             return Err(anyhow!(
@@ -309,9 +314,24 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Train `cfg` on `workers` in-process workers into `out` (default
-/// `runs/<timestamp>`), then evaluate if `eval`.
-pub(crate) fn run(mut cfg: Config, workers: Option<usize>, out: Option<PathBuf>, eval: bool) -> Result<()> {
+/// Where the workers come from.
+pub(crate) enum Launch {
+    /// `glom train`: in this process, over loopback, with an ephemeral CA.
+    Embedded,
+    /// `glom coordinator`: they join over the network, with the cluster
+    /// CA's certificates in `certs`.
+    Remote { listen: SocketAddr, certs: PathBuf },
+}
+
+/// Train `cfg` on `workers` workers (overrides `cluster.workers`) into
+/// `out` (default `runs/<timestamp>`), then evaluate if `eval`.
+pub(crate) fn run(
+    mut cfg: Config,
+    workers: Option<usize>,
+    out: Option<PathBuf>,
+    eval: bool,
+    launch: Launch,
+) -> Result<()> {
     let started = Instant::now();
     if let Some(n) = workers {
         cfg.cluster.workers = n;
@@ -320,10 +340,27 @@ pub(crate) fn run(mut cfg: Config, workers: Option<usize>, out: Option<PathBuf>,
     let n = cfg.cluster.workers;
     cfg.validate_workers(n)?;
     let dir = out.unwrap_or_else(default_run_dir);
-    // Open the data, build the model and bind the metrics endpoint first: a
-    // bad data path or an address in use leaves no run directory behind.
-    let data = datasets(&cfg)?;
+    // Open the data, bind the endpoints first: a bad data path, a missing
+    // certificate or an address in use leaves no run directory behind. A
+    // standalone coordinator reads the data only to evaluate.
+    let embedded_run = matches!(launch, Launch::Embedded);
+    let data = if embedded_run || eval {
+        Some(datasets(&cfg)?)
+    } else {
+        None
+    };
     let (telemetry, endpoint) = telemetry(&cfg)?;
+    let rt = runtime()?;
+    let remote = match &launch {
+        Launch::Embedded => None,
+        Launch::Remote { listen, certs } => {
+            let _guard = rt.enter();
+            let ca = glom_net::certs::load_ca(certs)?;
+            let id = glom_net::certs::load_identity(certs, COORDINATOR_NAME)?;
+            let ep = server_endpoint(*listen, server_config(&id, &ca, &tuning(&cfg))?, None)?;
+            Some(ep)
+        }
+    };
     create_run_dir(&dir)?;
     let dir = dir
         .canonicalize()
@@ -334,6 +371,13 @@ pub(crate) fn run(mut cfg: Config, workers: Option<usize>, out: Option<PathBuf>,
             .with_context(|| format!("writing {}", path.display()))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
+    if let Some(ep) = &remote {
+        let addr = ep.local_addr()?;
+        let path = dir.join("coordinator_addr.txt");
+        std::fs::write(&path, format!("{addr}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(%addr, workers = n, "waiting for workers (QUIC, mutual TLS)");
+    }
     std::fs::write(dir.join("config.toml"), toml::to_string(&cfg)?)
         .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;
     tracing::info!(dir = %dir.display(), steps = cfg.train.steps, workers = n, weights = ?cfg.model.weights,
@@ -342,8 +386,25 @@ pub(crate) fn run(mut cfg: Config, workers: Option<usize>, out: Option<PathBuf>,
     let mut recorder = Recorder::new(&cfg, &dir, telemetry)?;
     let ck_root = dir.join("checkpoints");
     let train_started = Instant::now();
-    let rt = runtime()?;
-    let end = rt.block_on(embedded(&cfg, n, &ck_root, data.train.clone(), &mut recorder));
+    let end = match remote {
+        None => {
+            let train = data
+                .as_ref()
+                .expect("loaded for an embedded run")
+                .train
+                .clone();
+            rt.block_on(embedded(&cfg, n, &ck_root, train, &mut recorder))
+        }
+        Some(ep) => rt.block_on(async {
+            let coordinator = Coordinator::with_settings(
+                cfg.clone(),
+                n,
+                coordinator_settings(&cfg, &ck_root),
+                Instant::now(),
+            )?;
+            Ok(drive(coordinator, ep, &mut recorder).await?.steps)
+        }),
+    };
     recorder.finish();
     drop(endpoint);
     let steps = end?;
@@ -381,10 +442,10 @@ pub(crate) fn run(mut cfg: Config, workers: Option<usize>, out: Option<PathBuf>,
             "wait_fraction": h.wait_seconds / h.step_seconds.max(1e-12),
         },
     });
-    if eval {
+    if let (true, Some(data)) = (eval, &data) {
         let model = whole_model(&cfg)?;
         checkpoint::load_into(&final_dir, &model, None)?;
-        let report = crate::evaluate::evaluate_model(&model, &data)?;
+        let report = crate::evaluate::evaluate_model(&model, data)?;
         crate::evaluate::print_table(&report);
         if let (serde_json::Value::Object(s), serde_json::Value::Object(r)) =
             (&mut summary, serde_json::to_value(&report)?)
@@ -473,8 +534,9 @@ pub(crate) fn copy_checkpoint(from: &Path, to: &Path) -> Result<()> {
     // The manifest vouches for the shards: it goes last.
     names.sort_by_key(|n| n == "manifest.json");
     for name in names {
-        std::fs::copy(from.join(&name), to.join(&name))
-            .with_context(|| format!("copying {} to {}", from.join(&name).display(), to.display()))?;
+        std::fs::copy(from.join(&name), to.join(&name)).with_context(|| {
+            format!("copying {} to {}", from.join(&name).display(), to.display())
+        })?;
     }
     Ok(())
 }

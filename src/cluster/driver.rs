@@ -198,7 +198,12 @@ async fn accept_loop(endpoint: Endpoint, events: UnboundedSender<Event>) {
 
 /// One control connection: a writer task for what the coordinator sends,
 /// and this reader loop for what the worker sends.
-async fn serve(conn: ConnId, connection: Connection, remote: SocketAddr, events: UnboundedSender<Event>) {
+async fn serve(
+    conn: ConnId,
+    connection: Connection,
+    remote: SocketAddr,
+    events: UnboundedSender<Event>,
+) {
     let limits = Limits::default();
     let (send, recv) = match connection.accept_bi().await {
         Ok(s) => s,
@@ -244,7 +249,12 @@ async fn serve(conn: ConnId, connection: Connection, remote: SocketAddr, events:
                         break "protocol version mismatch".into();
                     }
                 }
-                break bad_input(&connection, remote, &out_tx, format!("unreadable message: {e}"));
+                break bad_input(
+                    &connection,
+                    remote,
+                    &out_tx,
+                    format!("unreadable message: {e}"),
+                );
             }
         }
     };

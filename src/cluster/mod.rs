@@ -4,3 +4,4 @@
 //! and workers in one process.
 
 pub(crate) mod driver;
+pub(crate) mod node;
