@@ -17,7 +17,7 @@
 //!   state each iteration settled to.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,6 +30,7 @@ use glom_worker::eval::settle_unmasked;
 use glom_worker::model::Glom;
 use glom_worker::parse::{build_tree, islands_per_level, ParseTree};
 
+use crate::draw::{write_png, Canvas};
 use crate::run::{datasets, whole_model};
 
 /// Upscaling of the input and of the level panels (canvas pixels per image pixel).
@@ -37,8 +38,6 @@ pub(crate) const SCALE: usize = 8;
 /// Space between panels and around the picture, in canvas pixels.
 pub(crate) const GAP: usize = 4;
 
-/// Canvas colour (between panels).
-const CANVAS: [u8; 3] = [255, 255, 255];
 /// Background (id 0) of the ground-truth maps.
 const BACKGROUND: [u8; 3] = [0, 0, 0];
 /// Island colours, in order of island number (wrapping after the last).
@@ -223,45 +222,6 @@ fn settle(model: &Glom, image: &Image) -> Result<(Fields, Vec<Fields>)> {
     Ok((levels, strip))
 }
 
-/// An RGB picture.
-struct Canvas {
-    width: usize,
-    height: usize,
-    rgb: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(width: usize, height: usize) -> Self {
-        let rgb = CANVAS.repeat(width * height);
-        Self { width, height, rgb }
-    }
-
-    fn fill(&mut self, x0: usize, y0: usize, w: usize, h: usize, colour: [u8; 3]) {
-        for y in y0..(y0 + h).min(self.height) {
-            for x in x0..(x0 + w).min(self.width) {
-                let i = 3 * (y * self.width + x);
-                self.rgb[i..i + 3].copy_from_slice(&colour);
-            }
-        }
-    }
-
-    /// A `side x side` map of colours, each cell `cell` canvas pixels wide.
-    fn map(
-        &mut self,
-        x0: usize,
-        y0: usize,
-        side: usize,
-        cell: usize,
-        at: impl Fn(usize) -> [u8; 3],
-    ) {
-        for r in 0..side {
-            for c in 0..side {
-                self.fill(x0 + c * cell, y0 + r * cell, cell, cell, at(r * side + c));
-            }
-        }
-    }
-}
-
 fn island_colour(k: usize) -> [u8; 3] {
     PALETTE[k % PALETTE.len()]
 }
@@ -334,26 +294,6 @@ fn render(
         }
     }
     canvas
-}
-
-fn write_png(path: &Path, canvas: &Canvas) -> Result<()> {
-    let name = path.display();
-    let file = File::create(path).with_context(|| format!("cannot create {name}"))?;
-    let mut encoder = png::Encoder::new(
-        BufWriter::new(file),
-        canvas.width as u32,
-        canvas.height as u32,
-    );
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("writing {name}"))?;
-    writer
-        .write_image_data(&canvas.rgb)
-        .with_context(|| format!("writing {name}"))?;
-    writer.finish().with_context(|| format!("writing {name}"))?;
-    Ok(())
 }
 
 /// What was written, and the islands per level.
