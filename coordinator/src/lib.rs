@@ -15,6 +15,8 @@
 //! - [`membership`]: hellos, admission, the start of the run, departures.
 //! - [`liveness`]: heartbeats, silent connections, lost workers, abort.
 //! - [`schedule`]: the step driver and checkpoint orchestration.
+//! - [`sleep`]: when sleep jobs fall (every N steps, a UTC timetable), and
+//!   their reports merged over the grid.
 //! - [`metrics`]: per-step metrics aggregated over the workers.
 //! - [`error`]: [`Error`] and [`Result`].
 //! - `tests`: a fake cluster driving the state machine without sockets.
@@ -26,6 +28,7 @@ pub mod membership;
 pub mod metrics;
 pub mod plan;
 pub mod schedule;
+pub mod sleep;
 pub mod state;
 mod stop;
 #[cfg(test)]
@@ -33,4 +36,5 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use metrics::{GridLevel, GridObservation, StepSummary, WorkerStep};
+pub use sleep::{SleepSummary, SleepTrigger};
 pub use state::{Action, ConnId, Coordinator, LostReason, Phase, Settings};

@@ -16,8 +16,8 @@ use crate::state::{Action, ConnId, Coordinator, LostReason, Role, Stage};
 
 impl Coordinator {
     /// When [`Coordinator::handle_timeout`] must be called next: the
-    /// earliest heartbeat deadline or heartbeat to send; `None` once the
-    /// run is over.
+    /// earliest heartbeat deadline, heartbeat to send or `sleep.timetable`
+    /// entry; `None` once the run is over.
     pub fn next_timeout(&self) -> Option<Instant> {
         if self.is_over() {
             return None;
@@ -26,10 +26,14 @@ impl Coordinator {
             .conns
             .values()
             .map(|c| c.last_seen + self.settings.heartbeat_timeout);
-        deadlines.chain([self.next_heartbeat]).min()
+        deadlines
+            .chain([self.next_heartbeat])
+            .chain(self.sleep_deadline())
+            .min()
     }
 
-    /// Declare silent connections lost and send due heartbeats.
+    /// Declare silent connections lost, send due heartbeats, and start a
+    /// sleep job the timetable made due (at the next step boundary).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.is_over() {
             return;
@@ -56,6 +60,10 @@ impl Coordinator {
                 self.send(conn, ControlMessage::Heartbeat { now_ms });
             }
             self.next_heartbeat = now + self.settings.heartbeat_interval;
+        }
+        if !self.is_over() {
+            self.poll_timetable(now);
+            self.drive(now);
         }
     }
 

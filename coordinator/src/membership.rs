@@ -91,6 +91,7 @@ impl Coordinator {
             ControlMessage::CheckpointAck { step, shard } => {
                 self.on_checkpoint_ack(id, step, shard, now)
             }
+            ControlMessage::SleepDone(done) => self.on_sleep_done(id, done, now),
             ControlMessage::Error { message } => {
                 self.lose(id, LostReason::ReportedError { message })
             }

@@ -57,20 +57,28 @@ pub fn checkpoint_dir(root: &str, step: u64) -> String {
 }
 
 impl Coordinator {
-    /// Issue what may be issued: a checkpoint when its step count is
-    /// reached, else steps up to `max_ahead` outstanding and never past
-    /// the next checkpoint.
-    pub(crate) fn drive(&mut self, _now: Instant) {
-        if !matches!(self.stage, Stage::Running) {
+    /// Issue what may be issued: a sleep job, then a checkpoint, when
+    /// their step count is reached; else steps up to `max_ahead`
+    /// outstanding and never past the next job or checkpoint.
+    pub(crate) fn drive(&mut self, now: Instant) {
+        if !matches!(self.stage, Stage::Running) || self.sleeping() {
             return;
         }
-        let target = next_checkpoint(
+        self.poll_timetable(now);
+        let checkpoint = next_checkpoint(
             self.last_checkpoint,
             self.cfg.checkpoint.every_steps,
             self.cfg.train.steps,
         );
-        if self.completed == target && self.last_checkpoint != Some(target) {
-            return self.begin_checkpoint(target);
+        let sleep = self.next_sleep();
+        let target = sleep.map_or(checkpoint, |(n, _)| n.min(checkpoint));
+        if self.completed == target {
+            if let Some((n, trigger)) = sleep.filter(|&(n, _)| n == target) {
+                return self.begin_sleep(n, trigger);
+            }
+            if self.last_checkpoint != Some(target) {
+                return self.begin_checkpoint(target);
+            }
         }
         while self.next_step < target && self.outstanding() < self.settings.max_ahead {
             let step = self.next_step;

@@ -16,8 +16,9 @@
 //! `Joining` (hellos are checked and held) -> all expected workers joined:
 //! `Welcome` + `Assign` to each -> `Running` (steps issued, at most
 //! `max_ahead` outstanding) <-> `Checkpointing` (no step issued; every
-//! worker writes its shard, then the manifest) -> `Finished` after the
-//! final checkpoint. A lost worker turns any state after `Joining` into
+//! worker writes its shard, then the manifest) and <-> `Sleeping` (no step
+//! issued; every worker runs the sleep job on its own tile, see
+//! [`crate::sleep`]) -> `Finished` after the final checkpoint. A lost worker turns any state after `Joining` into
 //! `Aborted`; rolling back to the last checkpoint with a replacement or
 //! with the survivors (DESIGN.md section 7) is later work: today the
 //! driver stops the run and reports the checkpoint to resume from (see
@@ -37,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::halo::halo_reach;
 use crate::metrics::{StepAccumulator, StepSummary};
 use crate::plan::{plan, TileSpec};
+use crate::sleep::{SleepSchedule, SleepSummary, SleepTrigger};
 
 /// The driver's name for one connection (any unique number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -64,6 +66,10 @@ pub struct Settings {
     /// Directory under which checkpoint `N` goes to `<root>/step-<N>`, as
     /// seen by the workers (shared storage), like `glom train`'s layout.
     pub checkpoint_root: String,
+    /// The wall clock (time since the Unix epoch, UTC) at the `now` given
+    /// to [`Coordinator::with_settings`]; needed by `sleep.timetable`, which
+    /// names UTC times of day. The state machine reads no clock itself.
+    pub utc_at_start: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -73,6 +79,7 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             checkpoint_root: "checkpoints".into(),
+            utc_at_start: None,
         }
     }
 }
@@ -93,6 +100,22 @@ pub enum Action {
         dir: String,
         /// Boxed: a manifest holds the whole configuration.
         manifest: Box<Manifest>,
+    },
+    /// Every worker was sent `SleepStart` for job `job`: awake training is
+    /// paused after `after_step` steps (none is in flight).
+    SleepStarted {
+        job: u64,
+        after_step: u64,
+        trigger: SleepTrigger,
+    },
+    /// Every worker finished job `job`: its losses and before/after
+    /// measurements over the grid. Awake training resumes at step
+    /// `after_step` (after the checkpoint at that step, if one falls there).
+    SleepCompleted {
+        job: u64,
+        after_step: u64,
+        /// Boxed: it holds two grid observations.
+        summary: Box<SleepSummary>,
     },
     /// A worker is gone (always followed by [`Action::Abort`] today).
     WorkerLost { worker_id: u32, reason: LostReason },
@@ -127,7 +150,14 @@ pub enum LostReason {
 pub enum Phase {
     Joining,
     Running,
-    Checkpointing { step: u64 },
+    Checkpointing {
+        step: u64,
+    },
+    /// A sleep job runs after `after_step` steps.
+    Sleeping {
+        job: u64,
+        after_step: u64,
+    },
     Finished,
     Aborted,
 }
@@ -194,6 +224,9 @@ pub struct Coordinator {
     /// Reports of the outstanding steps.
     pub(crate) pending: BTreeMap<u64, StepAccumulator>,
     pub(crate) next_heartbeat: Instant,
+    /// Sleep jobs: the schedule and the job in progress (during a job the
+    /// stage stays `Running` and no step is issued).
+    pub(crate) sleep: SleepSchedule,
     transmits: VecDeque<(ConnId, ControlMessage)>,
     actions: VecDeque<Action>,
     closes: VecDeque<ConnId>,
@@ -230,6 +263,13 @@ impl Coordinator {
                 "heartbeat timeout and interval must be positive",
             ));
         }
+        let timetable = cfg.sleep.timetable_seconds().map_err(Error::Config)?;
+        if !timetable.is_empty() && settings.utc_at_start.is_none() {
+            return Err(bad(
+                "utc_at_start",
+                "sleep.timetable names UTC times of day: give the wall clock at the start",
+            ));
+        }
         let side = cfg.grid_side();
         let tiles = plan(side, side, workers_expected).map_err(|source| Error::Plan {
             workers: workers_expected,
@@ -241,6 +281,7 @@ impl Coordinator {
             reach: halo_reach(&cfg),
             cfg,
             next_heartbeat: now + settings.heartbeat_interval,
+            sleep: SleepSchedule::new(timetable, settings.utc_at_start, now),
             settings,
             tiles,
             started_at: now,
@@ -272,7 +313,13 @@ impl Coordinator {
     pub fn phase(&self) -> Phase {
         match &self.stage {
             Stage::Joining => Phase::Joining,
-            Stage::Running => Phase::Running,
+            Stage::Running => match &self.sleep.current {
+                Some(j) => Phase::Sleeping {
+                    job: j.job,
+                    after_step: j.after_step,
+                },
+                None => Phase::Running,
+            },
             Stage::Checkpointing { step, .. } => Phase::Checkpointing { step: *step },
             Stage::Finished => Phase::Finished,
             Stage::Aborted => Phase::Aborted,

@@ -2,18 +2,22 @@
 //! coordinator's messages, a simulated clock, and invariant checks made
 //! from what the workers saw (not from the coordinator's own counters).
 //!
-//! Each [`Sim::tick`] lets every worker answer at most one pending message;
+//! Each [`Sim::tick`] lets every worker answer at most one pending message
+//! (a step, a checkpoint save or a sleep job);
 //! a worker with `lag = k` answers only every `k + 1` ticks, so faster
 //! workers run ahead and steps pile up to the `max_ahead` bound.
 
 mod membership;
 mod run;
+mod sleep;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use glom_protocol::manifest::shard_file_name;
-use glom_protocol::message::{Assign, ControlMessage, Hello, ShardAck, StepMetrics};
+use glom_protocol::message::{
+    Assign, ControlMessage, Hello, LevelObservation, Observation, ShardAck, SleepDone, StepMetrics,
+};
 use glom_protocol::Config;
 
 use crate::{Action, ConnId, Coordinator, Phase, Settings};
@@ -70,6 +74,15 @@ impl SimWorker {
         steps.collect()
     }
 
+    /// `after_step` of every SleepStart received.
+    pub(crate) fn sleeps(&self) -> Vec<u64> {
+        let sleeps = self.received.iter().filter_map(|m| match m {
+            ControlMessage::SleepStart(s) => Some(s.after_step),
+            _ => None,
+        });
+        sleeps.collect()
+    }
+
     pub(crate) fn saves(&self) -> Vec<u64> {
         let saves = self.received.iter().filter_map(|m| match m {
             ControlMessage::CheckpointSave { step, .. } => Some(*step),
@@ -107,6 +120,10 @@ pub(crate) struct Sim {
     pub(crate) violations: Vec<String>,
     /// Checkpoint whose acks are not all delivered yet.
     saving: Option<(u64, usize)>,
+    /// Sleep job (id) whose reports are not all delivered yet.
+    pub(crate) sleeping: Option<(u64, usize)>,
+    /// Whether the simulated workers send before/after measurements.
+    pub(crate) observe_sleep: bool,
     ticks: u64,
 }
 
@@ -127,6 +144,8 @@ impl Sim {
             max_outstanding: 0,
             violations: Vec::new(),
             saving: None,
+            sleeping: None,
+            observe_sleep: false,
             ticks: 0,
         };
         for _ in 0..n {
@@ -184,6 +203,17 @@ impl Sim {
                     .violations
                     .push(format!("ack for {step} outside a checkpoint")),
             },
+            ControlMessage::SleepDone(done) => match &mut self.sleeping {
+                Some((job, reports)) if *job == done.job => {
+                    *reports += 1;
+                    if *reports == self.workers_in_run() {
+                        self.sleeping = None;
+                    }
+                }
+                _ => self
+                    .violations
+                    .push(format!("report of sleep job {} outside it", done.job)),
+            },
             _ => {}
         }
         self.coord
@@ -218,9 +248,9 @@ impl Sim {
             w.received.push(msg.clone());
             match msg {
                 ControlMessage::Assign(a) => w.assign = Some(a),
-                ControlMessage::Step(_) | ControlMessage::CheckpointSave { .. } => {
-                    w.todo.push_back(msg)
-                }
+                ControlMessage::Step(_)
+                | ControlMessage::CheckpointSave { .. }
+                | ControlMessage::SleepStart(_) => w.todo.push_back(msg),
                 ControlMessage::Refused { .. } => w.closed = true,
                 _ => {}
             }
@@ -252,14 +282,39 @@ impl Sim {
                         s.step
                     ));
                 }
+                if let Some((job, _)) = self.sleeping {
+                    self.violations
+                        .push(format!("step {} issued during sleep job {job}", s.step));
+                }
+            }
+            ControlMessage::SleepStart(s) => {
+                let issued = self.issued();
+                if self.completed() != s.after_step || issued != s.after_step {
+                    self.violations.push(format!(
+                        "sleep job {} after step {} started with {} steps done and {issued} issued",
+                        s.job,
+                        s.after_step,
+                        self.completed()
+                    ));
+                }
+                if let Some((k, _)) = self.saving {
+                    self.violations
+                        .push(format!("sleep job {} during checkpoint {k}", s.job));
+                }
+                match self.sleeping {
+                    Some((job, _)) if job == s.job => {}
+                    Some((job, _)) => self
+                        .violations
+                        .push(format!("sleep job {} during job {job}", s.job)),
+                    None => self.sleeping = Some((s.job, 0)),
+                }
             }
             ControlMessage::CheckpointSave { step, .. } => {
-                let issued = self
-                    .workers
-                    .iter()
-                    .map(|w| w.steps().len() as u64)
-                    .max()
-                    .unwrap_or(0);
+                let issued = self.issued();
+                if let Some((job, _)) = self.sleeping {
+                    self.violations
+                        .push(format!("checkpoint {step} during sleep job {job}"));
+                }
                 if self.completed() != *step || issued != *step {
                     self.violations.push(format!(
                         "checkpoint {step} started with {} steps done and {issued} issued",
@@ -276,6 +331,12 @@ impl Sim {
             }
             _ => {}
         }
+    }
+
+    /// Steps issued so far (to the worker that got the most).
+    fn issued(&self) -> u64 {
+        let steps = self.workers.iter().map(|w| w.steps().len() as u64);
+        steps.max().unwrap_or(0)
     }
 
     /// The answer of a well-behaved worker `i` to `msg`.
@@ -301,6 +362,38 @@ impl Sim {
                     locations,
                 },
             }),
+            // Shares of grid sums: every location adds 1/64 of (1, 0.5,
+            // 0.25); measurements of one image in dimension 2 whose values
+            // name the location (before) or its double (after).
+            ControlMessage::SleepStart(s) => {
+                let observation = |scale: f32| Observation {
+                    images: 1,
+                    dim: 2,
+                    levels: vec![LevelObservation {
+                        embeddings: locations
+                            .iter()
+                            .flat_map(|&g| [scale * g as f32, 1.0])
+                            .collect(),
+                        probe: locations.iter().flat_map(|&g| [0.0, g as f32]).collect(),
+                        agreement_bu: Vec::new(),
+                        agreement_td: Vec::new(),
+                    }],
+                };
+                let (before, after) = if self.observe_sleep {
+                    (Some(observation(1.0)), Some(observation(2.0)))
+                } else {
+                    (None, None)
+                };
+                Some(ControlMessage::SleepDone(SleepDone {
+                    job: s.job,
+                    losses: vec![[1.0 / 64.0, 0.5 / 64.0, 0.25 / 64.0]; locations.len()],
+                    locations,
+                    steps: s.steps,
+                    seconds: 0.5 + i as f64,
+                    before,
+                    after,
+                }))
+            }
             _ => None,
         }
     }
