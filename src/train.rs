@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
-use glom_coordinator::{Coordinator, Settings, StepSummary};
+use glom_coordinator::sleep::{SleepSummary, SleepTrigger};
+use glom_coordinator::{Coordinator, GridObservation, Settings, StepSummary};
 use glom_net::certs::{worker_name, ClusterCa, COORDINATOR_NAME};
 use glom_net::tls::{client_config, server_config, server_endpoint, TransportTuning};
 use glom_protocol::message::Assign;
@@ -279,6 +280,80 @@ impl RunObserver for Recorder {
         Ok(())
     }
 
+    fn sleep_started(&mut self, job: u64, after_step: u64, trigger: SleepTrigger) -> Result<()> {
+        self.telemetry.phase(Phase::Sleep);
+        self.bar.set_message(format!("sleep job {job}"));
+        self.bar
+            .suspend(|| tracing::info!(job, after_step, ?trigger, "sleep: awake training paused"));
+        Ok(())
+    }
+
+    fn sleep_completed(&mut self, job: u64, after_step: u64, s: &SleepSummary) -> Result<()> {
+        let cfg = &self.cfg;
+        let levels = |o: &Option<GridObservation>| -> serde_json::Value {
+            match o {
+                Some(o) => {
+                    let m = measure(cfg, o);
+                    serde_json::json!({
+                        "effective_rank_by_level":
+                            m.collapse.iter().map(|c| c.effective_rank).collect::<Vec<_>>(),
+                        "dim_std_by_level":
+                            m.collapse.iter().map(|c| c.mean_dim_std).collect::<Vec<_>>(),
+                        "mean_cosine_by_level":
+                            m.collapse.iter().map(|c| c.mean_cosine).collect::<Vec<_>>(),
+                    })
+                }
+                None => serde_json::Value::Null,
+            }
+        };
+        let (before, after) = (levels(&s.before), levels(&s.after));
+        let rec = serde_json::json!({
+            "step": after_step,
+            "phase": "sleep",
+            "job": job,
+            "sleep_steps": s.steps,
+            "seconds": s.max_seconds,
+            "wall_seconds": self.started.elapsed().as_secs_f64(),
+            "loss_negative_first": s.loss_negative_first,
+            "loss_negative_last": s.loss_negative_last,
+            "loss_positive_last": s.loss_positive_last,
+            "bottom_up_before": before,
+            "bottom_up_after": after,
+        });
+        serde_json::to_writer(&mut self.metrics, &rec)?;
+        self.metrics.write_all(b"\n")?;
+        self.metrics.flush()?;
+        self.telemetry.sleep_job(s);
+        self.telemetry.phase(Phase::Awake);
+        let ranks = |v: &serde_json::Value| -> String {
+            v["effective_rank_by_level"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| format!("{:.1}", r.as_f64().unwrap_or(0.0)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        self.bar.suspend(|| {
+            tracing::info!(
+                job,
+                after_step,
+                seconds = format!("{:.1}", s.max_seconds),
+                negative = format!(
+                    "{:.4} -> {:.4}",
+                    s.loss_negative_first, s.loss_negative_last
+                ),
+                bottom_up_rank = format!("{} -> {}", ranks(&before), ranks(&after)),
+                "sleep job done; awake training resumes"
+            )
+        });
+        // The pause is not training throughput.
+        self.window = (Instant::now(), 0);
+        Ok(())
+    }
+
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -292,6 +367,9 @@ pub(crate) fn coordinator_settings(cfg: &Config, root: &Path) -> Settings {
         heartbeat_timeout: Duration::from_secs_f64(c.heartbeat_timeout),
         heartbeat_interval: Duration::from_secs_f64(c.heartbeat_seconds),
         checkpoint_root: root.to_string_lossy().into_owned(),
+        utc_at_start: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok(),
     }
 }
 

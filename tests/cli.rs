@@ -158,8 +158,14 @@ fn the_same_seed_and_config_give_the_same_run() {
         v.into_iter()
             .map(|mut r| {
                 let o = r.as_object_mut().unwrap();
-                o.remove("images_per_s");
-                o.remove("wall_seconds");
+                for timing in [
+                    "images_per_s",
+                    "wall_seconds",
+                    "step_seconds",
+                    "halo_wait_fraction",
+                ] {
+                    o.remove(timing);
+                }
                 r
             })
             .collect()

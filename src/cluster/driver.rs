@@ -18,6 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
+use glom_coordinator::sleep::{SleepSummary, SleepTrigger};
 use glom_coordinator::{Action, ConnId, Coordinator, StepSummary};
 use glom_net::FramedRecv;
 use glom_protocol::codec::{decode_body, hello_version, Limits};
@@ -37,6 +38,10 @@ pub(crate) trait RunObserver {
     fn step(&mut self, step: u64, summary: &StepSummary) -> Result<()>;
     /// A checkpoint's manifest was written: the checkpoint is complete.
     fn checkpoint(&mut self, dir: &Path, step: u64) -> Result<()>;
+    /// Awake training paused after `after_step` steps for sleep job `job`.
+    fn sleep_started(&mut self, job: u64, after_step: u64, trigger: SleepTrigger) -> Result<()>;
+    /// Sleep job `job` finished on every worker; awake training resumes.
+    fn sleep_completed(&mut self, job: u64, after_step: u64, summary: &SleepSummary) -> Result<()>;
     /// Whether the run should stop early (checked often).
     fn stop_requested(&self) -> bool;
 }
@@ -161,6 +166,16 @@ fn handle(action: Action, observer: &mut dyn RunObserver) -> Result<Option<RunEn
             glom_worker::checkpoint::write_manifest(path, &manifest)?;
             observer.checkpoint(path, manifest.step)?;
         }
+        Action::SleepStarted {
+            job,
+            after_step,
+            trigger,
+        } => observer.sleep_started(job, after_step, trigger)?,
+        Action::SleepCompleted {
+            job,
+            after_step,
+            summary,
+        } => observer.sleep_completed(job, after_step, &summary)?,
         Action::WorkerLost { worker_id, reason } => {
             tracing::error!(worker = worker_id, "worker lost: {reason}");
         }
@@ -213,14 +228,14 @@ async fn serve(
         }
     };
     let (out_tx, out_rx) = unbounded_channel();
-    tokio::spawn(writer(connection.clone(), send, out_rx, limits.clone()));
+    tokio::spawn(writer(connection.clone(), send, out_rx, limits));
     if events
         .send(Event::Connected(conn, out_tx.clone(), remote))
         .is_err()
     {
         return;
     }
-    let mut rx = FramedRecv::new(recv, limits.clone());
+    let mut rx = FramedRecv::new(recv, limits);
     let mut first = true;
     let why = loop {
         let body = match rx.recv_body().await {

@@ -14,7 +14,8 @@ use anyhow::Result;
 use glom_worker::learn::LossValues;
 use glom_worker::monitor::Agreement;
 use prometheus::{
-    exponential_buckets, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Registry,
+    exponential_buckets, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, Opts, Registry,
 };
 
 /// What one training step reports.
@@ -51,14 +52,15 @@ pub(crate) trait Telemetry {
     fn phase(&self, phase: Phase);
     /// After every step: each worker's halo traffic and waiting.
     fn cluster(&self, _summary: &glom_coordinator::StepSummary) {}
+    /// After every sleep job.
+    fn sleep_job(&self, _summary: &glom_coordinator::sleep::SleepSummary) {}
 }
 
 /// Training phase, as the `phase` label of `glom_phase`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Awake,
-    /// Not entered by `glom train` yet; exported as 0 so queries can name it.
-    #[allow(dead_code)]
+    /// A scheduled sleep job runs (awake training paused).
     Sleep,
 }
 
@@ -95,6 +97,13 @@ pub(crate) struct PromTelemetry {
     disagreement: GaugeVec,
     agreement: GaugeVec,
     monitor_seconds: Gauge,
+    workers: GaugeVec,
+    halo_bytes: IntCounterVec,
+    halo_wait: HistogramVec,
+    halo_wait_fraction: Gauge,
+    sleep_jobs: IntCounter,
+    sleep_loss: GaugeVec,
+    sleep_seconds: Gauge,
 }
 
 fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
@@ -121,7 +130,51 @@ impl PromTelemetry {
         )?;
         reg.register(Box::new(step_seconds.clone()))?;
         let level = &["level"];
+        let halo_bytes = IntCounterVec::new(
+            Opts::new(
+                "glom_halo_bytes_total",
+                "Framed halo bytes a worker sent to its neighbours.",
+            ),
+            &["worker"],
+        )?;
+        reg.register(Box::new(halo_bytes.clone()))?;
+        let halo_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "glom_halo_wait_seconds",
+                "Time a worker waited for halos during one step.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+            &["worker"],
+        )?;
+        reg.register(Box::new(halo_wait.clone()))?;
+        let sleep_jobs = IntCounter::new("glom_sleep_jobs_total", "Sleep jobs completed.")?;
+        reg.register(Box::new(sleep_jobs.clone()))?;
         let t = Self {
+            workers: gauge_vec(
+                &reg,
+                "glom_workers",
+                "Workers of the run by state (training, sleeping).",
+                &["state"],
+            )?,
+            halo_bytes,
+            halo_wait,
+            halo_wait_fraction: gauge(
+                &reg,
+                "glom_halo_wait_fraction",
+                "Part of the last step the slowest worker spent waiting for halos.",
+            )?,
+            sleep_jobs,
+            sleep_loss: gauge_vec(
+                &reg,
+                "glom_sleep_loss",
+                "Loss of the last sleep job (negative_first, negative_last, positive_last).",
+                &["term"],
+            )?,
+            sleep_seconds: gauge(
+                &reg,
+                "glom_sleep_seconds",
+                "Wall time of the last sleep job (the pause of awake training).",
+            )?,
             images_per_second: gauge(
                 &reg,
                 "glom_images_per_second",
@@ -189,6 +242,14 @@ impl PromTelemetry {
         info_vec
             .with_label_values(&[env!("CARGO_PKG_VERSION"), info.weights, info.learning])
             .set(1.0);
+        // Series that exist before their first event, so queries and
+        // alerts can name them from the start.
+        for term in ["negative_first", "negative_last", "positive_last"] {
+            t.sleep_loss.with_label_values(&[term]).set(0.0);
+        }
+        for state in ["training", "sleeping"] {
+            t.workers.with_label_values(&[state]).set(0.0);
+        }
         gauge(
             &t.registry,
             "glom_embedding_dim",
@@ -252,6 +313,35 @@ impl Telemetry for PromTelemetry {
         }
     }
 
+    fn cluster(&self, summary: &glom_coordinator::StepSummary) {
+        for w in &summary.workers {
+            let id = w.worker_id.to_string();
+            self.halo_bytes
+                .with_label_values(&[&id])
+                .inc_by(w.halo_bytes_sent);
+            self.halo_wait
+                .with_label_values(&[&id])
+                .observe(w.halo_wait_seconds);
+        }
+        self.halo_wait_fraction
+            .set(summary.max_halo_wait_seconds / summary.max_step_seconds.max(1e-12));
+        self.workers
+            .with_label_values(&["training"])
+            .set(summary.workers.len() as f64);
+    }
+
+    fn sleep_job(&self, s: &glom_coordinator::sleep::SleepSummary) {
+        self.sleep_jobs.inc();
+        for (term, v) in [
+            ("negative_first", s.loss_negative_first),
+            ("negative_last", s.loss_negative_last),
+            ("positive_last", s.loss_positive_last),
+        ] {
+            self.sleep_loss.with_label_values(&[term]).set(v);
+        }
+        self.sleep_seconds.set(s.max_seconds);
+    }
+
     fn phase(&self, phase: Phase) {
         let awake = phase == Phase::Awake;
         self.phase
@@ -260,6 +350,14 @@ impl Telemetry for PromTelemetry {
         self.phase
             .with_label_values(&["sleep"])
             .set(f64::from(u8::from(!awake)));
+        // Every worker sleeps during a job: move the count between states.
+        let (training, sleeping) = (
+            self.workers.with_label_values(&["training"]),
+            self.workers.with_label_values(&["sleeping"]),
+        );
+        let n = training.get().max(sleeping.get());
+        training.set(if awake { n } else { 0.0 });
+        sleeping.set(if awake { 0.0 } else { n });
     }
 }
 

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use glom_net::FramedRecv;
 use glom_protocol::codec::Limits;
-use glom_protocol::message::{ControlMessage, Hello, PeerHello, ShardAck, Step, StepMetrics};
+use glom_protocol::message::{
+    ControlMessage, Hello, PeerHello, ShardAck, SleepStart, Step, StepMetrics,
+};
 use glom_protocol::Config;
 use quinn::{Endpoint, SendStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -26,12 +28,13 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use super::halo::{tile_of, HaloPlan, PeerLink, QuicHalo};
 use super::peers::{accept_peers, connect_patiently, send_to_peer, Routes};
 use crate::checkpoint;
-use crate::data::Dataset;
+use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
 use crate::learn::Trainer;
 use crate::model::grid::Grid;
 use crate::model::Glom;
 use crate::monitor;
+use crate::sleep::{self, ReplayBuffer};
 
 /// How to run one worker.
 pub struct WorkerOptions {
@@ -67,6 +70,15 @@ pub struct WorkerExit {
 enum Job {
     Step(Step),
     Checkpoint { step: u64, dir: String },
+    Sleep(SleepStart),
+}
+
+/// What the compute thread holds besides the trainer: the replay buffer
+/// of recent consensus states and the images measured around a sleep job
+/// (both only when sleep is scheduled, DESIGN.md section 3).
+struct SleepState {
+    replay: Option<ReplayBuffer>,
+    observe: Vec<Image>,
 }
 
 /// Run one worker to the end of the run. `data` is the training split
@@ -92,7 +104,7 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
         }
     };
     let (mut tx, rx) = conn.open_bi().await.map_err(glom_net::Error::from)?;
-    let mut rx = FramedRecv::new(rx, limits.clone());
+    let mut rx = FramedRecv::new(rx, limits);
     let hello = Hello::new(&config_hash, &opts.name, &advertise);
     glom_net::send(&mut tx, &ControlMessage::Hello(hello), &limits).await?;
 
@@ -173,12 +185,20 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
         &opts.device,
         DType::F32,
     );
+    let sleep = SleepState {
+        replay: sleep::replay_for(&cfg),
+        observe: if cfg.sleep.scheduled() {
+            sleep::observation_images(&cfg, &*data)
+        } else {
+            Vec::new()
+        },
+    };
     let trainer = Trainer::new(model, data)?;
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = unbounded_channel::<Result<ControlMessage>>();
     let compute = std::thread::Builder::new()
         .name(format!("glom-worker-{worker_id}"))
-        .spawn(move || compute_loop(worker_id, trainer, halo, job_rx, done_tx))
+        .spawn(move || compute_loop(worker_id, trainer, halo, sleep, job_rx, done_tx))
         .map_err(|e| Error::Runtime(format!("cannot start the compute thread: {e}")))?;
 
     let beat = Duration::from_secs_f64(cfg.cluster.heartbeat_seconds);
@@ -197,12 +217,19 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
                         break Err(Error::Runtime("the compute thread stopped".into()));
                     }
                 }
+                Ok(Some(ControlMessage::SleepStart(start))) => {
+                    if job_tx.send(Job::Sleep(start)).is_err() {
+                        break Err(Error::Runtime("the compute thread stopped".into()));
+                    }
+                }
                 Ok(Some(ControlMessage::Heartbeat { .. })) => {}
                 Ok(Some(ControlMessage::Shutdown { reason })) => break Ok(reason),
                 Ok(Some(ControlMessage::Error { message })) => {
                     break Err(Error::Runtime(format!("the coordinator failed: {message}")))
                 }
-                Ok(Some(other)) => break Err(unexpected(&other, "a step, checkpoint or shutdown")),
+                Ok(Some(other)) => {
+                    break Err(unexpected(&other, "a step, checkpoint, sleep job or shutdown"))
+                }
                 Ok(None) => break Err(Error::Runtime("the coordinator closed the connection".into())),
                 Err(e) => break Err(Error::Runtime(format!("control stream: {e}"))),
             },
@@ -281,13 +308,15 @@ fn compute_loop(
     worker_id: u32,
     mut trainer: Trainer,
     mut halo: QuicHalo,
+    mut sleep: SleepState,
     jobs: mpsc::Receiver<Job>,
     done: UnboundedSender<Result<ControlMessage>>,
 ) {
     while let Ok(job) = jobs.recv() {
         let result = match job {
-            Job::Step(step) => run_step(&mut trainer, &mut halo, &step),
+            Job::Step(step) => run_step(&mut trainer, &mut halo, &mut sleep, &step),
             Job::Checkpoint { step, dir } => save_shard(worker_id, &trainer, step, &dir),
+            Job::Sleep(start) => sleep_job(&trainer, &sleep, &start),
         };
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
@@ -296,7 +325,39 @@ fn compute_loop(
     }
 }
 
-fn run_step(trainer: &mut Trainer, halo: &mut QuicHalo, step: &Step) -> Result<ControlMessage> {
+/// Run a scheduled sleep job on the tile: no halo, no peer (heartbeats go
+/// on from the control loop meanwhile).
+fn sleep_job(trainer: &Trainer, sleep: &SleepState, start: &SleepStart) -> Result<ControlMessage> {
+    let Some(replay) = &sleep.replay else {
+        return Err(Error::Runtime(format!(
+            "asked for sleep job {} but sleep is not scheduled in this worker's configuration",
+            start.job
+        )));
+    };
+    if start.after_step != trainer.step {
+        return Err(Error::Runtime(format!(
+            "asked for sleep job {} after step {} but this worker has trained {} steps",
+            start.job, start.after_step, trainer.step
+        )));
+    }
+    let outcome = sleep::run_job(
+        &trainer.model,
+        replay,
+        start,
+        &sleep.observe,
+        &mut |_, _| {},
+    )?;
+    Ok(ControlMessage::SleepDone(
+        outcome.into_done(start.job, &trainer.model),
+    ))
+}
+
+fn run_step(
+    trainer: &mut Trainer,
+    halo: &mut QuicHalo,
+    sleep: &mut SleepState,
+    step: &Step,
+) -> Result<ControlMessage> {
     if step.step != trainer.step {
         return Err(Error::Runtime(format!(
             "asked for step {} but the next step of this worker is {}",
@@ -306,6 +367,9 @@ fn run_step(trainer: &mut Trainer, halo: &mut QuicHalo, step: &Step) -> Result<C
     let started = Instant::now();
     halo.begin_step(step.step);
     let out = trainer.step_with(halo)?;
+    if let Some(replay) = &mut sleep.replay {
+        replay.push(&out.levels)?;
+    }
     let (observation, observe_seconds) = if step.observe {
         let t = Instant::now();
         let o = monitor::observe(&trainer.model, &out.levels)?;

@@ -122,7 +122,7 @@ pub async fn accept_peers(endpoint: Endpoint, routes: Routes, config_hash: Strin
 async fn serve_peer(conn: &Connection, routes: &Routes, config_hash: &str) -> Result<()> {
     let limits = Limits::default();
     let stream = conn.accept_uni().await.map_err(glom_net::Error::from)?;
-    let mut rx = FramedRecv::new(stream, limits.clone());
+    let mut rx = FramedRecv::new(stream, limits);
     let refuse = |reason: String| {
         conn.close(VarInt::from_u32(REFUSED), reason.as_bytes());
         Error::Runtime(format!("refused: {reason}"))
