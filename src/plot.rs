@@ -527,7 +527,7 @@ fn render(chart: &Chart, metrics: &Metrics) -> Canvas {
         Some(r) => {
             for (k, line) in lines.iter().enumerate() {
                 let colour = LINE_COLOURS[k % LINE_COLOURS.len()];
-                draw_line(&mut canvas, line, colour, |x| px(x), |y| y_of(y, r));
+                draw_line(&mut canvas, line, colour, px, |y| y_of(y, r));
             }
         }
         None => {
