@@ -27,7 +27,9 @@ use glom_protocol::message::Assign;
 use glom_protocol::Config;
 use glom_worker::checkpoint;
 use glom_worker::learn::LossValues;
-use glom_worker::runtime::{run_worker, WorkerOptions};
+use glom_worker::model::grid::Grid;
+use glom_worker::runtime::halo::tile_of;
+use glom_worker::runtime::{run_worker, HaloPlan, WorkerOptions};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -125,6 +127,9 @@ pub(crate) struct HaloTotals {
     pub(crate) bytes_sent: u64,
     pub(crate) step_seconds: f64,
     pub(crate) wait_seconds: f64,
+    /// The plan's minimum: halo payload bytes per step over all workers
+    /// (levels x d x halo locations sent x T x batch x bytes per value).
+    pub(crate) payload_bytes_per_step: u64,
 }
 
 impl Recorder {
@@ -179,7 +184,26 @@ impl RunObserver for Recorder {
                 })
             })
             .collect();
-        let plan = serde_json::json!({ "workers": assignments.len(), "tiles": plan });
+        let m = &self.cfg.model;
+        let grid = Grid::square(self.cfg.grid_side());
+        let mut payload = 0;
+        for (_, a) in assignments {
+            let tile = tile_of(grid, &a.tile, a.reach as usize);
+            let peers: Vec<_> = a.peers.iter().map(|p| (p.worker_id, p.tile)).collect();
+            payload += HaloPlan::new(&tile, &peers, a.reach as usize)?.payload_bytes_per_step(
+                m.levels,
+                m.dim,
+                m.iterations,
+                self.cfg.train.batch_size,
+                self.cfg.cluster.halo_precision,
+            );
+        }
+        self.halo.payload_bytes_per_step = payload;
+        let plan = serde_json::json!({
+            "workers": assignments.len(),
+            "halo_payload_bytes_per_step": payload,
+            "tiles": plan,
+        });
         write_json(&self.dir.join("plan.json"), &plan)
     }
 
@@ -519,6 +543,12 @@ pub(crate) fn run(
         "monitor": monitor,
         "halo": {
             "bytes_per_step": h.bytes_sent as f64 / h.steps.max(1) as f64,
+            "payload_bytes_per_step": h.payload_bytes_per_step,
+            "framing_overhead": if h.payload_bytes_per_step > 0 {
+                h.bytes_sent as f64 / (h.steps.max(1) * h.payload_bytes_per_step) as f64 - 1.0
+            } else {
+                0.0
+            },
             "seconds_per_step": h.step_seconds / h.steps.max(1) as f64,
             "wait_fraction": h.wait_seconds / h.step_seconds.max(1e-12),
         },

@@ -120,14 +120,36 @@ fn one_two_and_four_workers_train_the_same_bits() {
         assert_eq!(base_records, records(dir), "{}", dir.display());
     }
     // Halos cross the network only between tiles.
-    let halo = |dir: &Path| -> f64 {
-        let s: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
-                .unwrap();
-        s["halo"]["bytes_per_step"].as_f64().unwrap()
-    };
-    assert_eq!(halo(&runs[0]), 0.0);
-    assert!(halo(&runs[1]) > 0.0 && halo(&runs[2]) > halo(&runs[1]));
+    assert_eq!(halo(&runs[0], "bytes_per_step"), 0.0);
+    assert!(halo(&runs[1], "bytes_per_step") > 0.0);
+    assert!(halo(&runs[2], "bytes_per_step") > halo(&runs[1], "bytes_per_step"));
+    // What goes on the wire is the plan's minimum plus under 5% of framing.
+    for dir in &runs[1..] {
+        let overhead = halo(dir, "framing_overhead");
+        assert!(overhead > 0.0 && overhead < 0.05, "{}: {overhead}", dir.display());
+    }
+}
+
+/// bf16 halo frames carry half the payload of f32 ones.
+#[test]
+fn bf16_halos_halve_the_payload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    ok(&train(&a, 2, &["train.steps=2"]));
+    ok(&train(&b, 2, &["train.steps=2", "cluster.halo_precision=\"bf16\""]));
+    let (fa, fb) = (
+        halo(&a, "payload_bytes_per_step"),
+        halo(&b, "payload_bytes_per_step"),
+    );
+    assert!(fa > 0.0 && fb * 2.0 == fa, "{fa} {fb}");
+    assert!(halo(&b, "framing_overhead") < 0.05);
+}
+
+/// `summary.json` → `halo` → `key` of run `dir`.
+fn halo(dir: &Path, key: &str) -> f64 {
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    s["halo"][key].as_f64().unwrap()
 }
 
 /// Shared weights and BPTT cannot be split: asking is a clear error.
