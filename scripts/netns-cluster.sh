@@ -4,7 +4,7 @@
 # `glom worker` in each of the others, talking QUIC with mutual TLS over
 # the veth links (certificates from `glom certs init --hosts`). Optionally
 # `tc netem` delays every packet a worker sends (worker -> coordinator and
-# worker -> worker).
+# worker -> worker); where the kernel has no netem it exits 77 saying so.
 #
 # Needs root (CAP_NET_ADMIN) and iproute2; exits 77 with the reason when
 # namespaces cannot be made here. Everything it makes is removed on exit.
@@ -63,8 +63,9 @@ for i in 1 2; do
   ip -n "$ns" link set "${peer:0:15}" name eth0
   ip -n "$ns" addr add "10.77.0.$((i + 1))/24" dev eth0
   ip -n "$ns" link set eth0 up
-  if [ "$delay" != 0 ]; then
-    ip netns exec "$ns" tc qdisc add dev eth0 root netem delay "${delay}ms"
+  if [ "$delay" != 0 ] && ! ip netns exec "$ns" tc qdisc add dev eth0 root netem delay "${delay}ms"; then
+    echo "skipped: tc netem is not available in this kernel (no sch_netem)"
+    exit 77
   fi
 done
 
@@ -75,6 +76,9 @@ logs=${logs:-$tmp/logs}
 mkdir -p "$logs"
 sets=()
 for s in "${extra[@]}"; do sets+=("$s"); done
+# The "hosts" share this machine's cores: one worker's share each, as
+# `glom train` gives its in-process workers (unless set explicitly).
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))}
 
 ip netns exec "$ns_c" "$glom" coordinator --no-eval --certs "$tmp/certs" \
   --listen 10.77.0.1:7400 --workers 2 --out "$run" "${sets[@]}" >"$logs/coordinator.log" 2>&1 &
