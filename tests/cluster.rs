@@ -126,7 +126,11 @@ fn one_two_and_four_workers_train_the_same_bits() {
     // What goes on the wire is the plan's minimum plus under 5% of framing.
     for dir in &runs[1..] {
         let overhead = halo(dir, "framing_overhead");
-        assert!(overhead > 0.0 && overhead < 0.05, "{}: {overhead}", dir.display());
+        assert!(
+            overhead > 0.0 && overhead < 0.05,
+            "{}: {overhead}",
+            dir.display()
+        );
     }
 }
 
@@ -136,7 +140,11 @@ fn bf16_halos_halve_the_payload() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("f32"), tmp.path().join("bf16"));
     ok(&train(&a, 2, &["train.steps=2"]));
-    ok(&train(&b, 2, &["train.steps=2", "cluster.halo_precision=\"bf16\""]));
+    ok(&train(
+        &b,
+        2,
+        &["train.steps=2", "cluster.halo_precision=\"bf16\""],
+    ));
     let (fa, fb) = (
         halo(&a, "payload_bytes_per_step"),
         halo(&b, "payload_bytes_per_step"),

@@ -19,7 +19,10 @@ fn a_short_run_across_network_namespaces() {
         .args(["--glom", env!("CARGO_BIN_EXE_glom"), "--out"])
         .arg(&run)
         .arg("--");
-    for s in TINY.iter().chain(&["train.steps=6", "checkpoint.every_steps=3"]) {
+    for s in TINY
+        .iter()
+        .chain(&["train.steps=6", "checkpoint.every_steps=3"])
+    {
         cmd.arg("--set").arg(s);
     }
     let out = cmd.output().unwrap();

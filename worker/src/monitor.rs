@@ -189,21 +189,30 @@ pub fn mean_of(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
-/// Images of a step's batch whose settled embeddings an observation keeps.
-pub const OBSERVED_IMAGES: usize = 4;
+/// Images of a step's batch whose settled embeddings an observation keeps:
+/// enough that the grid's locations times the images reach
+/// `train.rank_sample` vectors per level, at most the batch.
+pub fn observed_images(cfg: &glom_protocol::Config) -> usize {
+    let locations = cfg.grid_side() * cfg.grid_side();
+    cfg.train
+        .rank_sample
+        .div_ceil(locations.max(1))
+        .clamp(1, cfg.train.batch_size)
+}
 
 /// What a tile reports of an observed step (see
 /// [`glom_protocol::message::Observation`]): the settled `levels`
-/// (`[P, B, d]`) of the first [`OBSERVED_IMAGES`] images, the probe
+/// (`[P, B, d]`) of the first [`observed_images`] images, the probe
 /// outputs and the per-location agreements.
 pub fn observe(model: &Glom, levels: &[Tensor]) -> Result<Observation> {
+    let wanted = observed_images(&model.cfg);
     let probes = probe_outputs_by_level(model)?;
     let agreement = agreement_by_location(model, levels)?;
     let (mut images, mut dim) = (0, 0);
     let mut out = Vec::with_capacity(levels.len());
     for ((t, probe), (bu, td)) in levels.iter().zip(probes).zip(agreement) {
         let (_, b, d) = t.dims3()?;
-        (images, dim) = (OBSERVED_IMAGES.min(b), d);
+        (images, dim) = (wanted.min(b), d);
         let embeddings = t
             .narrow(1, 0, images)?
             .to_dtype(DType::F32)?

@@ -19,7 +19,6 @@ use candle_core::{DType, Device, Tensor};
 use glom_protocol::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{collapse_stats, CollapseStats};
 use crate::data::{patchify, Dataset, Image};
 use crate::error::Result;
 use crate::model::{Glom, HaloExchange, Mode, NoHalo};
@@ -29,7 +28,6 @@ pub use adam::{Adam, AdamParams};
 /// Stream tags of [`Rng::from_key`].
 const MASK_STREAM: u64 = 0x4d41_534b;
 const BATCH_STREAM: u64 = 0x4241_5443;
-const SAMPLE_STREAM: u64 = 0x5341_4d50;
 
 /// Key of the masks and neighbour draws used by evaluation (never a step).
 pub const EVAL_KEY: u64 = u64::MAX - 1;
@@ -254,28 +252,4 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepOutput> {
         self.step_with(&mut NoHalo)
     }
-}
-
-/// Collapse measures of each level on a seeded sample of at most `sample`
-/// of the settled vectors `[P, B, d]`.
-pub fn collapse_by_level(
-    levels: &[Tensor],
-    sample: usize,
-    seed: u64,
-    step: u64,
-) -> Result<Vec<CollapseStats>> {
-    let mut out = Vec::with_capacity(levels.len());
-    for (l, t) in levels.iter().enumerate() {
-        let (p, b, d) = t.dims3()?;
-        let rows: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut order: Vec<usize> = (0..p * b).collect();
-        Rng::from_key(&[seed, SAMPLE_STREAM, step, l as u64]).shuffle(&mut order);
-        order.truncate(sample);
-        let picked: Vec<f32> = order
-            .iter()
-            .flat_map(|&i| rows[i * d..(i + 1) * d].iter().copied())
-            .collect();
-        out.push(collapse_stats(&picked, d));
-    }
-    Ok(out)
 }
