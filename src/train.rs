@@ -96,6 +96,7 @@ fn telemetry(cfg: &Config) -> Result<(Box<dyn Telemetry>, Option<Endpoint>)> {
         weights: &weights,
         learning: &learning,
         dim: cfg.model.dim,
+        workers: cfg.cluster.workers,
     };
     let prom = PromTelemetry::new(&info)?;
     let endpoint = Endpoint::start(&cfg.metrics.listen, prom.registry.clone())?;

@@ -79,6 +79,9 @@ pub(crate) struct RunInfo<'a> {
     pub(crate) learning: &'a str,
     /// Embedding dimension d (alert rules compare the effective rank with it).
     pub(crate) dim: usize,
+    /// Workers the run needs (`cluster.workers`; the alert rules compare
+    /// `glom_workers` with it).
+    pub(crate) workers: usize,
 }
 
 /// The metrics of a training run in a Prometheus registry.
@@ -256,6 +259,12 @@ impl PromTelemetry {
             "Embedding dimension d of every level.",
         )?
         .set(info.dim as f64);
+        gauge(
+            &t.registry,
+            "glom_workers_expected",
+            "Workers the run needs (cluster.workers).",
+        )?
+        .set(info.workers as f64);
         Ok(t)
     }
 
