@@ -172,7 +172,12 @@ impl StepAccumulator {
             }
         }
         self.workers.sort_by_key(|w| w.worker_id);
-        let observation = grid_observation(self.losses.len(), &self.observed);
+        let parts: Vec<(&[u32], &Observation)> = self
+            .observed
+            .iter()
+            .map(|o| (o.locations.as_slice(), &o.observation))
+            .collect();
+        let observation = grid_observation(self.losses.len(), &parts);
         StepSummary {
             loss_recon: sums[0],
             loss_distill_bu: sums[1],
@@ -197,10 +202,14 @@ impl StepAccumulator {
     }
 }
 
-/// Put the workers' observations back in global location order; `None`
-/// unless every location was observed with the same shape.
-fn grid_observation(grid: usize, observed: &[Observed]) -> Option<GridObservation> {
-    let first = &observed.first()?.observation;
+/// Put the workers' observations (each with the global ids of its
+/// locations) back in global location order; `None` unless they agree in
+/// shape and cover the grid exactly.
+pub(crate) fn grid_observation(
+    grid: usize,
+    observed: &[(&[u32], &Observation)],
+) -> Option<GridObservation> {
+    let first = observed.first()?.1;
     let (n, d, k) = (
         first.images as usize,
         first.dim as usize,
@@ -208,8 +217,8 @@ fn grid_observation(grid: usize, observed: &[Observed]) -> Option<GridObservatio
     );
     let same =
         |o: &Observation| o.images as usize == n && o.dim as usize == d && o.levels.len() == k;
-    if !observed.iter().all(|o| same(&o.observation))
-        || observed.iter().map(|o| o.locations.len()).sum::<usize>() != grid
+    if !observed.iter().all(|(_, o)| same(o))
+        || observed.iter().map(|(l, _)| l.len()).sum::<usize>() != grid
     {
         return None;
     }
@@ -222,9 +231,9 @@ fn grid_observation(grid: usize, observed: &[Observed]) -> Option<GridObservatio
         };
         let mut bu = vec![None; grid];
         let mut td = vec![None; grid];
-        for o in observed {
-            let lv = &o.observation.levels[l];
-            for (i, &g) in o.locations.iter().enumerate() {
+        for (locations, o) in observed {
+            let lv = &o.levels[l];
+            for (i, &g) in locations.iter().enumerate() {
                 let g = g as usize;
                 level.embeddings[g * n * d..(g + 1) * n * d]
                     .copy_from_slice(&lv.embeddings[i * n * d..(i + 1) * n * d]);

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use glom_protocol::message::{ControlMessage, Observation, SleepDone, SleepStart};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{GridLevel, GridObservation};
+use crate::metrics::{grid_observation, GridObservation};
 use crate::state::{Action, Coordinator, LostReason};
 
 /// Seconds in a day.
@@ -325,48 +325,5 @@ fn summarise(grid: usize, reports: &[SleepDone]) -> Result<SleepSummary, String>
         worker_seconds: seconds,
         before: pick(|r| &r.before),
         after: pick(|r| &r.after),
-    })
-}
-
-/// The workers' measurements in global location order; `None` unless they
-/// agree in shape and cover the grid exactly.
-fn grid_observation(grid: usize, parts: &[(&[u32], &Observation)]) -> Option<GridObservation> {
-    let first = parts.first()?.1;
-    let (n, d, k) = (
-        first.images as usize,
-        first.dim as usize,
-        first.levels.len(),
-    );
-    let same =
-        |o: &Observation| o.images as usize == n && o.dim as usize == d && o.levels.len() == k;
-    if !parts.iter().all(|(_, o)| same(o))
-        || parts.iter().map(|(l, _)| l.len()).sum::<usize>() != grid
-    {
-        return None;
-    }
-    let mut levels = Vec::with_capacity(k);
-    for l in 0..k {
-        let mut level = GridLevel {
-            embeddings: vec![0.0; grid * n * d],
-            probe: vec![0.0; grid * d],
-            agreement_bu: None,
-            agreement_td: None,
-        };
-        for (locations, o) in parts {
-            let lv = &o.levels[l];
-            for (i, &g) in locations.iter().enumerate() {
-                let g = g as usize;
-                level.embeddings[g * n * d..(g + 1) * n * d]
-                    .copy_from_slice(&lv.embeddings[i * n * d..(i + 1) * n * d]);
-                level.probe[g * d..(g + 1) * d].copy_from_slice(&lv.probe[i * d..(i + 1) * d]);
-            }
-        }
-        levels.push(level);
-    }
-    Some(GridObservation {
-        images: n,
-        dim: d,
-        locations: grid,
-        levels,
     })
 }

@@ -380,6 +380,7 @@ mod tests {
             weights: "per_location",
             learning: "local",
             dim: 8,
+            workers: 2,
         };
         let t = PromTelemetry::new(&info).unwrap();
         t.phase(Phase::Awake);

@@ -24,7 +24,7 @@ use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
 use crate::eval::settle_unmasked;
 use crate::learn::{make_batch, EVAL_KEY};
-use crate::model::{layer_norm, Glom, Mlp};
+use crate::model::{layer_norm, Glom};
 use crate::monitor::probe_input;
 use crate::rng::Rng;
 
@@ -104,19 +104,6 @@ pub fn bottom_up_pass(model: &Glom, patches: &Tensor) -> Result<Vec<Tensor>> {
     Ok(e)
 }
 
-/// `net` on the same `probe` at each of `p` locations, row-major `[p, out]`.
-fn probe_rows(net: &Mlp, probe: &[f32], p: usize) -> Result<Vec<f32>> {
-    let x = Tensor::from_slice(probe, (1, 1, probe.len()), net.w1.device())?
-        .to_dtype(net.w1.dtype())?
-        .broadcast_as((p, 1, probe.len()))?
-        .contiguous()?;
-    Ok(net
-        .forward(&x)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?)
-}
-
 /// A halo-free collapse measurement of the tile: per level, the embeddings
 /// of [`bottom_up_pass`] on the unmasked `images` (`[P, images, d]`) and
 /// the level's bottom-up net (the front end at level 0) on the common
@@ -141,9 +128,9 @@ pub fn observe_bottom_up(model: &Glom, images: &[Image]) -> Result<Observation> 
     let mut out = Vec::with_capacity(levels.len());
     for (l, e) in levels.iter().enumerate() {
         let probe = if l == 0 {
-            probe_rows(&model.nets.front, &front_probe, p)?
+            crate::monitor::probe_outputs(&model.nets.front, &front_probe, p)?
         } else {
-            probe_rows(&model.nets.bottom_up[l - 1], &probe, p)?
+            crate::monitor::probe_outputs(&model.nets.bottom_up[l - 1], &probe, p)?
         };
         out.push(LevelObservation {
             embeddings: e.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
