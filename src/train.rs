@@ -97,6 +97,7 @@ fn telemetry(cfg: &Config) -> Result<(Box<dyn Telemetry>, Option<Endpoint>)> {
         learning: &learning,
         dim: cfg.model.dim,
         workers: cfg.cluster.workers,
+        levels: cfg.model.levels,
     };
     let prom = PromTelemetry::new(&info)?;
     let endpoint = Endpoint::start(&cfg.metrics.listen, prom.registry.clone())?;
@@ -348,7 +349,14 @@ impl RunObserver for Recorder {
         serde_json::to_writer(&mut self.metrics, &rec)?;
         self.metrics.write_all(b"\n")?;
         self.metrics.flush()?;
-        self.telemetry.sleep_job(s);
+        let rank_values = |v: &serde_json::Value| -> Vec<f64> {
+            v["effective_rank_by_level"]
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        self.telemetry
+            .sleep_job(s, &rank_values(&before), &rank_values(&after));
         self.telemetry.phase(Phase::Awake);
         let ranks = |v: &serde_json::Value| -> String {
             v["effective_rank_by_level"]

@@ -52,8 +52,15 @@ pub(crate) trait Telemetry {
     fn phase(&self, phase: Phase);
     /// After every step: each worker's halo traffic and waiting.
     fn cluster(&self, _summary: &glom_coordinator::StepSummary) {}
-    /// After every sleep job.
-    fn sleep_job(&self, _summary: &glom_coordinator::sleep::SleepSummary) {}
+    /// After every sleep job, with the effective rank per level of the
+    /// bottom-up pass before and after it (empty when not measured).
+    fn sleep_job(
+        &self,
+        _summary: &glom_coordinator::sleep::SleepSummary,
+        _rank_before: &[f64],
+        _rank_after: &[f64],
+    ) {
+    }
 }
 
 /// Training phase, as the `phase` label of `glom_phase`.
@@ -82,6 +89,8 @@ pub(crate) struct RunInfo<'a> {
     /// Workers the run needs (`cluster.workers`; the alert rules compare
     /// `glom_workers` with it).
     pub(crate) workers: usize,
+    /// Levels K (the per-level series of sleep jobs exist from the start).
+    pub(crate) levels: usize,
 }
 
 /// The metrics of a training run in a Prometheus registry.
@@ -107,6 +116,7 @@ pub(crate) struct PromTelemetry {
     sleep_jobs: IntCounter,
     sleep_loss: GaugeVec,
     sleep_seconds: Gauge,
+    sleep_rank: GaugeVec,
 }
 
 fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
@@ -177,6 +187,12 @@ impl PromTelemetry {
                 &reg,
                 "glom_sleep_seconds",
                 "Wall time of the last sleep job (the pause of awake training).",
+            )?,
+            sleep_rank: gauge_vec(
+                &reg,
+                "glom_sleep_bottom_up_effective_rank",
+                "Effective rank of the bottom-up pass of fixed images before and after the last sleep job.",
+                &["level", "when"],
             )?,
             images_per_second: gauge(
                 &reg,
@@ -252,6 +268,13 @@ impl PromTelemetry {
         }
         for state in ["training", "sleeping"] {
             t.workers.with_label_values(&[state]).set(0.0);
+        }
+        for level in 0..info.levels {
+            for when in ["before", "after"] {
+                t.sleep_rank
+                    .with_label_values(&[&level.to_string(), when])
+                    .set(0.0);
+            }
         }
         gauge(
             &t.registry,
@@ -339,7 +362,19 @@ impl Telemetry for PromTelemetry {
             .set(summary.workers.len() as f64);
     }
 
-    fn sleep_job(&self, s: &glom_coordinator::sleep::SleepSummary) {
+    fn sleep_job(
+        &self,
+        s: &glom_coordinator::sleep::SleepSummary,
+        rank_before: &[f64],
+        rank_after: &[f64],
+    ) {
+        for (when, ranks) in [("before", rank_before), ("after", rank_after)] {
+            for (level, r) in ranks.iter().enumerate() {
+                self.sleep_rank
+                    .with_label_values(&[&level.to_string(), when])
+                    .set(*r);
+            }
+        }
         self.sleep_jobs.inc();
         for (term, v) in [
             ("negative_first", s.loss_negative_first),
@@ -381,6 +416,7 @@ mod tests {
             learning: "local",
             dim: 8,
             workers: 2,
+            levels: 3,
         };
         let t = PromTelemetry::new(&info).unwrap();
         t.phase(Phase::Awake);
@@ -398,8 +434,22 @@ mod tests {
             ..LevelReport::default()
         };
         t.levels(&[level, level], 0.001);
+        let job = glom_coordinator::sleep::SleepSummary {
+            loss_negative_first: 0.75,
+            max_seconds: 2.5,
+            ..Default::default()
+        };
+        t.phase(Phase::Sleep);
+        t.sleep_job(&job, &[1.0, 1.25, 1.5], &[1.0, 17.5, 20.0]);
+        t.phase(Phase::Awake);
         let text = t.encode();
         for line in [
+            "glom_sleep_jobs_total 1",
+            "glom_sleep_loss{term=\"negative_first\"} 0.75",
+            "glom_sleep_seconds 2.5",
+            "glom_sleep_bottom_up_effective_rank{level=\"1\",when=\"after\"} 17.5",
+            "glom_sleep_bottom_up_effective_rank{level=\"2\",when=\"before\"} 1.5",
+            "glom_workers_expected 2",
             "glom_steps_total 1",
             "glom_loss{term=\"total\"} 1.5",
             "glom_embedding_effective_rank{level=\"1\"} 3.5",
