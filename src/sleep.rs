@@ -95,8 +95,8 @@ pub(crate) fn run(input: &Path, out: &Path, file: Option<&Path>, sets: &[String]
             out.display()
         );
     }
-    let manifest = checkpoint::read_manifest(input)
-        .with_context(|| format!("reading the checkpoint {}", input.display()))?;
+    // The error names the checkpoint's path already.
+    let manifest = checkpoint::read_manifest(input)?;
     let cfg = configuration(&manifest.config, file, sets)?;
     let model = whole_model(&cfg)?;
     let t = &cfg.train;
