@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::eval::settle_unmasked;
 use crate::learn::{make_batch, EVAL_KEY};
 use crate::model::{layer_norm, Glom};
-use crate::monitor::probe_input;
 use crate::rng::Rng;
 
 /// Stream tags of [`Rng::from_key`].
@@ -112,7 +111,6 @@ pub fn bottom_up_pass(model: &Glom, patches: &Tensor) -> Result<Vec<Tensor>> {
 /// changes, so the same images before and after a job show its effect.
 pub fn observe_bottom_up(model: &Glom, images: &[Image]) -> Result<Observation> {
     let cfg = &model.cfg;
-    let p = model.tile.locs.len();
     let batch = make_batch(
         cfg,
         images,
@@ -123,15 +121,9 @@ pub fn observe_bottom_up(model: &Glom, images: &[Image]) -> Result<Observation> 
         model.dtype(),
     )?;
     let levels = bottom_up_pass(model, &batch.input)?;
-    let front_probe = probe_input(cfg.seed, model.nets.front.w1.dim(1)?);
-    let probe = probe_input(cfg.seed, cfg.model.dim);
+    let probes = crate::monitor::probe_outputs_by_level(model)?;
     let mut out = Vec::with_capacity(levels.len());
-    for (l, e) in levels.iter().enumerate() {
-        let probe = if l == 0 {
-            crate::monitor::probe_outputs(&model.nets.front, &front_probe, p)?
-        } else {
-            crate::monitor::probe_outputs(&model.nets.bottom_up[l - 1], &probe, p)?
-        };
+    for (e, probe) in levels.iter().zip(probes) {
         out.push(LevelObservation {
             embeddings: e.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
             probe,
