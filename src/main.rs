@@ -67,6 +67,10 @@ enum Command {
         /// In-process workers, one tile each (overrides `cluster.workers`).
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
+        /// Go on from this checkpoint (same configuration, any number of
+        /// workers) into a new run directory, up to `train.steps`.
+        #[arg(long, value_name = "CHECKPOINT")]
+        resume: Option<PathBuf>,
     },
     /// Coordinate a multi-host run: wait for `cluster.workers` workers, drive
     /// the steps, write metrics and checkpoints, then evaluate.
@@ -89,6 +93,9 @@ enum Command {
         /// Skip the evaluation at the end (the coordinator then never reads the data).
         #[arg(long)]
         no_eval: bool,
+        /// Go on from this checkpoint (on storage the workers see).
+        #[arg(long, value_name = "CHECKPOINT")]
+        resume: Option<PathBuf>,
     },
     /// Join a `glom coordinator` as one worker of a multi-host run.
     Worker {
@@ -216,9 +223,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             out,
             no_eval,
             workers,
+            resume,
         } => {
             let cfg = settings::load(config.config.as_deref(), &config.sets)?;
-            train::run(cfg, workers, out, !no_eval, train::Launch::Embedded)
+            train::run(cfg, workers, out, !no_eval, train::Launch::Embedded, resume)
         }
         Command::Coordinator {
             config,
@@ -227,6 +235,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             workers,
             out,
             no_eval,
+            resume,
         } => {
             let cfg = settings::load(config.config.as_deref(), &config.sets)?;
             let listen = match listen {
@@ -234,7 +243,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 None => cfg.cluster.listen.parse()?,
             };
             let launch = train::Launch::Remote { listen, certs };
-            train::run(cfg, workers, out, !no_eval, launch)
+            train::run(cfg, workers, out, !no_eval, launch, resume)
         }
         Command::Worker {
             config,

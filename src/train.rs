@@ -23,7 +23,7 @@ use glom_coordinator::sleep::{SleepSummary, SleepTrigger};
 use glom_coordinator::{Coordinator, GridObservation, Settings, StepSummary};
 use glom_net::certs::{worker_name, ClusterCa, COORDINATOR_NAME};
 use glom_net::tls::{client_config, server_config, server_endpoint, TransportTuning};
-use glom_protocol::message::Assign;
+use glom_protocol::message::{Assign, ResumePoint};
 use glom_protocol::Config;
 use glom_worker::checkpoint;
 use glom_worker::learn::LossValues;
@@ -393,7 +393,11 @@ impl RunObserver for Recorder {
 }
 
 /// The coordinator's settings for `cfg`, checkpoints under `root`.
-pub(crate) fn coordinator_settings(cfg: &Config, root: &Path) -> Settings {
+pub(crate) fn coordinator_settings(
+    cfg: &Config,
+    root: &Path,
+    resume: Option<ResumePoint>,
+) -> Settings {
     let c = &cfg.cluster;
     Settings {
         max_ahead: c.max_ahead,
@@ -403,7 +407,40 @@ pub(crate) fn coordinator_settings(cfg: &Config, root: &Path) -> Settings {
         utc_at_start: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok(),
+        resume,
     }
+}
+
+/// The checkpoint `dir` as a resume point for `cfg`: it must be complete
+/// (its manifest is there and valid), made by the same configuration
+/// (same hash), and hold fewer steps than `train.steps`.
+fn resume_point(cfg: &Config, dir: &Path) -> Result<ResumePoint> {
+    let manifest = checkpoint::read_manifest(dir)?;
+    let (theirs, ours) = (manifest.config.hash(), cfg.hash());
+    if theirs != ours {
+        anyhow::bail!(
+            "checkpoint {} was made with another configuration (hash {theirs}, this run's is \
+             {ours}): resume with the configuration of that run (its config.toml)",
+            dir.display()
+        );
+    }
+    if manifest.step >= cfg.train.steps {
+        anyhow::bail!(
+            "checkpoint {} already holds {} steps and train.steps is {}: raise train.steps \
+             (e.g. --set train.steps={}) to train further",
+            dir.display(),
+            manifest.step,
+            cfg.train.steps,
+            manifest.step * 2
+        );
+    }
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    Ok(ResumePoint {
+        dir: dir.to_string_lossy().into_owned(),
+        step: manifest.step,
+    })
 }
 
 /// QUIC tuning for `cfg`: the idle timeout is the heartbeat timeout.
@@ -442,6 +479,7 @@ pub(crate) fn run(
     out: Option<PathBuf>,
     eval: bool,
     launch: Launch,
+    resume: Option<PathBuf>,
 ) -> Result<()> {
     let started = Instant::now();
     if let Some(n) = workers {
@@ -450,6 +488,7 @@ pub(crate) fn run(
     cfg.validate()?;
     let n = cfg.cluster.workers;
     cfg.validate_workers(n)?;
+    let resume = resume.map(|r| resume_point(&cfg, &r)).transpose()?;
     let dir = out.unwrap_or_else(default_run_dir);
     // Open the data, bind the endpoints first: a bad data path, a missing
     // certificate or an address in use leaves no run directory behind. A
@@ -496,8 +535,13 @@ pub(crate) fn run(
         .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;
     tracing::info!(dir = %dir.display(), steps = cfg.train.steps, workers = n, weights = ?cfg.model.weights,
         learning = ?cfg.train.learning, data = ?cfg.data.source, "training");
+    let first_step = resume.as_ref().map_or(0, |r| r.step);
+    if let Some(r) = &resume {
+        tracing::info!(step = r.step, checkpoint = %r.dir, "resuming");
+    }
 
     let mut recorder = Recorder::new(&cfg, &dir, telemetry)?;
+    recorder.bar.set_position(first_step);
     let ck_root = dir.join("checkpoints");
     let train_started = Instant::now();
     let end = match remote {
@@ -507,13 +551,13 @@ pub(crate) fn run(
                 .expect("loaded for an embedded run")
                 .train
                 .clone();
-            rt.block_on(embedded(&cfg, n, &ck_root, train, &mut recorder))
+            rt.block_on(embedded(&cfg, n, &ck_root, resume, train, &mut recorder))
         }
         Some(ep) => rt.block_on(async {
             let coordinator = Coordinator::with_settings(
                 cfg.clone(),
                 n,
-                coordinator_settings(&cfg, &ck_root),
+                coordinator_settings(&cfg, &ck_root, resume),
                 Instant::now(),
             )?;
             Ok(drive(coordinator, ep, &mut recorder).await?.steps)
@@ -546,7 +590,8 @@ pub(crate) fn run(
         "steps": steps,
         "workers": n,
         "train_seconds": train_seconds,
-        "images_per_s": steps as f64 * batch / train_seconds.max(1e-9),
+        "images_per_s": steps.saturating_sub(first_step) as f64 * batch / train_seconds.max(1e-9),
+        "resumed_from_step": first_step,
         "config_hash": cfg.hash(),
         "interrupted": steps < cfg.train.steps,
         "monitor": monitor,
@@ -607,6 +652,7 @@ async fn embedded(
     cfg: &Config,
     n: usize,
     ck_root: &Path,
+    resume: Option<ResumePoint>,
     train: Arc<dyn glom_worker::data::Dataset>,
     recorder: &mut Recorder,
 ) -> Result<u64> {
@@ -619,7 +665,7 @@ async fn embedded(
     let coordinator = Coordinator::with_settings(
         cfg.clone(),
         n,
-        coordinator_settings(cfg, ck_root),
+        coordinator_settings(cfg, ck_root, resume),
         Instant::now(),
     )?;
     let mut handles = Vec::with_capacity(n);

@@ -284,3 +284,57 @@ fn four_processes_train_a_checkpoint_that_eval_reads() {
     let report: Value = serde_json::from_str(&ok(&out)).unwrap();
     assert!(report["recon_psnr_db"].as_f64().unwrap() > 0.0, "{report}");
 }
+
+/// A run stopped at a checkpoint and resumed from it, on another number
+/// of workers, ends with the same bits as the run that never stopped;
+/// resuming with another configuration, or past `train.steps`, is refused
+/// before anything is written.
+#[test]
+fn resuming_on_another_number_of_workers_gives_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, resumed) = (tmp.path().join("whole"), tmp.path().join("resumed"));
+    let extra = ["train.steps=10", "checkpoint.every_steps=5"];
+    ok(&train(&whole, 2, &extra));
+    let step5 = whole.join("checkpoints/step-5");
+    let mut cmd = glom();
+    cmd.args(["train", "--no-eval", "--workers", "4", "--out"])
+        .arg(&resumed)
+        .arg("--resume")
+        .arg(&step5);
+    sets(&mut cmd, &extra);
+    ok(&cmd.output().unwrap());
+    assert_eq!(
+        tensors(&whole.join("checkpoints/final")),
+        tensors(&resumed.join("checkpoints/final"))
+    );
+    let last = |dir: &Path| records(dir).pop().unwrap();
+    assert_eq!(last(&whole), last(&resumed));
+    let steps: Vec<Value> = records(&resumed)
+        .iter()
+        .map(|r| r["step"].clone())
+        .collect();
+    assert_eq!(
+        steps,
+        [10],
+        "only the steps after the checkpoint are trained"
+    );
+
+    for (name, bad, needle) in [
+        ("other-config", "seed=3", "another configuration"),
+        ("done", "train.steps=5", "already holds 5 steps"),
+    ] {
+        let dir = tmp.path().join(name);
+        let mut cmd = glom();
+        cmd.args(["train", "--no-eval", "--out"])
+            .arg(&dir)
+            .arg("--resume")
+            .arg(&step5);
+        sets(
+            &mut cmd,
+            &["checkpoint.every_steps=5", "train.steps=10", bad],
+        );
+        let err = support::failure(&cmd.output().unwrap());
+        assert!(err.contains(needle), "{err}");
+        assert!(!dir.exists(), "a refused resume left {}", dir.display());
+    }
+}

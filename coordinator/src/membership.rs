@@ -152,7 +152,7 @@ impl Coordinator {
                 conn,
                 name: hello.worker_name.clone(),
                 tile: tile_assignment(&self.tiles[id]),
-                done: 0,
+                done: self.completed,
                 connected: true,
             });
             hellos.push(hello);
@@ -173,6 +173,7 @@ impl Coordinator {
                 reach: self.reach as u32,
                 peers,
                 config_hash: self.config_hash.clone(),
+                resume: self.settings.resume.clone(),
             };
             let conn = self.workers[id].conn;
             self.send(

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use glom_protocol::manifest::Manifest;
 use glom_protocol::message::{
-    Assign, ControlMessage, Hello, RefuseReason, ShardAck, TileAssignment,
+    Assign, ControlMessage, Hello, RefuseReason, ResumePoint, ShardAck, TileAssignment,
 };
 use glom_protocol::Config;
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,9 @@ pub struct Settings {
     /// to [`Coordinator::with_settings`]; needed by `sleep.timetable`, which
     /// names UTC times of day. The state machine reads no clock itself.
     pub utc_at_start: Option<Duration>,
+    /// Resume from this checkpoint: steps before `step` count as done, the
+    /// workers load their tiles from `dir`, training goes on at `step`.
+    pub resume: Option<ResumePoint>,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(10),
             checkpoint_root: "checkpoints".into(),
             utc_at_start: None,
+            resume: None,
         }
     }
 }
@@ -270,6 +274,17 @@ impl Coordinator {
                 "sleep.timetable names UTC times of day: give the wall clock at the start",
             ));
         }
+        let start = settings.resume.as_ref().map_or(0, |r| r.step);
+        if start > 0 && start >= cfg.train.steps {
+            return Err(bad(
+                "resume",
+                &format!(
+                    "the checkpoint already holds {start} steps and train.steps is {}: \
+                     raise train.steps to train further",
+                    cfg.train.steps
+                ),
+            ));
+        }
         let side = cfg.grid_side();
         let tiles = plan(side, side, workers_expected).map_err(|source| Error::Plan {
             workers: workers_expected,
@@ -289,9 +304,9 @@ impl Coordinator {
             waiting: Vec::new(),
             workers: Vec::new(),
             stage: Stage::Joining,
-            next_step: 0,
-            completed: 0,
-            last_checkpoint: None,
+            next_step: start,
+            completed: start,
+            last_checkpoint: (start > 0).then_some(start),
             pending: BTreeMap::new(),
             transmits: VecDeque::new(),
             actions: VecDeque::new(),

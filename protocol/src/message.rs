@@ -185,6 +185,19 @@ pub struct Assign {
     /// The run's config hash, so the worker can check once more that the
     /// assignment is for the configuration it holds.
     pub config_hash: String,
+    /// Where to start from: a checkpoint to load the tile's nets and
+    /// optimiser state from, or `None` for a fresh start at step 0.
+    pub resume: Option<ResumePoint>,
+}
+
+/// A checkpoint a run resumes from (any number of workers may have written
+/// it: tensors are keyed by location).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// Checkpoint directory, as seen by the workers (shared storage).
+    pub dir: String,
+    /// Steps it holds: training goes on with this step number.
+    pub step: u64,
 }
 
 /// A neighbouring worker: where to reach it and what it owns.

@@ -184,7 +184,10 @@ fn handle(action: Action, observer: &mut dyn RunObserver) -> Result<Option<RunEn
             last_checkpoint,
         } => {
             let resume = match last_checkpoint {
-                Some(step) => format!("; the last complete checkpoint is step-{step}"),
+                Some(step) => format!(
+                    "; the last complete checkpoint is checkpoints/step-{step} of the run \
+                     directory: go on from it with --resume"
+                ),
                 None => "; no checkpoint was written".into(),
             };
             return Err(anyhow!("the run was aborted: {reason}{resume}"));

@@ -125,6 +125,8 @@ pub(crate) struct Sim {
     /// Whether the simulated workers send before/after measurements.
     pub(crate) observe_sleep: bool,
     ticks: u64,
+    /// Step the run starts at (a resumed run's checkpoint).
+    start: u64,
 }
 
 impl Sim {
@@ -133,6 +135,7 @@ impl Sim {
     pub(crate) fn new(cfg: Config, n: usize, settings: Settings) -> Self {
         let now = Instant::now();
         let max_ahead = settings.max_ahead;
+        let start = settings.resume.as_ref().map_or(0, |r| r.step);
         let coord = Coordinator::with_settings(cfg.clone(), n, settings, now).unwrap();
         let mut sim = Self {
             coord,
@@ -147,6 +150,7 @@ impl Sim {
             sleeping: None,
             observe_sleep: false,
             ticks: 0,
+            start,
         };
         for _ in 0..n {
             sim.add_worker(Hello::new(&sim.cfg.hash(), "", ""));
@@ -171,7 +175,7 @@ impl Sim {
             closed: false,
             silent: false,
             lag: 0,
-            done: 0,
+            done: self.start,
         });
         i
     }
@@ -336,7 +340,7 @@ impl Sim {
     /// Steps issued so far (to the worker that got the most).
     fn issued(&self) -> u64 {
         let steps = self.workers.iter().map(|w| w.steps().len() as u64);
-        steps.max().unwrap_or(0)
+        self.start + steps.max().unwrap_or(0)
     }
 
     /// The answer of a well-behaved worker `i` to `msg`.

@@ -179,3 +179,35 @@ fn no_step_is_issued_while_a_checkpoint_is_saved() {
     assert_eq!(sim.workers[1].steps(), vec![0, 1, 2, 3, 4]);
     assert_eq!(sim.violations, Vec::<String>::new());
 }
+
+/// A run resumed from checkpoint 4 issues steps 4.. only, hands the
+/// checkpoint to every worker with its tile, and checkpoints on from there.
+#[test]
+fn a_resumed_run_starts_at_its_checkpoint() {
+    let resume = glom_protocol::message::ResumePoint {
+        dir: "/shared/old/checkpoints/step-4".into(),
+        step: 4,
+    };
+    let settings = Settings {
+        resume: Some(resume.clone()),
+        ..Settings::default()
+    };
+    let mut sim = Sim::new(config(9, 2), 2, settings);
+    sim.join_all();
+    sim.run(1000);
+    assert_eq!(sim.violations, Vec::<String>::new());
+    assert_eq!(sim.coord.phase(), Phase::Finished);
+    for w in &sim.workers {
+        assert_eq!(w.steps(), vec![4, 5, 6, 7, 8]);
+        assert_eq!(w.saves(), vec![6, 8, 9]);
+        assert_eq!(w.assign.as_ref().unwrap().resume, Some(resume.clone()));
+    }
+    // Nothing to resume past the end.
+    let done = Settings {
+        resume: Some(glom_protocol::message::ResumePoint { step: 9, ..resume }),
+        ..Settings::default()
+    };
+    let e = crate::Coordinator::with_settings(config(9, 2), 2, done, std::time::Instant::now())
+        .unwrap_err();
+    assert!(e.to_string().contains("already holds 9 steps"), "{e}");
+}

@@ -5,7 +5,7 @@
 use glom_protocol::halo::{HaloFrame, HaloPayload};
 use glom_protocol::message::{
     Assign, ControlMessage, Hello, LevelObservation, Observation, PeerHello, PeerInfo, PeerMessage,
-    RefuseReason, ShardAck, SleepDone, SleepStart, Step, StepMetrics, TileAssignment,
+    RefuseReason, ResumePoint, ShardAck, SleepDone, SleepStart, Step, StepMetrics, TileAssignment,
 };
 
 /// splitmix64: tiny, fast, and good enough to drive a property test.
@@ -198,6 +198,14 @@ pub(crate) fn random_control(r: &mut Rng, variant: usize) -> ControlMessage {
                 tile: r.tile(),
             }),
             config_hash: r.string(),
+            resume: if r.below(2) == 0 {
+                None
+            } else {
+                Some(ResumePoint {
+                    dir: r.string(),
+                    step: r.u64(),
+                })
+            },
         }),
         4 => ControlMessage::Step(Step {
             step: r.u64(),

@@ -193,7 +193,21 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
             Vec::new()
         },
     };
-    let trainer = Trainer::new(model, data)?;
+    let mut trainer = Trainer::new(model, data)?;
+    if let Some(resume) = &assign.resume {
+        let dir = PathBuf::from(&resume.dir);
+        let manifest = checkpoint::load_into(&dir, &trainer.model, Some(&mut trainer.opt))?;
+        if manifest.step != resume.step {
+            return Err(Error::Runtime(format!(
+                "asked to resume at step {} from {}, which holds step {}",
+                resume.step,
+                dir.display(),
+                manifest.step
+            )));
+        }
+        trainer.step = resume.step;
+        tracing::info!(worker = worker_id, step = resume.step, dir = %dir.display(), "resumed");
+    }
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = unbounded_channel::<Result<ControlMessage>>();
     let compute = std::thread::Builder::new()
