@@ -15,25 +15,6 @@ use glom_protocol::message::{check_hello, Assign, ControlMessage, Hello, PeerInf
 use crate::halo::{peers_of, tile_assignment};
 use crate::state::{Action, Conn, ConnId, Coordinator, LostReason, Role, Stage, Worker};
 
-/// Name of a message's variant, for error messages.
-pub(crate) fn kind(msg: &ControlMessage) -> &'static str {
-    match msg {
-        ControlMessage::Hello(_) => "Hello",
-        ControlMessage::Welcome { .. } => "Welcome",
-        ControlMessage::Refused { .. } => "Refused",
-        ControlMessage::Assign(_) => "Assign",
-        ControlMessage::Step(_) => "Step",
-        ControlMessage::StepDone { .. } => "StepDone",
-        ControlMessage::CheckpointSave { .. } => "CheckpointSave",
-        ControlMessage::CheckpointAck { .. } => "CheckpointAck",
-        ControlMessage::Heartbeat { .. } => "Heartbeat",
-        ControlMessage::SleepStart(_) => "SleepStart",
-        ControlMessage::SleepDone(_) => "SleepDone",
-        ControlMessage::Shutdown { .. } => "Shutdown",
-        ControlMessage::Error { .. } => "Error",
-    }
-}
-
 impl Coordinator {
     /// A connection was opened (its TLS handshake already passed).
     pub fn handle_connect(&mut self, conn: ConnId, now: Instant) {
@@ -76,7 +57,7 @@ impl Coordinator {
                 self.close(conn)
             }
             (_, msg) => {
-                let message = format!("unexpected {} before the run started", kind(&msg));
+                let message = format!("unexpected {} before the run started", msg.kind());
                 self.drop_conn(conn, LostReason::ProtocolViolation { message });
             }
         }
@@ -97,7 +78,7 @@ impl Coordinator {
             }
             ControlMessage::Shutdown { reason } => self.lose(id, LostReason::ShutDown { reason }),
             other => {
-                let message = format!("unexpected {} from worker {id}", kind(&other));
+                let message = format!("unexpected {} from worker {id}", other.kind());
                 self.lose(id, LostReason::ProtocolViolation { message });
             }
         }

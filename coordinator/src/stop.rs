@@ -22,9 +22,4 @@ impl Coordinator {
             Stage::Finished | Stage::Aborted => {}
         }
     }
-
-    /// Steps the run will train (less than configured after [`Self::stop_early`]).
-    pub fn total_steps(&self) -> u64 {
-        self.cfg.train.steps
-    }
 }

@@ -71,6 +71,28 @@ pub enum ControlMessage {
     Error { message: String },
 }
 
+impl ControlMessage {
+    /// Name of the variant, for error messages (without its contents,
+    /// which may be large).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControlMessage::Hello(_) => "Hello",
+            ControlMessage::Welcome { .. } => "Welcome",
+            ControlMessage::Refused { .. } => "Refused",
+            ControlMessage::Assign(_) => "Assign",
+            ControlMessage::Step(_) => "Step",
+            ControlMessage::StepDone { .. } => "StepDone",
+            ControlMessage::CheckpointSave { .. } => "CheckpointSave",
+            ControlMessage::CheckpointAck { .. } => "CheckpointAck",
+            ControlMessage::Heartbeat { .. } => "Heartbeat",
+            ControlMessage::SleepStart(_) => "SleepStart",
+            ControlMessage::SleepDone(_) => "SleepDone",
+            ControlMessage::Shutdown { .. } => "Shutdown",
+            ControlMessage::Error { .. } => "Error",
+        }
+    }
+}
+
 /// A worker's request to join. The version and config hash decide whether
 /// it is admitted ([`check_hello`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,15 +113,6 @@ pub fn probe_outputs_by_level(model: &Glom) -> Result<Vec<Vec<f32>>> {
     Ok(out)
 }
 
-/// [`codistill_disagreement`] of every level's bottom-up net over the tile.
-pub fn disagreement_by_level(model: &Glom) -> Result<Vec<f64>> {
-    let d = model.cfg.model.dim;
-    Ok(probe_outputs_by_level(model)?
-        .iter()
-        .map(|o| disagreement_of(o, d))
-        .collect())
-}
-
 /// Agreement of one level's predictions with its settled consensus.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Agreement {
@@ -182,11 +173,6 @@ pub fn agreement_by_location(model: &Glom, levels: &[Tensor]) -> Result<Vec<(Vec
         }
     }
     Ok(out)
-}
-
-/// Mean of per-location values; `None` for none.
-pub fn mean_of(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 /// Images of a step's batch whose settled embeddings an observation keeps:

@@ -309,10 +309,9 @@ async fn next(rx: &mut FramedRecv) -> Result<ControlMessage> {
 }
 
 fn unexpected(msg: &ControlMessage, wanted: &str) -> Error {
-    let kind = format!("{msg:?}");
-    let kind = kind.split(['(', ' ', '{']).next().unwrap_or("message");
     Error::Runtime(format!(
-        "the coordinator sent {kind} where {wanted} was expected"
+        "the coordinator sent {} where {wanted} was expected",
+        msg.kind()
     ))
 }
 
