@@ -25,6 +25,7 @@ use glom_net::certs::{worker_name, ClusterCa, COORDINATOR_NAME};
 use glom_net::tls::{client_config, server_config, server_endpoint, TransportTuning};
 use glom_protocol::message::{Assign, ResumePoint};
 use glom_protocol::Config;
+use glom_worker::analysis::CollapseStats;
 use glom_worker::checkpoint;
 use glom_worker::learn::LossValues;
 use glom_worker::model::grid::Grid;
@@ -53,9 +54,36 @@ struct MetricsRecord<'a> {
     halo_wait_fraction: f64,
     /// Framed halo bytes all workers sent this step.
     halo_bytes: u64,
+    #[serde(flatten)]
+    collapse: CollapseByLevel,
+}
+
+/// The collapse measures of every level, as `metrics.jsonl` holds them.
+#[derive(Serialize)]
+struct CollapseByLevel {
     effective_rank_by_level: Vec<f64>,
     dim_std_by_level: Vec<f64>,
     mean_cosine_by_level: Vec<f64>,
+}
+
+impl CollapseByLevel {
+    fn of(collapse: &[CollapseStats]) -> Self {
+        Self {
+            effective_rank_by_level: collapse.iter().map(|c| c.effective_rank).collect(),
+            dim_std_by_level: collapse.iter().map(|c| c.mean_dim_std).collect(),
+            mean_cosine_by_level: collapse.iter().map(|c| c.mean_cosine).collect(),
+        }
+    }
+
+    /// The effective ranks, one decimal each, for the log.
+    fn ranks_text(&self) -> String {
+        let ranks: Vec<String> = self
+            .effective_rank_by_level
+            .iter()
+            .map(|r| format!("{r:.1}"))
+            .collect();
+        ranks.join(" ")
+    }
 }
 
 /// Set by Ctrl-C: finish the current step, checkpoint, and stop.
@@ -153,6 +181,14 @@ impl Recorder {
             halo: HaloTotals::default(),
             last_checkpoint: None,
         })
+    }
+
+    /// Append one record to `metrics.jsonl` (flushed: a crash loses none).
+    fn write_record(&mut self, record: &impl Serialize) -> Result<()> {
+        serde_json::to_writer(&mut self.metrics, record)?;
+        self.metrics.write_all(b"\n")?;
+        self.metrics.flush()?;
+        Ok(())
     }
 
     /// The cost of the collapse measures, for `summary.json`.
@@ -257,8 +293,7 @@ impl RunObserver for Recorder {
             self.cost.add_pass(m.seconds + on_workers);
             self.telemetry.levels(&m.levels, m.seconds + on_workers);
         }
-        let last = done == cfg.train.steps;
-        if done % cfg.train.log_every == 0 || done == 1 || last {
+        if glom_coordinator::schedule::logged(cfg, step) {
             let Some(m) = measured else {
                 return Err(anyhow!("step {done} was logged but not observed"));
             };
@@ -271,18 +306,9 @@ impl RunObserver for Recorder {
                 step_seconds: s.max_step_seconds,
                 halo_wait_fraction: s.max_halo_wait_seconds / s.max_step_seconds.max(1e-12),
                 halo_bytes: s.halo_bytes_sent,
-                effective_rank_by_level: m.collapse.iter().map(|c| c.effective_rank).collect(),
-                dim_std_by_level: m.collapse.iter().map(|c| c.mean_dim_std).collect(),
-                mean_cosine_by_level: m.collapse.iter().map(|c| c.mean_cosine).collect(),
+                collapse: CollapseByLevel::of(&m.collapse),
             };
-            serde_json::to_writer(&mut self.metrics, &rec)?;
-            self.metrics.write_all(b"\n")?;
-            self.metrics.flush()?;
-            let ranks: Vec<String> = rec
-                .effective_rank_by_level
-                .iter()
-                .map(|r| format!("{r:.1}"))
-                .collect();
+            self.write_record(&rec)?;
             self.bar.suspend(|| {
                 tracing::info!(
                     step = done,
@@ -290,7 +316,7 @@ impl RunObserver for Recorder {
                     recon = format!("{:.4}", losses.loss_recon),
                     images_per_s = format!("{images_per_s:.1}"),
                     halo_wait = format!("{:.0}%", 100.0 * rec.halo_wait_fraction),
-                    effective_rank = ranks.join(" "),
+                    effective_rank = rec.collapse.ranks_text(),
                     "step"
                 )
             });
@@ -316,23 +342,11 @@ impl RunObserver for Recorder {
 
     fn sleep_completed(&mut self, job: u64, after_step: u64, s: &SleepSummary) -> Result<()> {
         let cfg = &self.cfg;
-        let levels = |o: &Option<GridObservation>| -> serde_json::Value {
-            match o {
-                Some(o) => {
-                    let m = measure(cfg, o);
-                    serde_json::json!({
-                        "effective_rank_by_level":
-                            m.collapse.iter().map(|c| c.effective_rank).collect::<Vec<_>>(),
-                        "dim_std_by_level":
-                            m.collapse.iter().map(|c| c.mean_dim_std).collect::<Vec<_>>(),
-                        "mean_cosine_by_level":
-                            m.collapse.iter().map(|c| c.mean_cosine).collect::<Vec<_>>(),
-                    })
-                }
-                None => serde_json::Value::Null,
-            }
+        let measured = |o: &Option<GridObservation>| {
+            o.as_ref()
+                .map(|o| CollapseByLevel::of(&measure(cfg, o).collapse))
         };
-        let (before, after) = (levels(&s.before), levels(&s.after));
+        let (before, after) = (measured(&s.before), measured(&s.after));
         let rec = serde_json::json!({
             "step": after_step,
             "phase": "sleep",
@@ -346,29 +360,16 @@ impl RunObserver for Recorder {
             "bottom_up_before": before,
             "bottom_up_after": after,
         });
-        serde_json::to_writer(&mut self.metrics, &rec)?;
-        self.metrics.write_all(b"\n")?;
-        self.metrics.flush()?;
-        let rank_values = |v: &serde_json::Value| -> Vec<f64> {
-            v["effective_rank_by_level"]
-                .as_array()
-                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-                .unwrap_or_default()
+        self.write_record(&rec)?;
+        let ranks = |c: &Option<CollapseByLevel>| -> (Vec<f64>, String) {
+            c.as_ref().map_or_else(Default::default, |c| {
+                (c.effective_rank_by_level.clone(), c.ranks_text())
+            })
         };
-        self.telemetry
-            .sleep_job(s, &rank_values(&before), &rank_values(&after));
+        let ((rank_before, text_before), (rank_after, text_after)) =
+            (ranks(&before), ranks(&after));
+        self.telemetry.sleep_job(s, &rank_before, &rank_after);
         self.telemetry.phase(Phase::Awake);
-        let ranks = |v: &serde_json::Value| -> String {
-            v["effective_rank_by_level"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|r| format!("{:.1}", r.as_f64().unwrap_or(0.0)))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default()
-        };
         self.bar.suspend(|| {
             tracing::info!(
                 job,
@@ -378,7 +379,7 @@ impl RunObserver for Recorder {
                     "{:.4} -> {:.4}",
                     s.loss_negative_first, s.loss_negative_last
                 ),
-                bottom_up_rank = format!("{} -> {}", ranks(&before), ranks(&after)),
+                bottom_up_rank = format!("{text_before} -> {text_after}"),
                 "sleep job done; awake training resumes"
             )
         });
@@ -544,6 +545,12 @@ pub(crate) fn run(
     recorder.bar.set_position(first_step);
     let ck_root = dir.join("checkpoints");
     let train_started = Instant::now();
+    let coordinator = Coordinator::with_settings(
+        cfg.clone(),
+        n,
+        coordinator_settings(&cfg, &ck_root, resume),
+        Instant::now(),
+    )?;
     let end = match remote {
         None => {
             let train = data
@@ -551,17 +558,9 @@ pub(crate) fn run(
                 .expect("loaded for an embedded run")
                 .train
                 .clone();
-            rt.block_on(embedded(&cfg, n, &ck_root, resume, train, &mut recorder))
+            rt.block_on(embedded(&cfg, coordinator, train, &mut recorder))
         }
-        Some(ep) => rt.block_on(async {
-            let coordinator = Coordinator::with_settings(
-                cfg.clone(),
-                n,
-                coordinator_settings(&cfg, &ck_root, resume),
-                Instant::now(),
-            )?;
-            Ok(drive(coordinator, ep, &mut recorder).await?.steps)
-        }),
+        Some(ep) => rt.block_on(async { Ok(drive(coordinator, ep, &mut recorder).await?.steps) }),
     };
     recorder.finish();
     drop(endpoint);
@@ -646,28 +645,21 @@ fn share_cores(n: usize) {
     std::env::set_var("RAYON_NUM_THREADS", each.to_string());
 }
 
-/// The coordinator and `n` workers over loopback QUIC, with an ephemeral
-/// CA; returns the steps trained.
+/// `coordinator` and one worker per tile of its plan over loopback QUIC,
+/// with an ephemeral CA; returns the steps trained.
 async fn embedded(
     cfg: &Config,
-    n: usize,
-    ck_root: &Path,
-    resume: Option<ResumePoint>,
+    coordinator: Coordinator,
     train: Arc<dyn glom_worker::data::Dataset>,
     recorder: &mut Recorder,
 ) -> Result<u64> {
+    let n = coordinator.tiles().len();
     let ca = ClusterCa::new()?;
     let tuning = tuning(cfg);
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let id = ca.issue(COORDINATOR_NAME)?;
     let coord_ep = server_endpoint(loopback, server_config(&id, ca.cert(), &tuning)?, None)?;
     let coord_addr = coord_ep.local_addr()?;
-    let coordinator = Coordinator::with_settings(
-        cfg.clone(),
-        n,
-        coordinator_settings(cfg, ck_root, resume),
-        Instant::now(),
-    )?;
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let name = worker_name(i);
