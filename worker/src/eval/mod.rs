@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::psnr_db;
 use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
-use crate::learn::{make_batch, EVAL_KEY};
+use crate::learn::{make_batch, Batch, EVAL_KEY};
 use crate::model::{Glom, Mode, NoHalo, Settled};
 pub use probe::raw_pixel_probe;
 use probe::{probe_count, run_probe, ProbeSet};
@@ -280,7 +280,13 @@ fn batches(
 /// neighbour draws, as islands, probes and parse trees read them; `trace`
 /// keeps every iteration's states.
 pub fn settle_unmasked(model: &Glom, images: &[Image], trace: bool) -> Result<Settled> {
-    let batch = make_batch(
+    let batch = unmasked_batch(model, images)?;
+    model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, trace)
+}
+
+/// `images` cut into the patches of the model's tile, nothing hidden.
+pub fn unmasked_batch(model: &Glom, images: &[Image]) -> Result<Batch> {
+    make_batch(
         &model.cfg,
         images,
         &model.tile.locs,
@@ -288,8 +294,7 @@ pub fn settle_unmasked(model: &Glom, images: &[Image], trace: bool) -> Result<Se
         0.0,
         model.device(),
         model.dtype(),
-    )?;
-    model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, trace)
+    )
 }
 
 /// PSNR of the reconstruction of the hidden patches of the first `count`

@@ -23,7 +23,6 @@ use super::{run_sleep_with, ReplayBuffer, SleepParams, SleepReport};
 use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
 use crate::eval::settle_unmasked;
-use crate::learn::{make_batch, EVAL_KEY};
 use crate::model::{layer_norm, Glom};
 use crate::rng::Rng;
 
@@ -111,15 +110,7 @@ pub fn bottom_up_pass(model: &Glom, patches: &Tensor) -> Result<Vec<Tensor>> {
 /// changes, so the same images before and after a job show its effect.
 pub fn observe_bottom_up(model: &Glom, images: &[Image]) -> Result<Observation> {
     let cfg = &model.cfg;
-    let batch = make_batch(
-        cfg,
-        images,
-        &model.tile.locs,
-        EVAL_KEY,
-        0.0,
-        model.device(),
-        model.dtype(),
-    )?;
+    let batch = crate::eval::unmasked_batch(model, images)?;
     let levels = bottom_up_pass(model, &batch.input)?;
     let probes = crate::monitor::probe_outputs_by_level(model)?;
     let mut out = Vec::with_capacity(levels.len());
