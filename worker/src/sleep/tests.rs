@@ -56,6 +56,38 @@ fn settled_levels(model: &Glom, count: usize) -> Result<Vec<Tensor>> {
         .levels)
 }
 
+/// A tile's model beside the whole grid's: the grid's settled levels for
+/// `count` images, the tile's locations as an index, and those levels at
+/// the tile's locations (what the tile's replay buffer would hold).
+struct TileCase {
+    whole: Glom,
+    part: Glom,
+    levels: Vec<Tensor>,
+    idx: Tensor,
+    own: Vec<Tensor>,
+}
+
+fn tile_case(cfg: &Config, tile: &Tile, count: usize) -> Result<TileCase> {
+    let whole = Glom::new(cfg, Tile::whole(tile.grid), &Device::Cpu, DType::F32)?;
+    let part = Glom::new(cfg, tile.clone(), &Device::Cpu, DType::F32)?;
+    let levels = settled_levels(&whole, count)?;
+    let idx = Tensor::new(
+        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )?;
+    let own = levels
+        .iter()
+        .map(|t| t.index_select(&idx, 0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(TileCase {
+        whole,
+        part,
+        levels,
+        idx,
+        own,
+    })
+}
+
 fn snapshot(model: &Glom) -> Vec<(String, Vec<f32>)> {
     model
         .params
@@ -200,9 +232,7 @@ fn negative_phase_changes_only_bottom_up_nets() -> Result<()> {
 fn sleep_needs_no_halo() -> Result<()> {
     let cfg = small_cfg();
     let grid = Grid::square(cfg.grid_side());
-    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
-    let reach = whole
-        .neighbour_specs()
+    let reach = crate::model::neighbour_specs(&cfg)
         .iter()
         .map(|s| s.reach())
         .max()
@@ -210,16 +240,13 @@ fn sleep_needs_no_halo() -> Result<()> {
     let half = grid.rows / 2;
     let tile = Tile::rect(grid, 0..half, half..grid.cols, reach);
     assert!(!tile.halo.is_empty());
-    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
-    let levels = settled_levels(&whole, 6)?;
-    let idx = Tensor::new(
-        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
-        &Device::Cpu,
-    )?;
-    let own = levels
-        .iter()
-        .map(|t| t.index_select(&idx, 0))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let TileCase {
+        whole,
+        part,
+        levels,
+        idx,
+        own,
+    } = tile_case(&cfg, &tile, 6)?;
     let params = SleepParams {
         steps: 4,
         negative_steps: 2,
@@ -251,14 +278,14 @@ fn dream_with_a_location_code_is_per_location() -> Result<()> {
     cfg.model.weights = WeightMode::Shared;
     cfg.model.location_code = true;
     let grid = Grid::square(cfg.grid_side());
-    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
     let tile = Tile::rect(grid, 1..3, 0..2, 2);
-    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
-    let levels = settled_levels(&whole, 2)?;
-    let idx = Tensor::new(
-        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
-        &Device::Cpu,
-    )?;
+    let TileCase {
+        whole,
+        part,
+        levels,
+        idx,
+        ..
+    } = tile_case(&cfg, &tile, 2)?;
     let top = &levels[cfg.model.levels - 1];
     let a = dream(&whole, top)?;
     let b = dream(&part, &top.index_select(&idx, 0)?)?;
@@ -343,18 +370,14 @@ fn no_push_once_separated_beyond_the_margin() -> Result<()> {
 fn loss_shares_add_up_and_do_not_depend_on_the_tiling() -> Result<()> {
     let cfg = small_cfg();
     let grid = Grid::square(cfg.grid_side());
-    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
     let tile = Tile::rect(grid, 0..2, 1..4, 2);
-    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
-    let levels = settled_levels(&whole, 6)?;
-    let idx = Tensor::new(
-        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
-        &Device::Cpu,
-    )?;
-    let own = levels
-        .iter()
-        .map(|t| t.index_select(&idx, 0))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let TileCase {
+        whole,
+        part,
+        levels,
+        own,
+        ..
+    } = tile_case(&cfg, &tile, 6)?;
     let params = SleepParams {
         steps: 3,
         negative_steps: 1,
@@ -401,19 +424,15 @@ fn a_job_on_a_tile_without_peers_matches_the_whole_grid() -> Result<()> {
     cfg.sleep.negative_steps = 2;
     cfg.sleep.positive_steps = 1;
     let grid = Grid::square(cfg.grid_side());
-    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
     let tile = Tile::rect(grid, 1..4, 0..2, 2);
     assert!(!tile.halo.is_empty());
-    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
-    let levels = settled_levels(&whole, 6)?;
-    let idx = Tensor::new(
-        tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
-        &Device::Cpu,
-    )?;
-    let own = levels
-        .iter()
-        .map(|t| t.index_select(&idx, 0))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let TileCase {
+        whole,
+        part,
+        levels,
+        idx,
+        own,
+    } = tile_case(&cfg, &tile, 6)?;
     let data = scenes(&cfg);
     let images = observation_images(&cfg, &data);
     assert_eq!(images.len(), 3);
