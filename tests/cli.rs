@@ -3,7 +3,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use support::{failure, ok};
@@ -24,15 +24,8 @@ const TINY: &[&str] = &[
 ];
 
 fn glom(args: &[&str], sets: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
-    cmd.args(args);
-    for s in sets {
-        cmd.arg("--set").arg(s);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.env("RUST_LOG", "warn");
+    let mut cmd = support::glom(args, sets);
+    cmd.envs(env.iter().copied());
     cmd.output().expect("the glom binary runs")
 }
 

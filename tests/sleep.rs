@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use support::{failure, ok};
@@ -32,13 +32,9 @@ const TINY: &[&str] = &[
 ];
 
 fn glom(args: &[&str], sets: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
-    cmd.args(args);
-    for s in sets {
-        cmd.arg("--set").arg(s);
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd.output().expect("the glom binary runs")
+    support::glom(args, sets)
+        .output()
+        .expect("the glom binary runs")
 }
 
 fn sleep(input: &Path, out: &Path, sets: &[&str]) -> Output {

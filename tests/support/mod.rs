@@ -156,6 +156,17 @@ pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `glom ARGS --set S ...` (quiet: `RUST_LOG=warn`), ready to run.
+pub(crate) fn glom(args: &[&str], sets: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
+    cmd.args(args);
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
 /// The stdout of a `glom` run that must succeed (its stderr in the panic if not).
 pub(crate) fn ok(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
