@@ -64,8 +64,26 @@ enum Event {
 /// Outputs to one connection's writer.
 enum Out {
     Message(ControlMessage),
-    Close,
+    /// Flush, then close the connection with this QUIC application code
+    /// and reason.
+    Close {
+        code: u32,
+        reason: String,
+    },
 }
+
+impl Out {
+    /// An ordinary close, once everything queued is sent.
+    fn close() -> Self {
+        Out::Close {
+            code: 0,
+            reason: CLOSED.into(),
+        }
+    }
+}
+
+/// Reason of an ordinary close.
+const CLOSED: &str = "closed by the coordinator";
 
 /// Run the coordinator on `endpoint` until the run finishes or aborts.
 pub(crate) async fn drive(
@@ -118,7 +136,7 @@ pub(crate) async fn drive(
         }
         while let Some(conn) = coord.poll_close() {
             if let Some(w) = writers.remove(&conn) {
-                let _ = w.send(Out::Close);
+                let _ = w.send(Out::close());
             }
         }
         let mut end = None;
@@ -145,7 +163,7 @@ pub(crate) async fn drive(
     };
     // Let the writers flush the last messages (shutdowns) and close.
     for w in writers.values() {
-        let _ = w.send(Out::Close);
+        let _ = w.send(Out::close());
     }
     drop(writers);
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
@@ -244,7 +262,7 @@ async fn serve(
         let body = match rx.recv_body().await {
             Ok(Some(body)) => body,
             Ok(None) => break "the worker closed its stream".to_string(),
-            Err(e) => break bad_input(&connection, remote, &out_tx, format!("{e}")),
+            Err(e) => break bad_input(remote, &out_tx, format!("{e}")),
         };
         match decode_body::<ControlMessage>(&body, &limits) {
             Ok(msg) => {
@@ -263,39 +281,27 @@ async fn serve(
                         };
                         tracing::warn!(%remote, "refused a worker: {reason}");
                         let _ = out_tx.send(Out::Message(ControlMessage::Refused { reason }));
-                        let _ = out_tx.send(Out::Close);
+                        let _ = out_tx.send(Out::close());
                         break "protocol version mismatch".into();
                     }
                 }
-                break bad_input(
-                    &connection,
-                    remote,
-                    &out_tx,
-                    format!("unreadable message: {e}"),
-                );
+                break bad_input(remote, &out_tx, format!("unreadable message: {e}"));
             }
         }
     };
     let _ = events.send(Event::Closed(conn, why));
 }
 
-/// Log bad input, tell the sender why, and close its connection.
-fn bad_input(
-    connection: &Connection,
-    remote: SocketAddr,
-    out: &UnboundedSender<Out>,
-    why: String,
-) -> String {
+/// Log bad input, tell the sender why, and close its connection with the
+/// reason.
+fn bad_input(remote: SocketAddr, out: &UnboundedSender<Out>, why: String) -> String {
     tracing::warn!(%remote, "closing a control connection on bad input: {why}");
     let _ = out.send(Out::Message(ControlMessage::Error {
         message: format!("bad input: {why}"),
     }));
-    let _ = out.send(Out::Close);
-    let c = connection.clone();
-    let reason = why.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.close(VarInt::from_u32(BAD_INPUT), reason.as_bytes());
+    let _ = out.send(Out::Close {
+        code: BAD_INPUT,
+        reason: why.clone(),
     });
     why
 }
@@ -306,18 +312,20 @@ async fn writer(
     mut out: UnboundedReceiver<Out>,
     limits: Limits,
 ) {
-    while let Some(item) = out.recv().await {
-        match item {
-            Out::Message(msg) => {
+    // Until told to close, or every sender is gone (the run is over).
+    let (code, reason) = loop {
+        match out.recv().await {
+            Some(Out::Message(msg)) => {
                 if let Err(e) = glom_net::send(&mut send, &msg, &limits).await {
                     tracing::debug!("control stream write failed: {e}");
                     return;
                 }
             }
-            Out::Close => break,
+            Some(Out::Close { code, reason }) => break (code, reason),
+            None => break (0, CLOSED.into()),
         }
-    }
+    };
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-    connection.close(VarInt::from_u32(0), b"closed by the coordinator");
+    connection.close(VarInt::from_u32(code), reason.as_bytes());
 }
