@@ -151,12 +151,7 @@ fn the_same_seed_and_config_give_the_same_run() {
         v.into_iter()
             .map(|mut r| {
                 let o = r.as_object_mut().unwrap();
-                for timing in [
-                    "images_per_s",
-                    "wall_seconds",
-                    "step_seconds",
-                    "halo_wait_fraction",
-                ] {
+                for timing in support::TIMING_KEYS {
                     o.remove(timing);
                 }
                 r

@@ -67,14 +67,9 @@ fn records(dir: &Path) -> Vec<Value> {
         .map(|l| {
             let mut v: Value = serde_json::from_str(l).unwrap();
             let o = v.as_object_mut().unwrap();
-            for k in [
-                "images_per_s",
-                "wall_seconds",
-                "step_seconds",
-                "halo_wait_fraction",
-                "halo_bytes",
-            ] {
-                assert!(o.remove(k).is_some(), "record without {k}: {l}");
+            // Halo bytes depend on the tiling too.
+            for k in support::TIMING_KEYS.iter().chain(&["halo_bytes"]) {
+                assert!(o.remove(*k).is_some(), "record without {k}: {l}");
             }
             v
         })

@@ -156,6 +156,15 @@ pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Keys of a `metrics.jsonl` record that depend on timing, not on what
+/// was computed.
+pub(crate) const TIMING_KEYS: [&str; 4] = [
+    "images_per_s",
+    "wall_seconds",
+    "step_seconds",
+    "halo_wait_fraction",
+];
+
 /// `glom ARGS --set S ...` (quiet: `RUST_LOG=warn`), ready to run.
 pub(crate) fn glom(args: &[&str], sets: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
