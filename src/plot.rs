@@ -25,11 +25,15 @@ pub(crate) const WIDTH: usize = 960;
 pub(crate) const HEIGHT: usize = 540;
 
 /// The scalar keys of a record that the charts use.
-const SCALARS: [&str; 6] = [
+const SCALARS: [&str; 10] = [
     "loss_recon",
     "loss_distill_bu",
     "loss_distill_td",
     "loss_negative",
+    "loss_variance",
+    "loss_covariance",
+    "loss_contrastive",
+    "loss_autoencoder",
     "loss_total",
     "images_per_s",
 ];
@@ -62,6 +66,9 @@ pub(crate) const CHARTS: [Chart; 5] = [
             "loss_distill_bu",
             "loss_distill_td",
             "loss_negative",
+            "loss_covariance",
+            "loss_contrastive",
+            "loss_autoencoder",
             "loss_total",
         ],
         per_level: None,

@@ -37,6 +37,9 @@ pub(crate) struct Setup {
     pub(crate) distill_weight: f64,
     /// `train.steps`.
     pub(crate) steps: i64,
+    /// The anti-collapse terms that are on, e.g. `var 1 (log), cov 10`
+    /// (empty: positive-only).
+    pub(crate) terms: String,
 }
 
 /// The roles of the central question.
@@ -78,7 +81,12 @@ impl Setup {
             (_, _, false) => ", no distillation term",
             _ => "",
         };
-        format!("{weights} + {learning}{extra}")
+        let terms = if self.terms.is_empty() {
+            String::new()
+        } else {
+            format!(" + {}", self.terms)
+        };
+        format!("{weights} + {learning}{extra}{terms}")
     }
 }
 
@@ -96,6 +104,9 @@ pub(crate) struct Run {
     pub(crate) raw_pixel_probe: Option<f64>,
     /// The command that trained it (`command.txt`), when written.
     pub(crate) command: Option<String>,
+    /// Evaluations of its checkpoints over training, by step: the
+    /// `glom eval --json` outputs saved as `curve/step-<N>.json`.
+    pub(crate) curve: Vec<(u64, Figures)>,
 }
 
 impl Run {
@@ -120,6 +131,8 @@ pub(crate) struct Figures {
     pub(crate) images_per_s: Option<f64>,
     pub(crate) train_seconds: Option<f64>,
     pub(crate) wall_seconds: Option<f64>,
+    /// The smallest effective rank of the settled embeddings over levels.
+    pub(crate) min_rank: Option<f64>,
 }
 
 /// Reads one figure off an evaluation.
@@ -228,7 +241,67 @@ pub(crate) fn read_run(dir: &Path) -> Result<Run> {
         baseline,
         raw_pixel_probe,
         command,
+        curve: read_curve(&dir.join("curve"))?,
     })
+}
+
+/// The `step-<N>.json` evaluations in `dir` (none when it does not exist),
+/// in step order.
+fn read_curve(dir: &Path) -> Result<Vec<(u64, Figures)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => bail!("cannot read {}: {e}", dir.display()),
+    };
+    let mut curve = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        curve.push((step, figures(&v, "", &path.display().to_string())?));
+    }
+    curve.sort_by_key(|(step, _)| *step);
+    Ok(curve)
+}
+
+/// Every run's evaluations over training, one row per evaluated checkpoint.
+fn curves(w: &mut String, rows: &[&Run]) {
+    if rows.iter().all(|r| r.curve.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\n### Over training (`glom eval` of checkpoints)\n\n\
+         | run | step | ARI part | ARI object | ARI object k | min rank | PSNR dB | probe |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for r in rows {
+        for (step, f) in &r.curve {
+            let _ = writeln!(
+                w,
+                "| `{}` | {step} | {} | {} | {} | {} | {} | {} |",
+                r.name(),
+                cell(f.ari_part, 3),
+                cell(f.ari_object, 3),
+                cell(f.ari_object_k, 3),
+                cell(f.min_rank, 1),
+                cell(f.psnr_db, 2),
+                cell(f.probe, 3)
+            );
+        }
+    }
 }
 
 /// The variant keys of a resolved `config.toml`.
@@ -252,6 +325,47 @@ fn setup(config: &toml::Table, path: &Path) -> Result<Setup> {
             .with_context(|| format!("{}: {section}.{key} is {v}, not a number", path.display()))
     };
     let steps = get("train", "steps")?;
+    // Keys that older runs' configurations lack read as off.
+    let optional = |key: &str, off: f64| -> Result<f64> {
+        match config.get("train").and_then(|t| t.get(key)) {
+            None => Ok(off),
+            Some(_) => float("train", key),
+        }
+    };
+    let text = |key: &str| {
+        config
+            .get("train")
+            .and_then(|t| t.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut terms = Vec::new();
+    let var = optional("variance_weight", 0.0)?;
+    if var > 0.0 {
+        terms.push(match text("variance_form").as_str() {
+            "hinge" => format!("var {var} (hinge {})", optional("variance_target", 1.0)?),
+            form => format!("var {var} ({form})"),
+        });
+    }
+    for (key, name) in [("covariance_weight", "cov"), ("autoencoder_weight", "AE")] {
+        let w = optional(key, 0.0)?;
+        if w > 0.0 {
+            terms.push(format!("{name} {w}"));
+        }
+    }
+    let nce = optional("contrastive_weight", 0.0)?;
+    if nce > 0.0 {
+        terms.push(format!(
+            "InfoNCE {nce} ({}, tau {})",
+            text("contrastive_positive"),
+            optional("contrastive_temperature", 0.1)?
+        ));
+    }
+    let neg = optional("negative_weight", 0.0)?;
+    if neg > 0.0 {
+        terms.push(format!("hinge {neg}"));
+    }
     Ok(Setup {
         dataset: string("data", "source")?,
         shared: string("model", "weights")? == "shared",
@@ -260,6 +374,7 @@ fn setup(config: &toml::Table, path: &Path) -> Result<Setup> {
         steps: steps.as_integer().with_context(|| {
             format!("{}: train.steps is {steps}, not an integer", path.display())
         })?,
+        terms: terms.join(", "),
     })
 }
 
@@ -276,6 +391,10 @@ fn figures(v: &Value, prefix: &str, file: &str) -> Result<Figures> {
         images_per_s: n("images_per_s")?,
         train_seconds: n("train_seconds")?,
         wall_seconds: n("wall_seconds")?,
+        min_rank: v
+            .get("effective_rank_by_level")
+            .and_then(Value::as_array)
+            .and_then(|ranks| ranks.iter().filter_map(Value::as_f64).reduce(f64::min)),
     })
 }
 
@@ -455,6 +574,7 @@ fn section(w: &mut String, dataset: &str, rows: &[&Run]) {
     if !ari {
         let _ = writeln!(w, "\nNo part/object maps in this data: no ARI.");
     }
+    curves(w, rows);
     gap(w, rows);
 }
 
@@ -588,6 +708,7 @@ mod tests {
             bptt,
             distill_weight,
             steps: 300,
+            terms: String::new(),
         }
     }
 

@@ -248,15 +248,7 @@ impl RunObserver for Recorder {
     fn step(&mut self, step: u64, s: &StepSummary) -> Result<()> {
         let cfg = &self.cfg;
         let done = step + 1;
-        let losses = LossValues::from_shares(
-            cfg,
-            &[[
-                s.loss_recon,
-                s.loss_distill_bu,
-                s.loss_distill_td,
-                s.loss_negative,
-            ]],
-        );
+        let losses = LossValues::from_shares(cfg, &[s.losses]);
         if !losses.loss_total.is_finite() {
             return Err(anyhow!(
                 "loss became {} at step {done}: lower train.learning_rate",

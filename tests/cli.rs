@@ -78,6 +78,10 @@ fn train_writes_a_complete_run_that_eval_reads() {
             "loss_distill_bu",
             "loss_distill_td",
             "loss_negative",
+            "loss_variance",
+            "loss_covariance",
+            "loss_contrastive",
+            "loss_autoencoder",
             "loss_total",
         ] {
             assert!(r[key].as_f64().unwrap().is_finite(), "{key}");

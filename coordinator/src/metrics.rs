@@ -8,17 +8,15 @@
 //! times are also kept per worker, and the maximum is the cluster's, since
 //! the slowest worker sets the pace.
 
-use glom_protocol::message::{Observation, StepMetrics};
+use glom_protocol::message::{LossShares, Observation, StepMetrics, LOSS_TERMS};
 use serde::{Deserialize, Serialize};
 
 /// One step's metrics over the grid, for the driver to log and export.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepSummary {
-    /// Grid means of the loss terms.
-    pub loss_recon: f64,
-    pub loss_distill_bu: f64,
-    pub loss_distill_td: f64,
-    pub loss_negative: f64,
+    /// Grid means of the loss terms, in the order of
+    /// [`glom_protocol::message::LOSS_TERM_NAMES`].
+    pub losses: LossShares,
     /// Locations that reported (the grid size when every worker did).
     pub locations: u64,
     /// Halo bytes sent by all workers: compare with the plan's minimum.
@@ -84,7 +82,7 @@ pub(crate) struct StepAccumulator {
     /// Workers that reported.
     pub(crate) reports: usize,
     /// Per global location: its loss terms, once reported.
-    losses: Vec<Option<[f64; 4]>>,
+    losses: Vec<Option<LossShares>>,
     workers: Vec<WorkerStep>,
     observed: Vec<Observed>,
 }
@@ -163,7 +161,7 @@ impl StepAccumulator {
 
     /// The summary of the reports.
     pub(crate) fn finish(mut self) -> StepSummary {
-        let mut sums = [0f64; 4];
+        let mut sums = [0f64; LOSS_TERMS];
         let mut locations = 0;
         for l in self.losses.iter().flatten() {
             locations += 1;
@@ -179,10 +177,7 @@ impl StepAccumulator {
             .collect();
         let observation = grid_observation(self.losses.len(), &parts);
         StepSummary {
-            loss_recon: sums[0],
-            loss_distill_bu: sums[1],
-            loss_distill_td: sums[2],
-            loss_negative: sums[3],
+            losses: sums,
             locations,
             halo_bytes_sent: self.workers.iter().map(|w| w.halo_bytes_sent).sum(),
             halo_bytes_received: self.workers.iter().map(|w| w.halo_bytes_received).sum(),
@@ -277,7 +272,11 @@ mod tests {
         StepMetrics {
             losses: locations
                 .iter()
-                .map(|_| [loss, 2.0 * loss, 0.0, 0.0])
+                .map(|_| {
+                    let mut l = [0.0; LOSS_TERMS];
+                    (l[0], l[1]) = (loss, 2.0 * loss);
+                    l
+                })
                 .collect(),
             locations,
             halo_bytes_sent: 100,
@@ -296,8 +295,7 @@ mod tests {
         acc.add(0, metrics(vec![0, 2], 0.125, 0.25)).unwrap();
         assert_eq!(acc.reports, 2);
         let s = acc.finish();
-        assert_eq!(s.loss_recon, 0.75);
-        assert_eq!(s.loss_distill_bu, 1.5);
+        assert_eq!((s.losses[0], s.losses[1]), (0.75, 1.5));
         assert_eq!(s.locations, 4);
         assert_eq!((s.halo_bytes_sent, s.halo_bytes_received), (200, 180));
         assert_eq!((s.max_halo_wait_seconds, s.max_step_seconds), (0.5, 1.5));

@@ -65,6 +65,32 @@ pub enum Learning {
     Bptt,
 }
 
+/// Shape of the variance term of the awake objective (see
+/// [`TrainConfig::variance_weight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceForm {
+    /// `-mean_k log(Var_k + eps)`: a barrier that never stops pushing the
+    /// spread up (Halvagal & Zenke 2023, "latent predictive learning").
+    Log,
+    /// `mean_k relu(target - sqrt(Var_k + eps))`: no pressure once the
+    /// standard deviation reaches `train.variance_target` (VICReg, Bardes
+    /// et al. 2022; paper section 7: keep apart, not push apart).
+    Hinge,
+}
+
+/// What a prediction is pulled toward in the contrastive term (see
+/// [`TrainConfig::contrastive_weight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContrastivePositive {
+    /// The consensus (the new state) of the same image and location.
+    Consensus,
+    /// The lateral attention output of the same image and location: the
+    /// mean of the neighbours the location chose to agree with.
+    Lateral,
+}
+
 /// Where images come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,6 +222,29 @@ pub struct TrainConfig {
     pub negative_weight: f64,
     /// Cosine similarity above which a negative pair is penalised.
     pub negative_margin: f64,
+    /// Weight of the variance term on every raw bottom-up and top-down
+    /// prediction, with statistics over the images of the batch at each
+    /// location separately (so locations of one image may agree); 0 = off.
+    pub variance_weight: f64,
+    /// `"log"` barrier or `"hinge"` on the standard deviation.
+    pub variance_form: VarianceForm,
+    /// Hinge form: per-dimension standard deviation below which the term
+    /// pushes (predictions are on the scale of layer-normalised vectors).
+    pub variance_target: f64,
+    /// Weight of the decorrelation term: mean squared off-diagonal
+    /// covariance over the batch, per location; 0 = off.
+    pub covariance_weight: f64,
+    /// Weight of the InfoNCE term: each prediction picks its positive among
+    /// the positives of the other images of the batch at the same location
+    /// (negatives never come from another location); 0 = off.
+    pub contrastive_weight: f64,
+    /// Temperature of the InfoNCE term (cosine similarities are divided by it).
+    pub contrastive_temperature: f64,
+    /// `"consensus"` or `"lateral"`: the positive of the InfoNCE term.
+    pub contrastive_positive: ContrastivePositive,
+    /// Weight of the local autoencoder term `TD[l](BU[l+1](e[l])) ~ e[l]`
+    /// per level below the top; 0 = off.
+    pub autoencoder_weight: f64,
     /// Log a metrics record every this many steps.
     pub log_every: u64,
     /// Embeddings per level sampled for the collapse measures.
@@ -216,6 +265,14 @@ impl Default for TrainConfig {
             distill_weight: 1.0,
             negative_weight: 0.0,
             negative_margin: 0.2,
+            variance_weight: 0.0,
+            variance_form: VarianceForm::Log,
+            variance_target: 1.0,
+            covariance_weight: 0.0,
+            contrastive_weight: 0.0,
+            contrastive_temperature: 0.1,
+            contrastive_positive: ContrastivePositive::Consensus,
+            autoencoder_weight: 0.0,
             log_every: 10,
             rank_sample: 256,
         }
@@ -610,6 +667,33 @@ impl Config {
             (-1.0..=1.0).contains(&t.negative_margin),
             "train.negative_margin",
             || format!("{} must be in [-1, 1]", t.negative_margin),
+        )?;
+        finite_nonneg(t.variance_weight, "train.variance_weight")?;
+        check(
+            t.variance_target.is_finite() && t.variance_target > 0.0,
+            "train.variance_target",
+            || format!("{} must be > 0", t.variance_target),
+        )?;
+        finite_nonneg(t.covariance_weight, "train.covariance_weight")?;
+        finite_nonneg(t.contrastive_weight, "train.contrastive_weight")?;
+        check(
+            t.contrastive_temperature.is_finite() && t.contrastive_temperature > 0.0,
+            "train.contrastive_temperature",
+            || format!("{} must be > 0", t.contrastive_temperature),
+        )?;
+        finite_nonneg(t.autoencoder_weight, "train.autoencoder_weight")?;
+        let batch_terms =
+            t.variance_weight > 0.0 || t.covariance_weight > 0.0 || t.contrastive_weight > 0.0;
+        check(
+            !batch_terms || t.batch_size >= 2,
+            "train.batch_size",
+            || {
+                format!(
+                    "{} is too small for the variance, covariance and contrastive terms, \
+                 whose statistics are over the images of the batch: use at least 2",
+                    t.batch_size
+                )
+            },
         )?;
         check(t.log_every >= 1, "train.log_every", || {
             format!("{} must be positive", t.log_every)

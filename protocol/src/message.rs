@@ -24,7 +24,29 @@ use crate::manifest::ShardEntry;
 /// Version of the messages and framing of this build. A peer with another
 /// version is refused at the handshake: a field added or reordered would
 /// otherwise decode as garbage or, worse, as wrong values.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: a step's loss shares carry [`LOSS_TERMS`] terms (the
+/// anti-collapse terms were added).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Number of loss terms a worker reports per location.
+pub const LOSS_TERMS: usize = 8;
+
+/// Names of the loss terms, in the order of [`LossShares`] (also the
+/// `loss_<name>` keys of metrics records).
+pub const LOSS_TERM_NAMES: [&str; LOSS_TERMS] = [
+    "recon",
+    "distill_bu",
+    "distill_td",
+    "negative",
+    "variance",
+    "covariance",
+    "contrastive",
+    "autoencoder",
+];
+
+/// One location's share of every grid-mean loss term, in the order of
+/// [`LOSS_TERM_NAMES`].
+pub type LossShares = [f64; LOSS_TERMS];
 
 /// Traffic between a worker and the coordinator. The direction of each
 /// variant is given in its doc (`w -> c` or `c -> w`).
@@ -257,11 +279,10 @@ pub struct StepMetrics {
     /// Global ids of the worker's own locations: the order of `losses` and
     /// of every per-location vector of the [`Observation`].
     pub locations: Vec<u32>,
-    /// Per location: its share of each grid-mean loss term (reconstruction,
-    /// bottom-up distillation, top-down distillation, awake negative),
-    /// already divided by the grid-wide normaliser, so the grid's loss is
-    /// their sum over all locations.
-    pub losses: Vec<[f64; 4]>,
+    /// Per location: its share of each grid-mean loss term (in the order
+    /// of [`LOSS_TERM_NAMES`]), already divided by the grid-wide
+    /// normaliser, so the grid's loss is their sum over all locations.
+    pub losses: Vec<LossShares>,
     /// Halo bytes this worker put on the wire (framed), to compare with the
     /// plan's minimum.
     pub halo_bytes_sent: u64,

@@ -304,13 +304,7 @@ impl Telemetry for PromTelemetry {
         self.step_seconds.observe(r.seconds);
         self.images_per_second.set(r.images_per_second);
         let l = &r.losses;
-        for (term, v) in [
-            ("recon", l.loss_recon),
-            ("distill_bu", l.loss_distill_bu),
-            ("distill_td", l.loss_distill_td),
-            ("negative", l.loss_negative),
-            ("total", l.loss_total),
-        ] {
+        for (term, v) in l.named() {
             self.loss.with_label_values(&[term]).set(v);
         }
     }

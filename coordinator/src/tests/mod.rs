@@ -33,11 +33,13 @@ pub(crate) fn config(steps: u64, every: u64) -> Config {
     cfg
 }
 
-/// Metrics of a step on `locations`, each with loss terms `loss`: 1000 halo
-/// bytes each way.
+/// Metrics of a step on `locations`, each with the first loss terms
+/// `loss` (the others 0): 1000 halo bytes each way.
 pub(crate) fn metrics(locations: Vec<u32>, loss: [f64; 4]) -> StepMetrics {
+    let mut shares = [0.0; glom_protocol::message::LOSS_TERMS];
+    shares[..loss.len()].copy_from_slice(&loss);
     StepMetrics {
-        losses: vec![loss; locations.len()],
+        losses: vec![shares; locations.len()],
         locations,
         halo_bytes_sent: 1000,
         halo_bytes_received: 1000,

@@ -51,7 +51,7 @@ fn full_run(n: usize) {
             Action::StepCompleted { step, summary } => {
                 assert_eq!(summary.locations, 64, "step {step}");
                 // Every location reported 1/64 of loss_recon = step + 1.
-                assert_eq!(summary.loss_recon, (step + 1) as f64);
+                assert_eq!(summary.losses[0], (step + 1) as f64);
                 assert_eq!(summary.halo_bytes_sent, 1000 * n as u64);
                 assert_eq!(summary.max_halo_wait_seconds, 0.01 * (n - 1) as f64);
                 Some(*step)

@@ -32,7 +32,7 @@ use candle_core::{DType, Tensor};
 use glom_protocol::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::psnr_db;
+use crate::analysis::{collapse_stats, psnr_db};
 use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
 use crate::learn::{make_batch, Batch, EVAL_KEY};
@@ -54,6 +54,14 @@ const FALLBACK_MASK_FRACTION: f64 = 0.3;
 pub struct EvalReport {
     /// Reconstruction PSNR (dB) of the masked patches of the held-out images.
     pub recon_psnr_db: f64,
+    /// PSNR (dB) of a trivial inpainting of the same hidden patches, on the
+    /// same images and masks: each hidden pixel is the mean of the same
+    /// pixel in the visible patches among the 8 around it (of every visible
+    /// patch of the image if none is, 0 if the image has none). A model
+    /// whose `recon_psnr_db` is below it has learnt less than averaging.
+    /// The same for the trained model and its random initialisation.
+    #[serde(default)]
+    pub inpaint_baseline_psnr_db: f64,
     /// Threshold-island ARI against parts, at the best level (None when
     /// the data has no maps).
     pub island_ari_part: Option<f64>,
@@ -78,6 +86,17 @@ pub struct EvalReport {
     pub probe_accuracy: Option<f64>,
     /// Mean number of threshold islands per image, per level.
     pub islands_per_image_by_level: Vec<f64>,
+    /// Collapse measures of the settled embeddings of every location of
+    /// the `eval.images` held-out images, per level: RankMe effective rank
+    /// (1 = one direction, d = fully spread), mean per-dimension std of the
+    /// normalised vectors (0 = collapsed) and mean pairwise cosine (1 =
+    /// collapsed); see [`crate::analysis::collapse_stats`].
+    #[serde(default)]
+    pub effective_rank_by_level: Vec<f64>,
+    #[serde(default)]
+    pub dim_std_by_level: Vec<f64>,
+    #[serde(default)]
+    pub mean_cosine_by_level: Vec<f64>,
 }
 
 /// The island scores of one level, averaged over the held-out images.
@@ -136,10 +155,12 @@ pub fn evaluate(
         available(probe_train, n_probe),
     );
 
-    let recon_psnr_db = reconstruction_psnr(model, held_out, n_eval, progress)?;
+    let (recon_psnr_db, inpaint_baseline_psnr_db) =
+        reconstruction_psnr(model, held_out, n_eval, progress)?;
 
     let levels = cfg.model.levels;
     let mut totals = vec![LevelTotals::default(); levels];
+    let mut collapse_rows = vec![Vec::new(); levels];
     let mut test = ProbeSet::default();
     batches(
         model,
@@ -152,6 +173,9 @@ pub fn evaluate(
             for (b, image) in images.iter().enumerate() {
                 if start + b < n_eval {
                     score_levels(cfg, &rows, b, images.len(), image, &mut totals);
+                    for (all, level) in collapse_rows.iter_mut().zip(&rows) {
+                        all.extend(image_rows(level, b, images.len(), cfg.model.dim));
+                    }
                 }
             }
             test.extend(settled, images, n_test.saturating_sub(start))
@@ -168,8 +192,13 @@ pub fn evaluate(
         |_, images, settled| train.extend(settled, images, images.len()),
     )?;
 
+    let collapse: Vec<_> = collapse_rows
+        .iter()
+        .map(|rows| collapse_stats(rows, cfg.model.dim))
+        .collect();
     let mut report = EvalReport {
         recon_psnr_db,
+        inpaint_baseline_psnr_db,
         island_ari_part: None,
         island_ari_object: None,
         island_ari_part_k: None,
@@ -181,6 +210,9 @@ pub fn evaluate(
         island_ari_by_level: Vec::new(),
         probe_accuracy: None,
         islands_per_image_by_level: Vec::new(),
+        effective_rank_by_level: collapse.iter().map(|c| c.effective_rank).collect(),
+        dim_std_by_level: collapse.iter().map(|c| c.mean_dim_std).collect(),
+        mean_cosine_by_level: collapse.iter().map(|c| c.mean_cosine).collect(),
     };
     score::fill_islands(&mut report, &totals);
     report.probe_accuracy = run_probe(cfg, held_out, &train, &test, cfg.model.dim);
@@ -298,13 +330,14 @@ pub fn unmasked_batch(model: &Glom, images: &[Image]) -> Result<Batch> {
 }
 
 /// PSNR of the reconstruction of the hidden patches of the first `count`
-/// images (of every patch if none happens to be hidden).
+/// images (of every patch if none happens to be hidden), and of the trivial
+/// inpainting ([`inpaint_neighbour_mean`]) of the same patches.
 fn reconstruction_psnr(
     model: &Glom,
     data: &dyn Dataset,
     count: usize,
     progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let cfg = &model.cfg;
     let fraction = if cfg.train.mask_fraction > 0.0 {
         cfg.train.mask_fraction
@@ -312,6 +345,8 @@ fn reconstruction_psnr(
         FALLBACK_MASK_FRACTION
     };
     let (mut hidden_sq, mut hidden_n, mut all_sq, mut all_n) = (0f64, 0f64, 0f64, 0f64);
+    let (mut trivial_hidden_sq, mut trivial_all_sq) = (0f64, 0f64);
+    let side = cfg.grid_side();
     let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_scalar::<f64>()?) };
     for start in (0..count).step_by(BATCH) {
         let images: Vec<Image> = (start..count.min(start + BATCH))
@@ -335,14 +370,87 @@ fn reconstruction_psnr(
         hidden_n += scalar(hidden.sum_all()?)? * sq.dim(2)? as f64;
         all_sq += scalar(sq.sum_all()?)?;
         all_n += sq.elem_count() as f64;
+        let trivial = inpaint_neighbour_mean(&batch, side)?;
+        let tsq = (trivial - &batch.target)?.sqr()?.to_dtype(DType::F64)?;
+        trivial_hidden_sq += scalar(tsq.broadcast_mul(&hidden)?.sum_all()?)?;
+        trivial_all_sq += scalar(tsq.sum_all()?)?;
         progress("reconstruction", start + images.len(), count);
     }
-    let mse = if hidden_n > 0.0 {
-        hidden_sq / hidden_n
-    } else {
-        all_sq / all_n.max(1.0)
+    let psnr = |hidden_sq: f64, all_sq: f64| {
+        psnr_db(if hidden_n > 0.0 {
+            hidden_sq / hidden_n
+        } else {
+            all_sq / all_n.max(1.0)
+        })
     };
-    Ok(psnr_db(mse))
+    Ok((
+        psnr(hidden_sq, all_sq),
+        psnr(trivial_hidden_sq, trivial_all_sq),
+    ))
+}
+
+/// The trivial inpainting baseline of a whole-grid batch (`[P, B, pixels]`
+/// on a `side x side` grid, row-major): every hidden patch becomes the
+/// pixelwise mean of the visible patches among its 8 neighbours, or of
+/// every visible patch of its image when none of those is visible, or 0
+/// when the image has no visible patch; visible patches stay as they are.
+pub fn inpaint_neighbour_mean(batch: &Batch, side: usize) -> Result<Tensor> {
+    let (p, b, pix) = batch.input.dims3()?;
+    if p != side * side {
+        return Err(Error::Shape(format!(
+            "inpainting needs the whole {side}x{side} grid, got {p} locations"
+        )));
+    }
+    let input: Vec<f32> = batch.input.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let hidden: Vec<f32> = batch
+        .hidden
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let at = |loc: usize, img: usize| (loc * b + img) * pix;
+    let visible = |loc: usize, img: usize| hidden[loc * b + img] == 0.0;
+    let mut out = input.clone();
+    for img in 0..b {
+        let all_visible: Vec<usize> = (0..p).filter(|&l| visible(l, img)).collect();
+        for loc in (0..p).filter(|&l| !visible(l, img)) {
+            let (r, c) = ((loc / side) as isize, (loc % side) as isize);
+            let around: Vec<usize> = (-1..=1)
+                .flat_map(|dr| (-1..=1).map(move |dc| (r + dr, c + dc)))
+                .filter(|&(y, x)| {
+                    (y, x) != (r, c)
+                        && (0..side as isize).contains(&y)
+                        && (0..side as isize).contains(&x)
+                })
+                .map(|(y, x)| y as usize * side + x as usize)
+                .filter(|&l| visible(l, img))
+                .collect();
+            let from = if around.is_empty() {
+                &all_visible
+            } else {
+                &around
+            };
+            if from.is_empty() {
+                continue; // hidden input patches are already 0
+            }
+            for i in 0..pix {
+                let sum: f32 = from.iter().map(|&l| input[at(l, img) + i]).sum();
+                out[at(loc, img) + i] = sum / from.len() as f32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (p, b, pix), batch.input.device())?.to_dtype(batch.input.dtype())?)
+}
+
+/// The `dim`-vectors of image `b` (of `batch_len`) at every location, from
+/// one level's `[P, B, d]` values.
+fn image_rows(level: &[f32], b: usize, batch_len: usize, dim: usize) -> Vec<f32> {
+    let locations = level.len() / (batch_len * dim).max(1);
+    (0..locations)
+        .flat_map(|p| {
+            let at = (p * batch_len + b) * dim;
+            level[at..at + dim].iter().copied()
+        })
+        .collect()
 }
 
 /// Every level of a settled batch as `f32` values in `[P, B, d]` order.

@@ -1,14 +1,16 @@
 //! Scoring the islands of one image at one level, on plain numbers, and
 //! averaging those scores over images.
 //!
-//! The vectors of one image are centred first (the per-image mean removed),
-//! because a component that every location shares says nothing about
-//! grouping and would otherwise merge everything under a fixed threshold.
-//! Two clusterings are then scored:
-//! - *threshold islands*: average-linkage merging while the cosine distance
-//!   stays under `eval.island_threshold`; this is the paper's notion of an
-//!   island of agreement and is scored against both the part and the object map;
-//! - *k clusters*: the same merging stopped at the true number of segments
+//! Two clusterings are scored:
+//! - *threshold islands*: average-linkage merging of the vectors as they
+//!   are while the cosine distance stays under `eval.island_threshold`;
+//!   this is the paper's notion of an island of agreement (section 7), the
+//!   headline, scored against both the part and the object map. Nothing is
+//!   subtracted first, so a collapsed level (every location the same
+//!   vector) is one island, and a blank image parses into one island per
+//!   level when the model treats its locations alike;
+//! - *k clusters* (a diagnostic): the vectors of the image centred (its
+//!   mean vector removed), then merged down to the true number of segments
 //!   of the map it is scored against. It shows whether grouping information
 //!   survives as small deviations even when the vectors have drifted
 //!   together and the threshold sees a single island.
@@ -69,13 +71,9 @@ pub struct ImageScores {
 }
 
 /// Threshold islands of one image: labels `0..m`, one per location, for
-/// `vectors` holding one row of `dim` values per location.
+/// `vectors` holding one row of `dim` values per location (not centred).
 pub fn threshold_islands(vectors: &[f32], dim: usize, threshold: f64) -> Vec<usize> {
-    agglomerate(
-        &center_rows(vectors, dim),
-        dim,
-        Stop::Threshold(threshold as f32),
-    )
+    agglomerate(vectors, dim, Stop::Threshold(threshold as f32))
 }
 
 /// Score the embedding field of one image at one level against its
@@ -98,7 +96,7 @@ pub fn score_image(
         part_loc.len(),
         object_loc.len()
     );
-    let islands = agglomerate(&centred, dim, Stop::Threshold(threshold as f32));
+    let islands = threshold_islands(vectors, dim, threshold);
     let by_parts = agglomerate(&centred, dim, Stop::Clusters(segments(part_loc)));
     let by_objects = agglomerate(&centred, dim, Stop::Clusters(segments(object_loc)));
     let part: Vec<usize> = part_loc.iter().map(|&id| usize::from(id)).collect();

@@ -263,3 +263,59 @@ fn a_tile_smaller_than_the_grid_is_refused() {
     let err = evaluate(&m, &held, &held, &mut |_, _, _| {}).unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err}");
 }
+
+#[test]
+fn threshold_islands_are_not_centred_so_a_shared_vector_is_one_island() {
+    // Every location carries the same large direction plus a small private
+    // one: centring would make 16 islands of the private parts, but the
+    // vectors as they are all agree within the threshold.
+    let rows: Vec<f32> = (0..16)
+        .flat_map(|i| {
+            let mut v = vec![10.0, 0.0, 0.0, 0.0];
+            v[1 + i % 3] = 1.0;
+            v
+        })
+        .collect();
+    assert_eq!(threshold_islands(&rows, 4, 0.3), vec![0; 16]);
+    let object: Vec<u16> = (0..16).map(|i| u16::from(i % 4 >= 2)).collect();
+    let s = score_image(&rows, 4, &object, &object, 0.3);
+    assert_eq!((s.islands, s.all.object), (1, 0.0));
+}
+
+#[test]
+fn the_inpainting_baseline_averages_the_visible_neighbours() {
+    // 2x2 grid, one image, 1-pixel patches of values 1, 2, 3, 4; location 0
+    // hidden: its neighbours 1, 2, 3 are all visible, mean 3.
+    let t = |v: Vec<f32>, shape: (usize, usize, usize)| {
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let batch = Batch {
+        input: t(vec![0.0, 2.0, 3.0, 4.0], (4, 1, 1)),
+        target: t(vec![1.0, 2.0, 3.0, 4.0], (4, 1, 1)),
+        hidden: t(vec![1.0, 0.0, 0.0, 0.0], (4, 1, 1)),
+    };
+    let got: Vec<f32> = inpaint_neighbour_mean(&batch, 2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, vec![3.0, 2.0, 3.0, 4.0]);
+    // Every patch hidden: nothing to average, the hidden zeros stay.
+    let none = Batch {
+        input: t(vec![0.0; 4], (4, 1, 1)),
+        hidden: t(vec![1.0; 4], (4, 1, 1)),
+        ..batch
+    };
+    let got: Vec<f32> = inpaint_neighbour_mean(&none, 2)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, vec![0.0; 4]);
+    assert!(
+        inpaint_neighbour_mean(&none, 3).is_err(),
+        "grid of 9, batch of 4"
+    );
+}

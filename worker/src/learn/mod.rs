@@ -9,7 +9,12 @@
 //! - distillation: squared error of every bottom-up (front end included) and
 //!   top-down prediction toward the detached consensus, at every iteration;
 //! - negative (awake, optional): hinge on cosine similarity to unrelated
-//!   consensus vectors above `train.negative_margin`.
+//!   consensus vectors above `train.negative_margin`;
+//! - anti-collapse terms (optional, [`crate::model::terms`]): variance and
+//!   covariance of every student's raw prediction over the batch at its
+//!   location, InfoNCE against other images at the same location, and the
+//!   local autoencoder of each level; the first three are means per
+//!   student and iteration, InfoNCE also per image.
 
 pub mod adam;
 
@@ -17,6 +22,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use glom_protocol::config::Config;
+use glom_protocol::message::{LossShares, LOSS_TERMS, LOSS_TERM_NAMES};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{patchify, Dataset, Image};
@@ -107,20 +113,25 @@ pub struct LossValues {
     pub loss_distill_bu: f64,
     pub loss_distill_td: f64,
     pub loss_negative: f64,
+    pub loss_variance: f64,
+    pub loss_covariance: f64,
+    pub loss_contrastive: f64,
+    pub loss_autoencoder: f64,
     pub loss_total: f64,
 }
 
 /// The objective of a settled batch: a differentiable scalar, its terms'
-/// values, and each location's share of every term (recon, distill_bu,
-/// distill_td, negative; their sums over the grid's locations are the
+/// values, and each location's share of every term (in the order of
+/// [`LOSS_TERM_NAMES`]; their sums over the grid's locations are the
 /// values, added in location order by whoever holds the whole grid).
 pub fn objective(
     model: &Glom,
     batch: &Batch,
     settled: &crate::model::Settled,
-) -> Result<(Tensor, LossValues, Vec<[f64; 4]>)> {
+) -> Result<(Tensor, LossValues, Vec<LossShares>)> {
     let cfg = &model.cfg;
     let (_, b, pix) = batch.target.dims3()?;
+    let (b, pix) = (b as f64, pix as f64);
     let n = model.tile.grid.len() as f64;
     let (k, t, d) = (
         cfg.model.levels as f64,
@@ -132,55 +143,106 @@ pub fn objective(
     let weight = ((&batch.hidden + (visible * tr.recon_visible_weight)?)?)
         .broadcast_as(batch.target.shape())?;
     let sq = (&settled.recon - &batch.target)?.sqr()?;
-    let recon_loc = ((sq * weight)?.sum(2)?.sum(1)? / (n * b as f64 * pix as f64))?;
-    let bu_loc = (&settled.distill_bu / (n * b as f64 * d * t * k))?;
-    let td_count = (k - 1.0).max(1.0);
-    let td_loc = (&settled.distill_td / (n * b as f64 * d * t * td_count))?;
-    let neg_loc = (&settled.negative / (n * b as f64 * t * k))?;
-    let (recon, bu, td, neg) = (
-        recon_loc.sum_all()?,
-        bu_loc.sum_all()?,
-        td_loc.sum_all()?,
-        neg_loc.sum_all()?,
-    );
-    let total = ((&recon * tr.recon_weight)? + ((&bu + &td)? * tr.distill_weight)?)?;
-    let total = (total + (&neg * tr.negative_weight)?)?;
-    let values_of = |x: &Tensor| -> Result<Vec<f64>> { Ok(x.to_dtype(DType::F64)?.to_vec1()?) };
-    let terms = [
-        values_of(&recon_loc)?,
-        values_of(&bu_loc)?,
-        values_of(&td_loc)?,
-        values_of(&neg_loc)?,
+    let below_top = (k - 1.0).max(1.0);
+    // Every student: a bottom-up net per level, a top-down one per level
+    // below the top, at every iteration.
+    let students = t * (k + k - 1.0);
+    let per_location = [
+        ((sq * weight)?.sum(2)?.sum(1)? / (n * b * pix))?,
+        (&settled.distill_bu / (n * b * d * t * k))?,
+        (&settled.distill_td / (n * b * d * t * below_top))?,
+        (&settled.negative / (n * b * t * k))?,
+        (&settled.variance / (n * students))?,
+        (&settled.covariance / (n * students))?,
+        (&settled.contrastive / (n * b * students))?,
+        (&settled.autoencoder / (n * b * d * t * below_top))?,
     ];
-    let per_location: Vec<[f64; 4]> = (0..terms[0].len())
-        .map(|i| [terms[0][i], terms[1][i], terms[2][i], terms[3][i]])
+    let weights = term_weights(cfg);
+    let mut total: Option<Tensor> = None;
+    for (x, w) in per_location.iter().zip(weights) {
+        if w != 0.0 {
+            let term = (x.sum_all()? * w)?;
+            total = Some(match total {
+                Some(sum) => (sum + term)?,
+                None => term,
+            });
+        }
+    }
+    let total = match total {
+        Some(x) => x,
+        None => per_location[0].sum_all()?.zeros_like()?,
+    };
+    let terms = per_location
+        .iter()
+        .map(|x| Ok(x.to_dtype(DType::F64)?.to_vec1::<f64>()?))
+        .collect::<Result<Vec<_>>>()?;
+    let shares: Vec<LossShares> = (0..terms[0].len())
+        .map(|i| std::array::from_fn(|j| terms[j][i]))
         .collect();
-    let values = LossValues::from_shares(cfg, &per_location);
-    Ok((total, values, per_location))
+    let values = LossValues::from_shares(cfg, &shares);
+    Ok((total, values, shares))
+}
+
+/// The weight of every loss term in the total, in the order of [`LOSS_TERM_NAMES`].
+pub fn term_weights(cfg: &Config) -> [f64; LOSS_TERMS] {
+    let t = &cfg.train;
+    [
+        t.recon_weight,
+        t.distill_weight,
+        t.distill_weight,
+        t.negative_weight,
+        t.variance_weight,
+        t.covariance_weight,
+        t.contrastive_weight,
+        t.autoencoder_weight,
+    ]
 }
 
 impl LossValues {
     /// The terms from every location's shares, added in the order given
     /// (the grid's location order gives the same bits on any tiling), and
     /// their weighted total.
-    pub fn from_shares(cfg: &Config, shares: &[[f64; 4]]) -> Self {
-        let mut sums = [0f64; 4];
+    pub fn from_shares(cfg: &Config, shares: &[LossShares]) -> Self {
+        let mut sums = [0f64; LOSS_TERMS];
         for s in shares {
             for (sum, v) in sums.iter_mut().zip(s) {
                 *sum += v;
             }
         }
-        let tr = &cfg.train;
-        let [recon, bu, td, neg] = sums;
+        let total = sums.iter().zip(term_weights(cfg)).map(|(v, w)| v * w).sum();
+        let [recon, bu, td, neg, var, cov, con, ae] = sums;
         Self {
             loss_recon: recon,
             loss_distill_bu: bu,
             loss_distill_td: td,
             loss_negative: neg,
-            loss_total: recon * tr.recon_weight
-                + (bu + td) * tr.distill_weight
-                + neg * tr.negative_weight,
+            loss_variance: var,
+            loss_covariance: cov,
+            loss_contrastive: con,
+            loss_autoencoder: ae,
+            loss_total: total,
         }
+    }
+
+    /// `(name, value)` of every term, then `("total", loss_total)`.
+    pub fn named(&self) -> [(&'static str, f64); LOSS_TERMS + 1] {
+        let v = [
+            self.loss_recon,
+            self.loss_distill_bu,
+            self.loss_distill_td,
+            self.loss_negative,
+            self.loss_variance,
+            self.loss_covariance,
+            self.loss_contrastive,
+            self.loss_autoencoder,
+        ];
+        std::array::from_fn(|i| {
+            if i < LOSS_TERMS {
+                (LOSS_TERM_NAMES[i], v[i])
+            } else {
+                ("total", self.loss_total)
+            }
+        })
     }
 }
 
@@ -189,7 +251,7 @@ impl LossValues {
 pub struct StepOutput {
     pub losses: LossValues,
     /// Each location's share of the loss terms (see [`objective`]).
-    pub loss_shares: Vec<[f64; 4]>,
+    pub loss_shares: Vec<LossShares>,
     /// Settled embeddings per level, `[P, B, d]`, for collapse measures.
     pub levels: Vec<Tensor>,
 }

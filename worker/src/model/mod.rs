@@ -15,9 +15,10 @@
 pub mod grid;
 mod locmm;
 pub mod nets;
+pub mod terms;
 
 use candle_core::{DType, Device, Tensor, D};
-use glom_protocol::config::{across_levels, Config, Learning, WeightMode};
+use glom_protocol::config::{across_levels, Config, ContrastivePositive, Learning, WeightMode};
 
 use crate::error::{Error, Result};
 use grid::{sample_neighbours, NeighbourSpec, Tile};
@@ -156,6 +157,18 @@ pub struct Settled {
     /// Per location `[P]`: sum of the awake hinge terms (zero unless
     /// `train.negative_weight > 0`).
     pub negative: Tensor,
+    /// Per location `[P]`, zero unless its weight in `[train]` is positive:
+    /// sums over iterations and students (every bottom-up and top-down
+    /// prediction) of the variance and covariance terms
+    /// ([`terms::variance`], [`terms::covariance`]: means over dimensions
+    /// of statistics over the batch), of the InfoNCE term
+    /// ([`terms::info_nce`]: summed over images), and the sum over
+    /// iterations, levels below the top, images and dimensions of the
+    /// local autoencoder's squared error `TD[l](BU[l+1](e[l])) - e[l]`.
+    pub variance: Tensor,
+    pub covariance: Tensor,
+    pub contrastive: Tensor,
+    pub autoencoder: Tensor,
     /// Per iteration, per level: the weighted mean before normalisation and
     /// the new state (both detached); filled when asked for.
     pub trace: Vec<Vec<(Tensor, Tensor)>>,
@@ -286,9 +299,13 @@ impl Glom {
         let local = mode != Mode::Bptt;
         let learn = mode != Mode::Inference;
         let detach = |t: Tensor| if local { t.detach() } else { t };
-        let negative_on = learn && self.cfg.train.negative_weight > 0.0;
-        let zero = Tensor::zeros(self.tile.locs.len(), self.dtype, &self.device)?;
-        let (mut d_bu, mut d_td, mut neg) = (zero.clone(), zero.clone(), zero.clone());
+        let mut acc = StudentTerms::new(
+            &self.cfg,
+            learn,
+            self.tile.locs.len(),
+            self.dtype,
+            &self.device,
+        )?;
 
         // Initial state: one bottom-up pass.
         let mut e = Vec::with_capacity(k);
@@ -312,19 +329,21 @@ impl Glom {
                     self.nets.bottom_up[l - 1].forward(&e[l - 1])?
                 };
                 let td = if l + 1 < k {
-                    let input = match &self.code {
-                        Some(code) => {
-                            let (p, b, _) = e[l + 1].dims3()?;
-                            let c = code.broadcast_as((p, b, code.dim(2)?))?;
-                            Tensor::cat(&[&e[l + 1], &c], 2)?
-                        }
-                        None => e[l + 1].clone(),
-                    };
-                    Some(self.nets.top_down[l].forward(&input)?)
+                    Some(self.top_down(l, &e[l + 1])?)
                 } else {
                     None
                 };
                 predictions.push((bu, td));
+            }
+            if acc.autoencoder_on {
+                // Each level below the top as a local autoencoder: up one
+                // level with its own bottom-up net, back down with the
+                // top-down net of the level.
+                for l in 0..k - 1 {
+                    let back = self.top_down(l, &predictions[l + 1].0)?;
+                    let err = (back - e[l].detach())?.sqr()?;
+                    acc.autoencoder = (&acc.autoencoder + terms::per_location_sum(&err)?)?;
+                }
             }
             let halo_e = halo.receive(t)?;
             let mut new = Vec::with_capacity(k);
@@ -347,15 +366,7 @@ impl Glom {
                 let mixed = mix(&bu, td_mix.as_ref(), &e[l], &lat, w)?;
                 let settled = layer_norm(&mixed)?;
                 if learn {
-                    let target = settled.detach();
-                    d_bu = (d_bu + per_location_sum(&(&bu - &target)?.sqr()?)?)?;
-                    if let Some(td) = &td {
-                        d_td = (d_td + per_location_sum(&(td - &target)?.sqr()?)?)?;
-                    }
-                    if negative_on {
-                        neg =
-                            (neg + hinge_negative(&bu, &target, self.cfg.train.negative_margin)?)?;
-                    }
+                    acc.add(&bu, td.as_ref(), &settled.detach(), &lat)?;
                 }
                 if want_trace {
                     step_trace.push((mixed.detach(), settled.detach()));
@@ -375,38 +386,111 @@ impl Glom {
         Ok(Settled {
             levels: e,
             recon,
-            distill_bu: d_bu,
-            distill_td: d_td,
-            negative: neg,
+            distill_bu: acc.distill_bu,
+            distill_td: acc.distill_td,
+            negative: acc.negative,
+            variance: acc.variance,
+            covariance: acc.covariance,
+            contrastive: acc.contrastive,
+            autoencoder: acc.autoencoder,
             trace,
         })
     }
-}
 
-/// Awake negative term: hinge on the cosine similarity between each
-/// bottom-up prediction and the consensus of an unrelated context (another
-/// image: the batch shifted by one, at the same location, so the pairing
-/// does not depend on the tiling), penalising only similarity above
-/// `margin` ("maintain separation", paper section 7, footnote 24). Sum over
-/// images, per location `[P]`.
-fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tensor> {
-    let (p, b, _) = pred.dims3()?;
-    if b < 2 {
-        return Ok(Tensor::zeros(p, pred.dtype(), pred.device())?);
+    /// The top-down prediction for `level` from `above` (`[P, B, d]`, the
+    /// level above), with the location code appended in shared mode.
+    fn top_down(&self, level: usize, above: &Tensor) -> Result<Tensor> {
+        let input = match &self.code {
+            Some(code) => {
+                let (p, b, _) = above.dims3()?;
+                let c = code.broadcast_as((p, b, code.dim(2)?))?;
+                Tensor::cat(&[above, &c], 2)?
+            }
+            None => above.clone(),
+        };
+        self.nets.top_down[level].forward(&input)
     }
-    let other = Tensor::cat(
-        &[&consensus.narrow(1, 1, b - 1)?, &consensus.narrow(1, 0, 1)?],
-        1,
-    )?;
-    let dot = (pred * &other)?.sum(D::Minus1)?;
-    let norms = (pred.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
-    let cos = (dot / (norms + 1e-6)?)?;
-    Ok((cos - margin)?.relu()?.sum(1)?)
 }
 
-/// Sum of `[P, B, d]` over everything but the location axis: `[P]`.
-fn per_location_sum(x: &Tensor) -> Result<Tensor> {
-    Ok(x.sum(2)?.sum(1)?)
+/// The students' loss terms of one settle, summed per location as the
+/// iterations go (see the fields of [`Settled`]).
+struct StudentTerms {
+    train: glom_protocol::config::TrainConfig,
+    /// Which terms are built (learning, and a positive weight).
+    negative_on: bool,
+    variance_on: bool,
+    covariance_on: bool,
+    contrastive_on: bool,
+    autoencoder_on: bool,
+    distill_bu: Tensor,
+    distill_td: Tensor,
+    negative: Tensor,
+    variance: Tensor,
+    covariance: Tensor,
+    contrastive: Tensor,
+    autoencoder: Tensor,
+}
+
+impl StudentTerms {
+    fn new(cfg: &Config, learn: bool, p: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let t = &cfg.train;
+        let zero = Tensor::zeros(p, dtype, device)?;
+        Ok(Self {
+            train: t.clone(),
+            negative_on: learn && t.negative_weight > 0.0,
+            variance_on: learn && t.variance_weight > 0.0,
+            covariance_on: learn && t.covariance_weight > 0.0,
+            contrastive_on: learn && t.contrastive_weight > 0.0,
+            autoencoder_on: learn && t.autoencoder_weight > 0.0 && cfg.model.levels > 1,
+            distill_bu: zero.clone(),
+            distill_td: zero.clone(),
+            negative: zero.clone(),
+            variance: zero.clone(),
+            covariance: zero.clone(),
+            contrastive: zero.clone(),
+            autoencoder: zero,
+        })
+    }
+
+    /// Add the terms of one level at one iteration: the bottom-up and
+    /// top-down predictions (raw, `[P, B, d]`), the consensus they are
+    /// distilled toward (detached) and the lateral attention output.
+    fn add(
+        &mut self,
+        bu: &Tensor,
+        td: Option<&Tensor>,
+        target: &Tensor,
+        lat: &Tensor,
+    ) -> Result<()> {
+        let tr = &self.train;
+        self.distill_bu = (&self.distill_bu + terms::per_location_sum(&(bu - target)?.sqr()?)?)?;
+        if let Some(td) = td {
+            self.distill_td =
+                (&self.distill_td + terms::per_location_sum(&(td - target)?.sqr()?)?)?;
+        }
+        if self.negative_on {
+            self.negative =
+                (&self.negative + terms::hinge_negative(bu, target, tr.negative_margin)?)?;
+        }
+        let positive = match tr.contrastive_positive {
+            ContrastivePositive::Consensus => target.clone(),
+            ContrastivePositive::Lateral => lat.detach(),
+        };
+        for pred in std::iter::once(bu).chain(td) {
+            if self.variance_on {
+                let v = terms::variance(pred, tr.variance_form, tr.variance_target)?;
+                self.variance = (&self.variance + v)?;
+            }
+            if self.covariance_on {
+                self.covariance = (&self.covariance + terms::covariance(pred)?)?;
+            }
+            if self.contrastive_on {
+                let c = terms::info_nce(pred, &positive, tr.contrastive_temperature)?;
+                self.contrastive = (&self.contrastive + c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The neighbour-sampling gaussian of every level: wider at higher levels.

@@ -1,0 +1,177 @@
+//! The students' loss terms other than distillation, on plain tensors.
+//!
+//! Positive-only distillation toward the consensus has a trivial solution:
+//! every location and every image the same vector (paper section 7). The
+//! terms here are what can be added to keep representations that should
+//! differ apart. Every one is *local* (a one-step prediction, no gradient
+//! through settling) and takes its statistics over the images of the batch
+//! at each location separately, never across locations: so the locations of
+//! one image stay free to agree (islands can form), and each location's
+//! term is its own, the same bits whatever the tiling.
+//!
+//! Inputs are `[P, B, d]` (locations, images, dimensions); every function
+//! returns one value per location, `[P]`.
+
+use candle_core::{Tensor, D};
+use glom_protocol::config::VarianceForm;
+
+use crate::error::Result;
+
+/// Added to a variance before its log or square root.
+pub const VARIANCE_EPS: f64 = 1e-4;
+
+/// `x` minus its mean over the images of the batch (axis 1).
+fn centred(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_sub(&x.mean_keepdim(1)?)?)
+}
+
+/// Variance term: per location, the mean over dimensions k of
+/// `-log(Var_b(x_k) + eps)` (`Log`: the barrier of Halvagal & Zenke 2023,
+/// "latent predictive learning") or `relu(target - sqrt(Var_b(x_k) + eps))`
+/// (`Hinge`: VICReg's variance term, Bardes et al. 2022, taken per
+/// location). `Var_b` is the unbiased variance over the batch; a batch of
+/// one gives zeros.
+pub fn variance(x: &Tensor, form: VarianceForm, target: f64) -> Result<Tensor> {
+    let (p, b, _) = x.dims3()?;
+    if b < 2 {
+        return Ok(Tensor::zeros(p, x.dtype(), x.device())?);
+    }
+    let var = ((centred(x)?.sqr()?.sum(1)? / (b - 1) as f64)? + VARIANCE_EPS)?; // [P, d]
+    Ok(match form {
+        VarianceForm::Log => var.log()?.mean(1)?.neg()?,
+        VarianceForm::Hinge => var.sqrt()?.neg()?.affine(1.0, target)?.relu()?.mean(1)?,
+    })
+}
+
+/// Decorrelation term (VICReg's covariance term, per location): the mean
+/// over pairs of different dimensions `k != k'` of `Cov_b(x_k, x_k')^2`,
+/// with the unbiased covariance over the batch.
+pub fn covariance(x: &Tensor) -> Result<Tensor> {
+    let (p, b, d) = x.dims3()?;
+    if b < 2 || d < 2 {
+        return Ok(Tensor::zeros(p, x.dtype(), x.device())?);
+    }
+    let c = centred(x)?;
+    let ct = c.transpose(1, 2)?.contiguous()?;
+    let cov = (ct.matmul(&c)? / (b - 1) as f64)?; // [P, d, d]
+    let all = cov.sqr()?.sum(2)?.sum(1)?;
+    let diag = (c.sqr()?.sum(1)? / (b - 1) as f64)?.sqr()?.sum(1)?;
+    Ok(((all - diag)? / (d * (d - 1)) as f64)?)
+}
+
+/// InfoNCE (van den Oord et al. 2018) at each location: image b's
+/// prediction must pick its own positive among the positives of every
+/// image of the batch at the same location, by cosine similarity divided
+/// by `temperature`. The negatives are other images at the same location
+/// only, so a per-location net cannot win by encoding its position. Sum of
+/// the cross-entropies over the images, `[P]`.
+pub fn info_nce(pred: &Tensor, positive: &Tensor, temperature: f64) -> Result<Tensor> {
+    let (p, b, _) = pred.dims3()?;
+    if b < 2 {
+        return Ok(Tensor::zeros(p, pred.dtype(), pred.device())?);
+    }
+    let unit = |x: &Tensor| -> Result<Tensor> {
+        let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+        Ok(x.broadcast_div(&norm)?)
+    };
+    let q = unit(pred)?;
+    let k = unit(positive)?.transpose(1, 2)?.contiguous()?;
+    let logits = (q.matmul(&k)? / temperature)?; // [P, B, B]
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let eye = Tensor::eye(b, pred.dtype(), pred.device())?;
+    Ok(logp.broadcast_mul(&eye)?.sum(2)?.sum(1)?.neg()?)
+}
+
+/// Awake hinge on the cosine similarity between each prediction and the
+/// consensus of an unrelated context (another image: the batch shifted by
+/// one, at the same location, so the pairing does not depend on the
+/// tiling), penalising only similarity above `margin` ("maintain
+/// separation", paper section 7, footnote 24). Sum over images, `[P]`.
+pub fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tensor> {
+    let (p, b, _) = pred.dims3()?;
+    if b < 2 {
+        return Ok(Tensor::zeros(p, pred.dtype(), pred.device())?);
+    }
+    let other = Tensor::cat(
+        &[&consensus.narrow(1, 1, b - 1)?, &consensus.narrow(1, 0, 1)?],
+        1,
+    )?;
+    let dot = (pred * &other)?.sum(D::Minus1)?;
+    let norms = (pred.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
+    let cos = (dot / (norms + 1e-6)?)?;
+    Ok((cos - margin)?.relu()?.sum(1)?)
+}
+
+/// Sum of `[P, B, d]` over everything but the location axis: `[P]`.
+pub fn per_location_sum(x: &Tensor) -> Result<Tensor> {
+    Ok(x.sum(2)?.sum(1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn t(v: &[f32], shape: (usize, usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn values(x: Tensor) -> Vec<f32> {
+        x.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn variance_is_per_location_and_punishes_a_constant_batch() {
+        // Location 0: images (0, 0) and (2, 4): variances 2 and 8.
+        // Location 1: the same vector in both images: variance 0.
+        let x = t(&[0., 0., 2., 4., 1., 1., 1., 1.], (2, 2, 2));
+        let log = values(variance(&x, VarianceForm::Log, 1.0).unwrap());
+        let want0 = -((2.0f64 + 1e-4).ln() + (8.0f64 + 1e-4).ln()) / 2.0;
+        assert!((f64::from(log[0]) - want0).abs() < 1e-5, "{log:?}");
+        assert!((f64::from(log[1]) + 1e-4f64.ln()).abs() < 1e-4, "{log:?}");
+        let hinge = values(variance(&x, VarianceForm::Hinge, 2.0).unwrap());
+        // sqrt(2) < 2 pushes, sqrt(8) > 2 does not.
+        let want0 = (2.0 - (2.0f64 + 1e-4).sqrt()) / 2.0;
+        assert!((f64::from(hinge[0]) - want0).abs() < 1e-5, "{hinge:?}");
+        assert!(
+            (f64::from(hinge[1]) - (2.0 - 1e-2)).abs() < 1e-5,
+            "{hinge:?}"
+        );
+    }
+
+    #[test]
+    fn covariance_sees_correlated_dimensions_only() {
+        // Location 0: dims equal (perfectly correlated), covariance 0.5 each way.
+        // Location 1: dims uncorrelated over the batch.
+        let x = t(&[0., 0., 1., 1., 0., 0., 1., 0., 0., 1., 1., 1.], (2, 3, 2));
+        let c = values(covariance(&x).unwrap());
+        // Location 0: values (0,1,0): var 1/3, cov 1/3; mean over the 2 off
+        // diagonal entries of cov^2 = 1/9.
+        assert!((c[0] - 1.0 / 9.0).abs() < 1e-6, "{c:?}");
+        // Location 1: dims (1,0,1) and (0,1,1): cov = -1/6, squared 1/36.
+        assert!((c[1] - 1.0 / 36.0).abs() < 1e-6, "{c:?}");
+    }
+
+    #[test]
+    fn info_nce_is_low_when_each_image_matches_its_own_positive() {
+        let own = t(&[1., 0., 0., 1.], (1, 2, 2));
+        let swapped = t(&[0., 1., 1., 0.], (1, 2, 2));
+        let good = values(info_nce(&own, &own, 0.1).unwrap())[0];
+        let bad = values(info_nce(&own, &swapped, 0.1).unwrap())[0];
+        // Each image: -log(e^10 / (e^10 + e^0)) ~ 4.5e-5; swapped: ~10.
+        assert!(good < 1e-3, "{good}");
+        assert!((bad - 20.0).abs() < 1e-2, "{bad}");
+    }
+
+    #[test]
+    fn batch_terms_of_a_single_image_are_zero() {
+        let x = t(&[1., 2.], (1, 1, 2));
+        for v in [
+            variance(&x, VarianceForm::Log, 1.0).unwrap(),
+            covariance(&x).unwrap(),
+            info_nce(&x, &x, 0.1).unwrap(),
+        ] {
+            assert_eq!(values(v), vec![0.0]);
+        }
+    }
+}
