@@ -9,7 +9,7 @@
 # Every run starts from the embedded default with the anti-collapse terms
 # switched off, then adds its own; the default run itself is one of them.
 #
-# Usage: scripts/objective-sweep.sh [STEPS] [EVAL_EVERY]   (default 1000 250)
+# Usage: scripts/objective-sweep.sh [STEPS] [EVAL_EVERY]   (default 500 125)
 # Environment: SWEEP_RUNS   run directories (default runs/objective-sweep)
 #              SWEEP_TABLE  the table (default docs/experiments/objective-sweep.md)
 #              SWEEP_ONLY   run only the runs whose name contains this
@@ -20,8 +20,8 @@
 # kept, anything else is rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-1000}
-every=${2:-250}
+steps=${1:-500}
+every=${2:-125}
 for v in "$steps" "$every"; do
   case $v in '' | *[!0-9]* | 0)
     echo "STEPS and EVAL_EVERY must be positive integers, got '$v'" >&2; exit 2 ;;
@@ -66,18 +66,24 @@ run() {
 var=(--set train.variance_weight)
 cov=(--set train.covariance_weight)
 nce=(--set train.contrastive_weight)
+ae=(--set train.autoencoder_weight)
 for data in scenes fmnist; do
   extra=()
   [ "$data" = fmnist ] && extra=("${fm[@]}")
   run "$data-positive-only" "${extra[@]}"
-  run "$data-var5-cov10" "${extra[@]}" "${var[@]}"=5 "${cov[@]}"=10
   run "$data-var10-cov10" "${extra[@]}" "${var[@]}"=10 "${cov[@]}"=10
-  [ "$data" = fmnist ] && continue
-  run "$data-autoencoder" "${extra[@]}" --set train.autoencoder_weight=1
-  run "$data-infonce" "${extra[@]}" "${nce[@]}"=0.5
-  run "$data-infonce-lateral" "${extra[@]}" "${nce[@]}"=0.5 --set train.contrastive_positive=lateral
-  run "$data-var5-cov10-infonce" "${extra[@]}" "${var[@]}"=5 "${cov[@]}"=10 "${nce[@]}"=0.5
-  run "$data-hinge-cov10" "${extra[@]}" "${var[@]}"=5 --set train.variance_form=hinge "${cov[@]}"=10
+  if [ "$data" = fmnist ]; then
+    run "$data-var10-cov10-ae1" "${extra[@]}" "${var[@]}"=10 "${cov[@]}"=10 "${ae[@]}"=1
+    continue
+  fi
+  run "$data-autoencoder" "${ae[@]}"=1
+  run "$data-infonce" "${nce[@]}"=0.5
+  run "$data-var5-cov10" "${var[@]}"=5 "${cov[@]}"=10
+  run "$data-var20-cov10" "${var[@]}"=20 "${cov[@]}"=10
+  run "$data-hinge10-cov10" "${var[@]}"=10 --set train.variance_form=hinge "${cov[@]}"=10
+  run "$data-var10-cov10-ae1" "${var[@]}"=10 "${cov[@]}"=10 "${ae[@]}"=1
+  run "$data-var10-cov10-infonce-lateral" "${var[@]}"=10 "${cov[@]}"=10 "${nce[@]}"=0.5 \
+    --set train.contrastive_positive=lateral
 done
 
 "$glom" table "${names[@]}" --out "$table" --command "scripts/objective-sweep.sh $steps $every"

@@ -463,6 +463,13 @@ pub struct SleepConfig {
     pub noise: f64,
     /// Dreamed samples per location per sleep step.
     pub batch: usize,
+    /// Weight of the variance term (form and target of `train.variance_form`
+    /// and `train.variance_target`) on the negative phase's bottom-up
+    /// predictions, with statistics over the dreamed samples at each
+    /// location: the awake anti-collapse term taken offline; 0 = off.
+    pub variance_weight: f64,
+    /// Weight of the decorrelation term on the same predictions; 0 = off.
+    pub covariance_weight: f64,
     /// Settled images a worker keeps in its replay buffer (oldest evicted
     /// first); `glom sleep` settles this many training images to fill it.
     pub replay_capacity: usize,
@@ -483,6 +490,8 @@ impl Default for SleepConfig {
             learning_rate: 1e-3,
             noise: 0.1,
             batch: 16,
+            variance_weight: 0.0,
+            covariance_weight: 0.0,
             replay_capacity: 256,
             observe_images: 8,
         }
@@ -822,6 +831,8 @@ impl Config {
         check(s.batch >= 1, "sleep.batch", || {
             format!("{} must be positive", s.batch)
         })?;
+        finite_nonneg(s.variance_weight, "sleep.variance_weight")?;
+        finite_nonneg(s.covariance_weight, "sleep.covariance_weight")?;
         check(s.replay_capacity >= 2, "sleep.replay_capacity", || {
             format!(
                 "{} must be at least 2: negatives come from other stored images",

@@ -96,7 +96,7 @@ impl Rng {
     pub(crate) fn metrics(&mut self) -> StepMetrics {
         StepMetrics {
             locations: self.vec(8, Rng::u32),
-            losses: self.vec(8, |r| [r.f64(), r.f64(), r.f64(), r.f64()]),
+            losses: self.vec(8, |r| std::array::from_fn(|_| r.f64())),
             halo_bytes_sent: self.u64(),
             halo_bytes_received: self.u64(),
             halo_wait_seconds: self.f64(),

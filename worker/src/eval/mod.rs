@@ -84,6 +84,10 @@ pub struct EvalReport {
     pub island_ari_by_level: Vec<LevelAri>,
     /// Linear-probe accuracy on the mean top-level embedding (None without labels).
     pub probe_accuracy: Option<f64>,
+    /// The same probe on the mean embedding of every level (the last is
+    /// `probe_accuracy`): which level carries the class.
+    #[serde(default)]
+    pub probe_accuracy_by_level: Option<Vec<f64>>,
     /// Mean number of threshold islands per image, per level.
     pub islands_per_image_by_level: Vec<f64>,
     /// Collapse measures of the settled embeddings of every location of
@@ -161,7 +165,7 @@ pub fn evaluate(
     let levels = cfg.model.levels;
     let mut totals = vec![LevelTotals::default(); levels];
     let mut collapse_rows = vec![Vec::new(); levels];
-    let mut test = ProbeSet::default();
+    let mut test: Vec<ProbeSet> = (0..levels).map(|_| ProbeSet::default()).collect();
     batches(
         model,
         held_out,
@@ -178,18 +182,26 @@ pub fn evaluate(
                     }
                 }
             }
-            test.extend(settled, images, n_test.saturating_sub(start))
+            for (level, set) in test.iter_mut().enumerate() {
+                set.extend(settled, level, images, n_test.saturating_sub(start))?;
+            }
+            Ok(())
         },
     )?;
 
-    let mut train = ProbeSet::default();
+    let mut train: Vec<ProbeSet> = (0..levels).map(|_| ProbeSet::default()).collect();
     batches(
         model,
         probe_train,
         n_train,
         "probe training embeddings",
         progress,
-        |_, images, settled| train.extend(settled, images, images.len()),
+        |_, images, settled| {
+            for (level, set) in train.iter_mut().enumerate() {
+                set.extend(settled, level, images, images.len())?;
+            }
+            Ok(())
+        },
     )?;
 
     let collapse: Vec<_> = collapse_rows
@@ -209,13 +221,20 @@ pub fn evaluate(
         best_level_object: None,
         island_ari_by_level: Vec::new(),
         probe_accuracy: None,
+        probe_accuracy_by_level: None,
         islands_per_image_by_level: Vec::new(),
         effective_rank_by_level: collapse.iter().map(|c| c.effective_rank).collect(),
         dim_std_by_level: collapse.iter().map(|c| c.mean_dim_std).collect(),
         mean_cosine_by_level: collapse.iter().map(|c| c.mean_cosine).collect(),
     };
     score::fill_islands(&mut report, &totals);
-    report.probe_accuracy = run_probe(cfg, held_out, &train, &test, cfg.model.dim);
+    let by_level: Vec<Option<f64>> = train
+        .iter()
+        .zip(&test)
+        .map(|(tr, te)| run_probe(cfg, held_out, tr, te, cfg.model.dim))
+        .collect();
+    report.probe_accuracy = by_level.last().copied().flatten();
+    report.probe_accuracy_by_level = by_level.into_iter().collect::<Option<Vec<_>>>();
     Ok(report)
 }
 

@@ -51,10 +51,11 @@ pub(crate) struct ProbeSet {
 }
 
 impl ProbeSet {
-    /// Add the mean top-level embedding of the first `take` images of a batch.
+    /// Add the mean embedding at `level` of the first `take` images of a batch.
     pub(crate) fn extend(
         &mut self,
         settled: &Settled,
+        level: usize,
         images: &[Image],
         take: usize,
     ) -> Result<()> {
@@ -64,8 +65,8 @@ impl ProbeSet {
         }
         let top = settled
             .levels
-            .last()
-            .ok_or_else(|| Error::Shape("a model without levels".into()))?;
+            .get(level)
+            .ok_or_else(|| Error::Shape(format!("the model has no level {level}")))?;
         let mean = top.to_dtype(DType::F32)?.mean(0)?.narrow(0, 0, take)?;
         self.features.extend(mean.flatten_all()?.to_vec1::<f32>()?);
         self.labels.extend(images[..take].iter().map(|im| im.label));

@@ -381,6 +381,7 @@ impl Glom {
             }
             e = new;
         }
+        acc.finish()?;
         let recon_src = recon_src.expect("at least one iteration (validated)");
         let recon = self.nets.decoder.forward(&recon_src)?;
         Ok(Settled {
@@ -429,6 +430,11 @@ struct StudentTerms {
     covariance: Tensor,
     contrastive: Tensor,
     autoencoder: Tensor,
+    /// Every raw prediction the batch terms read (`[P, B, d]` each) and,
+    /// for InfoNCE, its positive: the terms are computed once over all of
+    /// them in [`StudentTerms::finish`], not once per student.
+    preds: Vec<Tensor>,
+    positives: Vec<Tensor>,
 }
 
 impl StudentTerms {
@@ -449,6 +455,8 @@ impl StudentTerms {
             covariance: zero.clone(),
             contrastive: zero.clone(),
             autoencoder: zero,
+            preds: Vec::new(),
+            positives: Vec::new(),
         })
     }
 
@@ -472,22 +480,47 @@ impl StudentTerms {
             self.negative =
                 (&self.negative + terms::hinge_negative(bu, target, tr.negative_margin)?)?;
         }
-        let positive = match tr.contrastive_positive {
-            ContrastivePositive::Consensus => target.clone(),
-            ContrastivePositive::Lateral => lat.detach(),
-        };
-        for pred in std::iter::once(bu).chain(td) {
-            if self.variance_on {
-                let v = terms::variance(pred, tr.variance_form, tr.variance_target)?;
-                self.variance = (&self.variance + v)?;
+        if self.variance_on || self.covariance_on || self.contrastive_on {
+            let positive = match tr.contrastive_positive {
+                ContrastivePositive::Consensus => target.clone(),
+                ContrastivePositive::Lateral => lat.detach(),
+            };
+            for pred in std::iter::once(bu).chain(td) {
+                self.preds.push(pred.clone());
+                if self.contrastive_on {
+                    self.positives.push(positive.clone());
+                }
             }
-            if self.covariance_on {
-                self.covariance = (&self.covariance + terms::covariance(pred)?)?;
-            }
-            if self.contrastive_on {
-                let c = terms::info_nce(pred, &positive, tr.contrastive_temperature)?;
-                self.contrastive = (&self.contrastive + c)?;
-            }
+        }
+        Ok(())
+    }
+
+    /// Compute the batch terms over every prediction collected: one call
+    /// on all of them stacked along the location axis (`[n P, B, d]`),
+    /// then each location's values added over the n predictions.
+    fn finish(&mut self) -> Result<()> {
+        if self.preds.is_empty() {
+            return Ok(());
+        }
+        let n = self.preds.len();
+        let p = self.preds[0].dim(0)?;
+        let per_location = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((n, p))?.sum(0)?) };
+        let all = Tensor::cat(&self.preds, 0)?;
+        let tr = &self.train;
+        if self.variance_on {
+            self.variance =
+                per_location(terms::variance(&all, tr.variance_form, tr.variance_target)?)?;
+        }
+        if self.covariance_on {
+            self.covariance = per_location(terms::covariance(&all)?)?;
+        }
+        if self.contrastive_on {
+            let positives = Tensor::cat(&self.positives, 0)?;
+            self.contrastive = per_location(terms::info_nce(
+                &all,
+                &positives,
+                tr.contrastive_temperature,
+            )?)?;
         }
         Ok(())
     }

@@ -6,9 +6,12 @@
 //!   location dreams alone: no lateral attention, so no halo.
 //! - Negative phase: at every level l >= 1 the bottom-up prediction from the
 //!   dreamed level below, `BU[l](dream[l-1])`, is held apart from the
-//!   consensus of an unrelated context with `relu(cos - margin)`. Only the
-//!   bottom-up nets learn here: dreams and negatives are detached and the
-//!   optimiser holds only `bu.*` parameters.
+//!   consensus of an unrelated context with `relu(cos - margin)`, and,
+//!   where `sleep.variance_weight` / `sleep.covariance_weight` are set, kept
+//!   spread over the dreamed samples at each location by the awake
+//!   objective's variance and decorrelation terms. Only the bottom-up nets
+//!   learn here: dreams and negatives are detached and the optimiser holds
+//!   only `bu.*` parameters.
 //! - Positive phase: the awake distillation form with the dream as the
 //!   consensus: `BU[l](dream[l-1])` toward `dream[l]`, and
 //!   `TD[l](dream[l+1])` toward `dream[l]` (both targets detached). Since a
@@ -39,7 +42,7 @@ use glom_protocol::config::WeightMode;
 use super::{cosine, hinge, ReplayBuffer, SleepParams};
 use crate::error::{Error, Result};
 use crate::learn::{Adam, AdamParams};
-use crate::model::{layer_norm, nets::location_code, Glom};
+use crate::model::{layer_norm, nets::location_code, terms, Glom};
 use crate::rng::Rng;
 
 /// Stored contexts compared per dreamed sample to choose its negative.
@@ -210,8 +213,11 @@ fn least_similar(
 }
 
 /// The negative loss of one draw (differentiable in the `bu.*` nets only),
-/// per location `[P]`: the mean over levels 1..K of the hinge, averaged
-/// over samples and divided by the grid's location count. The loss is its
+/// per location `[P]`: the mean over levels 1..K of the hinge averaged over
+/// samples, plus the weighted variance and decorrelation terms of the
+/// predictions over the samples at each location
+/// (`sleep.variance_weight`, `sleep.covariance_weight`; the awake
+/// anti-collapse terms taken offline), divided by the grid's location count. The loss is its
 /// sum over the tile's locations.
 fn negative_loss(
     model: &Glom,
@@ -228,7 +234,14 @@ fn negative_loss(
         let pred = model.nets.bottom_up[l - 1].forward(&draw.dreams[l - 1])?;
         let neg = least_similar(replay, l, &cand, &draw.dreams[l])?.detach();
         let h = hinge(&pred, &neg, params.margin)?; // [P, n]
-        let term = h.mean(1)?;
+        let mut term = h.mean(1)?;
+        if params.variance_weight > 0.0 {
+            let v = terms::variance(&pred, params.variance_form, params.variance_target)?;
+            term = (term + (v * params.variance_weight)?)?;
+        }
+        if params.covariance_weight > 0.0 {
+            term = (term + (terms::covariance(&pred)? * params.covariance_weight)?)?;
+        }
         total = Some(match total {
             Some(t) => (t + term)?,
             None => term,

@@ -30,7 +30,7 @@ mod run;
 mod tests;
 
 use candle_core::{Tensor, D};
-use glom_protocol::config::SleepConfig;
+use glom_protocol::config::{Config, VarianceForm};
 
 use crate::error::Result;
 pub use job::{
@@ -61,10 +61,19 @@ pub struct SleepParams {
     pub noise: f64,
     /// Dreamed samples per location per step.
     pub batch: usize,
+    /// Weights of the variance and decorrelation terms on the negative
+    /// phase's bottom-up predictions, over the dreamed samples at each
+    /// location (0 = off), and the variance term's form and target.
+    pub variance_weight: f64,
+    pub covariance_weight: f64,
+    pub variance_form: VarianceForm,
+    pub variance_target: f64,
 }
 
-impl From<&SleepConfig> for SleepParams {
-    fn from(c: &SleepConfig) -> Self {
+impl From<&Config> for SleepParams {
+    /// The `[sleep]` keys, and the variance form and target of `[train]`.
+    fn from(cfg: &Config) -> Self {
+        let c = &cfg.sleep;
         Self {
             steps: c.steps as usize,
             negative_steps: c.negative_steps as usize,
@@ -73,6 +82,10 @@ impl From<&SleepConfig> for SleepParams {
             learning_rate: c.learning_rate,
             noise: c.noise,
             batch: c.batch,
+            variance_weight: c.variance_weight,
+            covariance_weight: c.covariance_weight,
+            variance_form: cfg.train.variance_form,
+            variance_target: cfg.train.variance_target,
         }
     }
 }
@@ -80,7 +93,7 @@ impl From<&SleepConfig> for SleepParams {
 impl Default for SleepParams {
     /// The `[sleep]` defaults of the configuration.
     fn default() -> Self {
-        Self::from(&SleepConfig::default())
+        Self::from(&Config::default())
     }
 }
 

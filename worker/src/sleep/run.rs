@@ -154,7 +154,7 @@ pub fn run_job(
     }
     let params = SleepParams {
         steps: start.steps as usize,
-        ..SleepParams::from(&model.cfg.sleep)
+        ..SleepParams::from(&model.cfg)
     };
     let measure = |model: &Glom| -> Result<Option<Observation>> {
         if observe.is_empty() {

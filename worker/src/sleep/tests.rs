@@ -339,6 +339,47 @@ fn sleep_reduces_the_negative_loss_of_a_collapsed_model() -> Result<()> {
     Ok(())
 }
 
+/// The awake anti-collapse term taken offline: with the hinge switched off
+/// (margin 1), a negative-only job with `variance_weight` and
+/// `covariance_weight` set spreads the bottom-up predictions over the
+/// dreams of a collapsed model: its negative loss is then those terms
+/// alone, and falls.
+#[test]
+fn sleep_variance_term_spreads_a_collapsed_model() -> Result<()> {
+    let cfg = small_cfg();
+    let grid = Grid::square(cfg.grid_side());
+    let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let data: Arc<dyn Dataset> = Arc::new(scenes(&cfg));
+    let mut trainer = Trainer::new(model, data)?;
+    let mut replay = ReplayBuffer::new(64);
+    for _ in 0..20 {
+        let out = trainer.train_step()?;
+        replay.push(&out.levels)?;
+    }
+    let params = SleepParams {
+        steps: 30,
+        positive_steps: 0,
+        margin: 1.0,
+        batch: 8,
+        learning_rate: 1e-2,
+        variance_weight: 1.0,
+        covariance_weight: 1.0,
+        ..Default::default()
+    };
+    let off = SleepParams {
+        variance_weight: 0.0,
+        covariance_weight: 0.0,
+        ..params
+    };
+    let model = &trainer.model;
+    assert_eq!(evaluate_negative(model, &replay, &off, 11)?, 0.0);
+    let before = evaluate_negative(model, &replay, &params, 11)?;
+    run_sleep(model, &replay, &params, 1)?;
+    let after = evaluate_negative(model, &replay, &params, 11)?;
+    assert!(after < before, "variance terms {before} -> {after}");
+    Ok(())
+}
+
 /// Once every pair is separated beyond the margin the hinge is zero and
 /// pushes nothing: with margin 1 (no cosine exceeds it) a negative-only
 /// job reports zero loss and leaves every parameter as it was.
@@ -560,7 +601,7 @@ fn fill_replay_settles_count_images_deterministically() -> Result<()> {
 #[test]
 fn params_follow_the_config_and_replay_only_when_scheduled() {
     let mut cfg = Config::default();
-    assert_eq!(SleepParams::from(&cfg.sleep), SleepParams::default());
+    assert_eq!(SleepParams::from(&cfg), SleepParams::default());
     assert!(replay_for(&cfg).is_none());
     cfg.sleep.every_steps = 10;
     cfg.sleep.replay_capacity = 7;
