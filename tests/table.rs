@@ -217,3 +217,59 @@ fn table_rejects_runs_it_cannot_read() {
     let err = failure(&table(&[]));
     assert!(err.contains("RUN_DIR"), "{err}");
 }
+
+/// A sweep run: its anti-collapse terms appear in its label, and the
+/// evaluations of its checkpoints (`curve/step-N.json`) as rows over steps,
+/// in step order, with the smallest effective rank over levels.
+#[test]
+fn table_names_the_objective_terms_and_shows_checkpoint_curves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let run = write_run(
+        t,
+        "sweep-run",
+        ("per_location", "local", 1.0),
+        "scenes",
+        (0.3, 17.0, 0.7),
+    );
+    let mut config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    config = config.replace(
+        "[train]\n",
+        "[train]\nvariance_weight = 10.0\nvariance_form = \"log\"\ncovariance_weight = 10.0\n\
+         contrastive_weight = 0.0\nautoencoder_weight = 1.0\n",
+    );
+    std::fs::write(run.join("config.toml"), config).unwrap();
+    std::fs::create_dir_all(run.join("curve")).unwrap();
+    for (step, ari) in [(200, 0.25), (100, 0.125)] {
+        let eval = json!({
+            "island_ari_part": ari,
+            "island_ari_object": ari,
+            "island_ari_object_k": 0.5,
+            "recon_psnr_db": 17.0,
+            "probe_accuracy": 0.6,
+            "effective_rank_by_level": [7.0, 5.5, 4.25],
+        });
+        std::fs::write(
+            run.join("curve").join(format!("step-{step}.json")),
+            eval.to_string(),
+        )
+        .unwrap();
+    }
+    std::fs::write(run.join("curve").join("notes.txt"), "not a step").unwrap();
+    let stdout = ok(&table(&[arg(&run)]));
+    assert!(
+        stdout.contains("per-location + local (co-distillation) + var 10 (log), cov 10, AE 1"),
+        "{stdout}"
+    );
+    let first = stdout
+        .find("| `sweep-run` | 100 | 0.125 | 0.125 | 0.500 | 4.2 | 17.00 | 0.600 |")
+        .unwrap_or_else(|| panic!("no step-100 row: {stdout}"));
+    let second = stdout
+        .find("| `sweep-run` | 200 | 0.250 |")
+        .unwrap_or_else(|| panic!("no step-200 row: {stdout}"));
+    assert!(first < second, "steps out of order: {stdout}");
+
+    std::fs::write(run.join("curve").join("step-300.json"), "{").unwrap();
+    let err = failure(&table(&[arg(&run)]));
+    assert!(err.contains("step-300.json"), "{err}");
+}
