@@ -2,7 +2,11 @@
 # The sleep experiment on synthetic scenes and Fashion-MNIST, into
 # runs/sleep/<name>/:
 #   (a) <data>-awake:      positive-only awake training (configs/sleep-awake.toml)
-#   (b) <data>-scheduled:  the same with a sleep job every 250 steps (configs/sleep-scheduled.toml)
+#   (b) <data>-scheduled:  the same with a sleep job every 250 steps that carries
+#                          the default's anti-collapse terms on dreams
+#                          (configs/sleep-scheduled.toml)
+#   (d) <data>-awake-terms: the same budget with those terms awake instead
+#                          (the embedded default)
 #   (c) <data>-recovery/:  `glom sleep` on the last checkpoint of (a), then
 #                          `glom eval` of both (does rank and probe accuracy come back?)
 # Usage: scripts/sleep-experiment.sh [STEPS] [SLEEP_EVERY]   (default 3000 250)
@@ -51,6 +55,8 @@ for data in scenes fmnist; do
   if [ "$data" = fmnist ]; then extra=(--set data.source=fashion_mnist); fi
   train "$data-awake" --config configs/sleep-awake.toml "${extra[@]}"
   train "$data-scheduled" --config configs/sleep-scheduled.toml --set sleep.every_steps="$every" "${extra[@]}"
+  train "$data-awake-terms" --config configs/sleep-awake.toml --set train.variance_weight=10 \
+    --set train.covariance_weight=10 "${extra[@]}"
   recover "$data"
 done
 echo "results in $out/"

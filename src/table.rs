@@ -104,6 +104,9 @@ pub(crate) struct Run {
     pub(crate) raw_pixel_probe: Option<f64>,
     /// The command that trained it (`command.txt`), when written.
     pub(crate) command: Option<String>,
+    /// Whether its threshold islands were scored on centred vectors (a
+    /// `summary.json` from before the islands were scored as they are).
+    pub(crate) centred: bool,
     /// Evaluations of its checkpoints over training, by step: the
     /// `glom eval --json` outputs saved as `curve/step-<N>.json`.
     pub(crate) curve: Vec<(u64, Figures)>,
@@ -241,6 +244,13 @@ pub(crate) fn read_run(dir: &Path) -> Result<Run> {
         baseline,
         raw_pixel_probe,
         command,
+        // Reports before `islands_centred` existed were centred, except
+        // those that already had the inpainting baseline, which came with
+        // the uncentred islands.
+        centred: summary
+            .get("islands_centred")
+            .and_then(Value::as_bool)
+            .unwrap_or_else(|| summary.get("inpaint_baseline_psnr_db").is_none()),
         curve: read_curve(&dir.join("curve"))?,
     })
 }
@@ -454,6 +464,21 @@ pub(crate) fn markdown(runs: &[Run], command: Option<&str>, invocation: &str) ->
          weight mode's model at its initialisation; raw pixels is a linear probe on \
          the pixels."
     );
+
+    let centred: Vec<String> = runs
+        .iter()
+        .filter(|r| r.centred)
+        .map(|r| r.name())
+        .collect();
+    if !centred.is_empty() {
+        let _ = writeln!(
+            w,
+            "**Warning**: the threshold-island ARIs of {} were scored on centred vectors \
+             (the image's mean removed, as evaluations did before `islands_centred` was \
+             reported); they are not comparable with the others.\n",
+            centred.join(", ")
+        );
+    }
 
     let mut datasets: Vec<&str> = Vec::new();
     for r in runs {

@@ -57,6 +57,7 @@ fn write_run(
         "wall_seconds": 61.4,
         "steps": 300,
         "baseline": baseline,
+        "islands_centred": false,
         "some_other_key": [1, 2],
     });
     std::fs::write(
@@ -268,6 +269,19 @@ fn table_names_the_objective_terms_and_shows_checkpoint_curves() {
         .find("| `sweep-run` | 200 | 0.250 |")
         .unwrap_or_else(|| panic!("no step-200 row: {stdout}"));
     assert!(first < second, "steps out of order: {stdout}");
+    assert!(!stdout.contains("Warning"), "{stdout}");
+
+    // A summary from before the islands were scored uncentred is flagged.
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    let old = summary.replace("\"islands_centred\": false,", "");
+    assert_ne!(old, summary);
+    std::fs::write(run.join("summary.json"), old).unwrap();
+    let stdout = ok(&table(&[arg(&run)]));
+    assert!(
+        stdout
+            .contains("**Warning**: the threshold-island ARIs of sweep-run were scored on centred"),
+        "{stdout}"
+    );
 
     std::fs::write(run.join("curve").join("step-300.json"), "{").unwrap();
     let err = failure(&table(&[arg(&run)]));

@@ -833,6 +833,14 @@ impl Config {
         })?;
         finite_nonneg(s.variance_weight, "sleep.variance_weight")?;
         finite_nonneg(s.covariance_weight, "sleep.covariance_weight")?;
+        let spread = s.variance_weight > 0.0 || s.covariance_weight > 0.0;
+        check(!spread || s.batch >= 2, "sleep.batch", || {
+            format!(
+                "{} is too small for sleep.variance_weight and sleep.covariance_weight, \
+                 whose statistics are over the dreams of a location: use at least 2",
+                s.batch
+            )
+        })?;
         check(s.replay_capacity >= 2, "sleep.replay_capacity", || {
             format!(
                 "{} must be at least 2: negatives come from other stored images",
@@ -944,6 +952,36 @@ impl Config {
         // How long to train and how often to log change no step's numbers.
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
+        let mut train = serde_json::json!(train);
+        // A term that is off changes nothing, nor do its settings: they stay
+        // out, so a configuration without the anti-collapse terms keeps the
+        // hash it had before they existed (and old checkpoints still load).
+        let t = &self.train;
+        for (off, keys) in [
+            (
+                t.variance_weight == 0.0,
+                &["variance_weight", "variance_form", "variance_target"][..],
+            ),
+            (t.covariance_weight == 0.0, &["covariance_weight"][..]),
+            (
+                t.contrastive_weight == 0.0,
+                &[
+                    "contrastive_weight",
+                    "contrastive_temperature",
+                    "contrastive_positive",
+                ][..],
+            ),
+            (t.autoencoder_weight == 0.0, &["autoencoder_weight"][..]),
+        ] {
+            if off {
+                let fields = train
+                    .as_object_mut()
+                    .expect("a struct serialises to an object");
+                for key in keys {
+                    fields.remove(*key);
+                }
+            }
+        }
         let mut identity = serde_json::json!({
             "seed": self.seed,
             "model": self.model,
@@ -955,7 +993,19 @@ impl Config {
             // What is measured around a job changes no parameter.
             let mut sleep = self.sleep.clone();
             (sleep.timetable, sleep.observe_images) = (Vec::new(), 0);
-            identity["sleep"] = serde_json::json!(sleep);
+            let mut sleep = serde_json::json!(sleep);
+            let fields = sleep
+                .as_object_mut()
+                .expect("a struct serialises to an object");
+            for (key, weight) in [
+                ("variance_weight", self.sleep.variance_weight),
+                ("covariance_weight", self.sleep.covariance_weight),
+            ] {
+                if weight == 0.0 {
+                    fields.remove(key);
+                }
+            }
+            identity["sleep"] = sleep;
         }
         let json = serde_json::to_vec(&identity).expect("a config always serialises");
         let digest = Sha256::digest(&json);
@@ -1051,6 +1101,49 @@ mod tests {
     }
 
     #[test]
+    fn settings_of_an_anti_collapse_term_that_is_off_are_not_hashed() {
+        let mut off = Config::default();
+        off.train.variance_weight = 0.0;
+        off.train.covariance_weight = 0.0;
+        off.train.contrastive_weight = 0.0;
+        off.train.autoencoder_weight = 0.0;
+        let settings: [fn(&mut Config); 4] = [
+            |c| c.train.variance_form = VarianceForm::Hinge,
+            |c| c.train.variance_target = 0.5,
+            |c| c.train.contrastive_temperature = 0.5,
+            |c| c.train.contrastive_positive = ContrastivePositive::Lateral,
+        ];
+        for (i, change) in settings.iter().enumerate() {
+            let mut b = off.clone();
+            change(&mut b);
+            assert_eq!(off.hash(), b.hash(), "setting {i} of a term that is off");
+        }
+        // Once on, the term and its settings are hashed.
+        let weights: [fn(&mut Config); 4] = [
+            |c| c.train.variance_weight = 1.0,
+            |c| c.train.covariance_weight = 1.0,
+            |c| c.train.contrastive_weight = 1.0,
+            |c| c.train.autoencoder_weight = 1.0,
+        ];
+        for (i, on) in weights.iter().enumerate() {
+            let mut b = off.clone();
+            on(&mut b);
+            assert_ne!(off.hash(), b.hash(), "term {i} on");
+        }
+        let mut hinge = off.clone();
+        hinge.train.variance_weight = 1.0;
+        let log = hinge.hash();
+        hinge.train.variance_form = VarianceForm::Hinge;
+        assert_ne!(log, hinge.hash());
+        // Scheduled sleep: its variance terms likewise.
+        let mut sleep = off.clone();
+        sleep.sleep.every_steps = 10;
+        let without = sleep.hash();
+        sleep.sleep.variance_weight = 1.0;
+        assert_ne!(without, sleep.hash());
+    }
+
+    #[test]
     fn scheduled_sleep_settings_are_hashed_but_not_the_clock() {
         let mut a = Config::default();
         let unscheduled = a.hash();
@@ -1118,12 +1211,51 @@ mod tests {
         let mut c = Config::default();
         c.sleep.replay_capacity = 1;
         assert_eq!(err_key(&c), "sleep.replay_capacity");
+        let mut c = Config::default();
+        (c.sleep.batch, c.sleep.variance_weight) = (1, 1.0);
+        assert_eq!(err_key(&c), "sleep.batch");
+        c.sleep.variance_weight = f64::NAN;
+        assert_eq!(err_key(&c), "sleep.variance_weight");
         for bad in ["3:00", "24:00", "12:60", "noon", "12:00:00"] {
             let mut c = Config::default();
             c.sleep.timetable = vec!["01:30".into(), bad.into()];
             assert_eq!(err_key(&c), "sleep.timetable", "{bad}");
             assert!(c.validate().unwrap_err().to_string().contains(bad));
         }
+    }
+
+    #[test]
+    fn anti_collapse_values_name_their_key() {
+        let cases: [(fn(&mut Config), &str); 6] = [
+            (|c| c.train.variance_weight = -1.0, "train.variance_weight"),
+            (|c| c.train.variance_target = 0.0, "train.variance_target"),
+            (
+                |c| c.train.covariance_weight = f64::INFINITY,
+                "train.covariance_weight",
+            ),
+            (
+                |c| c.train.contrastive_temperature = 0.0,
+                "train.contrastive_temperature",
+            ),
+            (
+                |c| c.train.autoencoder_weight = f64::NAN,
+                "train.autoencoder_weight",
+            ),
+            (
+                |c| (c.train.batch_size, c.train.contrastive_weight) = (1, 1.0),
+                "train.batch_size",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut c = Config::default();
+            change(&mut c);
+            assert_eq!(err_key(&c), key);
+        }
+        // A batch of one is fine while no term needs batch statistics.
+        let mut c = Config::default();
+        c.train.batch_size = 1;
+        (c.train.variance_weight, c.train.covariance_weight) = (0.0, 0.0);
+        c.validate().unwrap();
     }
 
     #[test]

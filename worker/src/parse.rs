@@ -6,7 +6,8 @@
 //! vectors at each level. A node is an island at one level; its parent is the
 //! island at the next level up that the node's locations belong to. Islands
 //! here are the threshold islands of [`crate::eval::threshold_islands`]
-//! (centred cosine agglomeration), the same ones evaluation scores, and a
+//! (cosine agglomeration of the vectors as they are), the same ones
+//! evaluation scores, and a
 //! node's parent is the island one level up that covers most of its locations
 //! (so a part whose locations straddle two wholes still gets one parent).
 //!

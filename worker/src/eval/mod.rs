@@ -59,9 +59,16 @@ pub struct EvalReport {
     /// pixel in the visible patches among the 8 around it (of every visible
     /// patch of the image if none is, 0 if the image has none). A model
     /// whose `recon_psnr_db` is below it has learnt less than averaging.
-    /// The same for the trained model and its random initialisation.
+    /// The same for the trained model and its random initialisation
+    /// (`None` in reports written before it existed).
     #[serde(default)]
-    pub inpaint_baseline_psnr_db: f64,
+    pub inpaint_baseline_psnr_db: Option<f64>,
+    /// Whether the threshold islands were scored on centred vectors (the
+    /// image's mean removed), as reports written before the islands became
+    /// honest were: such ARIs are not comparable with uncentred ones.
+    /// Always false now; reports without the key read as true.
+    #[serde(default = "centred_before")]
+    pub islands_centred: bool,
     /// Threshold-island ARI against parts, at the best level (None when
     /// the data has no maps).
     pub island_ari_part: Option<f64>,
@@ -101,6 +108,11 @@ pub struct EvalReport {
     pub dim_std_by_level: Vec<f64>,
     #[serde(default)]
     pub mean_cosine_by_level: Vec<f64>,
+}
+
+/// Reports without `islands_centred` were scored on centred vectors.
+fn centred_before() -> bool {
+    true
 }
 
 /// The island scores of one level, averaged over the held-out images.
@@ -210,7 +222,8 @@ pub fn evaluate(
         .collect();
     let mut report = EvalReport {
         recon_psnr_db,
-        inpaint_baseline_psnr_db,
+        inpaint_baseline_psnr_db: Some(inpaint_baseline_psnr_db),
+        islands_centred: false,
         island_ari_part: None,
         island_ari_object: None,
         island_ari_part_k: None,

@@ -3,8 +3,9 @@
 //! Positive-only distillation toward the consensus has a trivial solution:
 //! every location and every image the same vector (paper section 7). The
 //! terms here are what can be added to keep representations that should
-//! differ apart. Every one is *local* (a one-step prediction, no gradient
-//! through settling) and takes its statistics over the images of the batch
+//! differ apart. Every one reads one-step predictions (in local learning,
+//! the default, no gradient flows through settling) and takes its
+//! statistics over the images of the batch
 //! at each location separately, never across locations: so the locations of
 //! one image stay free to agree (islands can form), and each location's
 //! term is its own, the same bits whatever the tiling.
