@@ -22,12 +22,15 @@ run() {
   "$glom" train --out "$out/$name" --workers 1 --set train.steps="$steps" "$@"
 }
 
+off=(--set train.variance_weight=0 --set train.covariance_weight=0)
 run scenes-default
+run scenes-positive-only "${off[@]}"
 run scenes-no-distill --set train.distill_weight=0
 run scenes-awake-negative --set train.negative_weight=0.1
 run scenes-shared-bptt "${shared_bptt[@]}"
 run scenes-shared-bptt-recon-only --config configs/shared-bptt.toml
 run fmnist-default "${fm[@]}"
+run fmnist-positive-only "${fm[@]}" "${off[@]}"
 run fmnist-no-distill "${fm[@]}" --set train.distill_weight=0
 run fmnist-shared-bptt "${fm[@]}" "${shared_bptt[@]}"
 run fmnist-shared-bptt-recon-only --config configs/shared-bptt.toml --set data.source=fashion_mnist

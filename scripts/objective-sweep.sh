@@ -78,7 +78,6 @@ for data in scenes fmnist; do
   run "$data-infonce" "${nce[@]}"=0.5
   run "$data-var5-cov10" "${var[@]}"=5 "${cov[@]}"=10
   run "$data-hinge10-cov10" "${var[@]}"=10 --set train.variance_form=hinge "${cov[@]}"=10
-  run "$data-var10-cov10-ae1" "${var[@]}"=10 "${cov[@]}"=10 "${ae[@]}"=1
 done
 
 "$glom" table "${names[@]}" --out "$table" --command "scripts/objective-sweep.sh $steps $every"

@@ -707,7 +707,7 @@ mod tests {
             let inked = |colour: [u8; 3]| c.rgb.chunks(3).filter(|p| *p == colour).count();
             assert!(inked(SLEEP) > 0, "{}: no sleep marker", chart.file);
             let lines: &[usize] = match chart.file {
-                "losses.png" => &[0, 4],
+                "losses.png" => &[0, 7], // recon, total
                 "mean_cosine.png" => &[0, 1],
                 "images_per_s.png" => &[0],
                 _ => &[],

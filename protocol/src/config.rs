@@ -254,8 +254,8 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            steps: 300,
-            batch_size: 16,
+            steps: 500,
+            batch_size: 32,
             learning: Learning::Local,
             learning_rate: 2e-3,
             weight_decay: 0.0,
@@ -265,10 +265,10 @@ impl Default for TrainConfig {
             distill_weight: 1.0,
             negative_weight: 0.0,
             negative_margin: 0.2,
-            variance_weight: 0.0,
+            variance_weight: 10.0,
             variance_form: VarianceForm::Log,
             variance_target: 1.0,
-            covariance_weight: 0.0,
+            covariance_weight: 10.0,
             contrastive_weight: 0.0,
             contrastive_temperature: 0.1,
             contrastive_positive: ContrastivePositive::Consensus,
