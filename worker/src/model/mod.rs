@@ -398,9 +398,10 @@ impl Glom {
         })
     }
 
-    /// The top-down prediction for `level` from `above` (`[P, B, d]`, the
-    /// level above), with the location code appended in shared mode.
-    fn top_down(&self, level: usize, above: &Tensor) -> Result<Tensor> {
+    /// The top-down prediction `TD[level](above)` (`above`: `[P, n, d]`,
+    /// the level above, for the tile's P locations), with the location code
+    /// appended in shared mode.
+    pub fn top_down(&self, level: usize, above: &Tensor) -> Result<Tensor> {
         let input = match &self.code {
             Some(code) => {
                 let (p, b, _) = above.dims3()?;

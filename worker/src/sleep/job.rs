@@ -37,12 +37,11 @@
 //! grid add up to the grid's loss and every location's gradient is its own.
 
 use candle_core::{Tensor, Var};
-use glom_protocol::config::WeightMode;
 
 use super::{cosine, hinge, ReplayBuffer, SleepParams};
 use crate::error::{Error, Result};
 use crate::learn::{Adam, AdamParams};
-use crate::model::{layer_norm, nets::location_code, terms, Glom};
+use crate::model::{layer_norm, terms, Glom};
 use crate::rng::Rng;
 
 /// Stored contexts compared per dreamed sample to choose its negative.
@@ -70,36 +69,6 @@ pub struct SleepReport {
     pub shares: Vec<[f64; 3]>,
 }
 
-/// The location code of the shared top-down net, as [`Glom::settle`]
-/// appends it (`[P, 1, code]`), or `None` when the model uses none.
-fn top_down_code(model: &Glom) -> Result<Option<Tensor>> {
-    let m = &model.cfg.model;
-    if m.weights == WeightMode::Shared && m.location_code && m.location_code_dim > 0 {
-        Ok(Some(location_code(
-            model.tile.grid,
-            &model.tile.locs,
-            m.location_code_dim,
-            model.device(),
-            model.dtype(),
-        )?))
-    } else {
-        Ok(None)
-    }
-}
-
-/// `TD[l]` applied to `above` (`[P, n, d]`), with the location code if any.
-fn top_down(model: &Glom, code: Option<&Tensor>, l: usize, above: &Tensor) -> Result<Tensor> {
-    let input = match code {
-        Some(code) => {
-            let (p, n, _) = above.dims3()?;
-            let c = code.broadcast_as((p, n, code.dim(2)?))?;
-            Tensor::cat(&[above, &c], 2)?
-        }
-        None => above.clone(),
-    };
-    model.nets.top_down[l].forward(&input)
-}
-
 /// Generate every level top-down from top-level embeddings `top`
 /// (`[P, n, d]`, P the tile's locations): `e[K-1] = LN(top)`,
 /// `e[l] = LN(TD[l](e[l+1]))`. Returns levels `0..K`. Each location is
@@ -116,10 +85,9 @@ pub fn dream(model: &Glom, top: &Tensor) -> Result<Vec<Tensor>> {
             model.cfg.model.dim
         )));
     }
-    let code = top_down_code(model)?;
     let mut out = vec![layer_norm(top)?];
     for l in (0..k.saturating_sub(1)).rev() {
-        let td = top_down(model, code.as_ref(), l, &out[0])?;
+        let td = model.top_down(l, &out[0])?;
         out.insert(0, layer_norm(&td)?);
     }
     Ok(out)
@@ -263,7 +231,6 @@ fn positive_loss(
 ) -> Result<Tensor> {
     let k = model.cfg.model.levels;
     let draw = draw_dreams(model, replay, params, rng)?;
-    let code = top_down_code(model)?;
     let e = &draw.dreams;
     let (_, n, d) = e[0].dims3()?;
     let scale = model.tile.grid.len() as f64 * (n * d) as f64;
@@ -274,7 +241,7 @@ fn positive_loss(
         terms.push(per_location((pred - &e[l])?)?);
     }
     for l in 0..k - 1 {
-        let pred = top_down(model, code.as_ref(), l, &e[l + 1])?;
+        let pred = model.top_down(l, &e[l + 1])?;
         terms.push(per_location((pred - &e[l])?)?);
     }
     let count = terms.len();

@@ -304,11 +304,12 @@ fn dream_with_a_location_code_is_per_location() -> Result<()> {
     Ok(())
 }
 
-/// After a few steps of positive-only local training, a sleep job lowers
-/// the negative loss measured on a fixed draw.
-#[test]
-fn sleep_reduces_the_negative_loss_of_a_collapsed_model() -> Result<()> {
-    let cfg = small_cfg();
+/// The small model after 20 steps of positive-only local training on the
+/// whole grid (collapsing), and a replay buffer of the settled states of
+/// those steps.
+fn trained_with_replay() -> Result<(Trainer, ReplayBuffer)> {
+    let mut cfg = small_cfg();
+    (cfg.train.variance_weight, cfg.train.covariance_weight) = (0.0, 0.0);
     let grid = Grid::square(cfg.grid_side());
     let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
     let data: Arc<dyn Dataset> = Arc::new(scenes(&cfg));
@@ -318,6 +319,14 @@ fn sleep_reduces_the_negative_loss_of_a_collapsed_model() -> Result<()> {
         let out = trainer.train_step()?;
         replay.push(&out.levels)?;
     }
+    Ok((trainer, replay))
+}
+
+/// After a few steps of positive-only local training, a sleep job lowers
+/// the negative loss measured on a fixed draw.
+#[test]
+fn sleep_reduces_the_negative_loss_of_a_collapsed_model() -> Result<()> {
+    let (trainer, replay) = trained_with_replay()?;
     let model = &trainer.model;
     let params = SleepParams {
         steps: 40,
@@ -346,16 +355,7 @@ fn sleep_reduces_the_negative_loss_of_a_collapsed_model() -> Result<()> {
 /// alone, and falls.
 #[test]
 fn sleep_variance_term_spreads_a_collapsed_model() -> Result<()> {
-    let cfg = small_cfg();
-    let grid = Grid::square(cfg.grid_side());
-    let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
-    let data: Arc<dyn Dataset> = Arc::new(scenes(&cfg));
-    let mut trainer = Trainer::new(model, data)?;
-    let mut replay = ReplayBuffer::new(64);
-    for _ in 0..20 {
-        let out = trainer.train_step()?;
-        replay.push(&out.levels)?;
-    }
+    let (trainer, replay) = trained_with_replay()?;
     let params = SleepParams {
         steps: 30,
         positive_steps: 0,
