@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Train and evaluate the core variants behind docs/experiments/core.md, each
 # into runs/core/<name>/ (summary.json holds every figure; metrics.jsonl the
-# curves). Usage: scripts/core-experiments.sh [STEPS]   (default 300)
+# curves). Usage: scripts/core-experiments.sh [STEPS]   (default 500, as the default config)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${1:-300}
+steps=${1:-500}
 cargo build --release --locked
 glom=target/release/glom
 out=runs/core

@@ -81,3 +81,5 @@ for data in scenes fmnist; do
 done
 
 "$glom" table "${names[@]}" --out "$table" --command "scripts/objective-sweep.sh $steps $every"
+# glom table titles its output for the variants; this file is the sweep.
+sed -i '1s/.*/# The awake objective: which anti-collapse terms keep GLOM alive/' "$table"
