@@ -681,14 +681,14 @@ impl Config {
         check(
             t.variance_target.is_finite() && t.variance_target > 0.0,
             "train.variance_target",
-            || format!("{} must be > 0", t.variance_target),
+            || format!("{} must be a finite number > 0", t.variance_target),
         )?;
         finite_nonneg(t.covariance_weight, "train.covariance_weight")?;
         finite_nonneg(t.contrastive_weight, "train.contrastive_weight")?;
         check(
             t.contrastive_temperature.is_finite() && t.contrastive_temperature > 0.0,
             "train.contrastive_temperature",
-            || format!("{} must be > 0", t.contrastive_temperature),
+            || format!("{} must be a finite number > 0", t.contrastive_temperature),
         )?;
         finite_nonneg(t.autoencoder_weight, "train.autoencoder_weight")?;
         let batch_terms =
