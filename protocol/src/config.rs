@@ -1224,9 +1224,12 @@ mod tests {
         }
     }
 
+    /// A change to a configuration and the key its error must name.
+    type BadValue = (fn(&mut Config), &'static str);
+
     #[test]
     fn anti_collapse_values_name_their_key() {
-        let cases: [(fn(&mut Config), &str); 6] = [
+        let cases: [BadValue; 6] = [
             (|c| c.train.variance_weight = -1.0, "train.variance_weight"),
             (|c| c.train.variance_target = 0.0, "train.variance_target"),
             (
