@@ -39,8 +39,8 @@ use crate::learn::{make_batch, Batch, EVAL_KEY};
 use crate::model::{Glom, Mode, NoHalo, Settled};
 pub use probe::raw_pixel_probe;
 use probe::{probe_count, run_probe, ProbeSet};
+use score::{image_rows, score_levels, LevelTotals};
 pub use score::{score_image, threshold_islands, AriSet, ImageScores};
-use score::{score_levels, LevelTotals};
 
 /// Images settled together.
 const BATCH: usize = 32;
@@ -188,9 +188,13 @@ pub fn evaluate(
             let rows = level_rows(settled)?;
             for (b, image) in images.iter().enumerate() {
                 if start + b < n_eval {
-                    score_levels(cfg, &rows, b, images.len(), image, &mut totals);
-                    for (all, level) in collapse_rows.iter_mut().zip(&rows) {
-                        all.extend(image_rows(level, b, images.len(), cfg.model.dim));
+                    let fields: Vec<Vec<f32>> = rows
+                        .iter()
+                        .map(|level| image_rows(level, b, images.len(), cfg.model.dim))
+                        .collect();
+                    score_levels(cfg, &fields, image, &mut totals);
+                    for (all, field) in collapse_rows.iter_mut().zip(&fields) {
+                        all.extend_from_slice(field);
                     }
                 }
             }
@@ -471,18 +475,6 @@ pub fn inpaint_neighbour_mean(batch: &Batch, side: usize) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_vec(out, (p, b, pix), batch.input.device())?.to_dtype(batch.input.dtype())?)
-}
-
-/// The `dim`-vectors of image `b` (of `batch_len`) at every location, from
-/// one level's `[P, B, d]` values.
-fn image_rows(level: &[f32], b: usize, batch_len: usize, dim: usize) -> Vec<f32> {
-    let locations = level.len() / (batch_len * dim).max(1);
-    (0..locations)
-        .flat_map(|p| {
-            let at = (p * batch_len + b) * dim;
-            level[at..at + dim].iter().copied()
-        })
-        .collect()
 }
 
 /// Every level of a settled batch as `f32` values in `[P, B, d]` order.

@@ -234,12 +234,11 @@ pub(crate) fn fill_islands(report: &mut EvalReport, totals: &[LevelTotals]) {
     report.island_ari_by_level = levels;
 }
 
-/// Add image `b` (of a batch of `batch_len`) to the per-level totals.
+/// Add one image to the per-level totals: `fields` holds, per level, its
+/// vectors at every location ([`image_rows`]).
 pub(crate) fn score_levels(
     cfg: &Config,
-    rows: &[Vec<f32>],
-    b: usize,
-    batch_len: usize,
+    fields: &[Vec<f32>],
     image: &Image,
     totals: &mut [LevelTotals],
 ) {
@@ -251,20 +250,27 @@ pub(crate) fn score_levels(
         )),
         _ => None,
     };
-    let locations = rows.first().map_or(0, |r| r.len() / (batch_len * dim));
-    for (level, level_rows) in rows.iter().enumerate() {
-        let mut vectors = Vec::with_capacity(locations * dim);
-        for p in 0..locations {
-            let at = (p * batch_len + b) * dim;
-            vectors.extend_from_slice(&level_rows[at..at + dim]);
-        }
-        let threshold = cfg.eval.island_threshold;
+    let threshold = cfg.eval.island_threshold;
+    for (level, vectors) in fields.iter().enumerate() {
         match &maps {
             Some((part, object)) => {
-                totals[level].add(&score_image(&vectors, dim, part, object, threshold))
+                totals[level].add(&score_image(vectors, dim, part, object, threshold))
             }
-            None => totals[level]
-                .add_islands(count_labels(&threshold_islands(&vectors, dim, threshold))),
+            None => {
+                totals[level].add_islands(count_labels(&threshold_islands(vectors, dim, threshold)))
+            }
         }
     }
+}
+
+/// The `dim`-vectors of image `b` (of `batch_len`) at every location, from
+/// one level's `[P, B, d]` values.
+pub(crate) fn image_rows(level: &[f32], b: usize, batch_len: usize, dim: usize) -> Vec<f32> {
+    let locations = level.len() / (batch_len * dim).max(1);
+    (0..locations)
+        .flat_map(|p| {
+            let at = (p * batch_len + b) * dim;
+            level[at..at + dim].iter().copied()
+        })
+        .collect()
 }

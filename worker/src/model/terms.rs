@@ -10,8 +10,9 @@
 //! one image stay free to agree (islands can form), and each location's
 //! term is its own, the same bits whatever the tiling.
 //!
-//! Inputs are `[P, B, d]` (locations, images, dimensions); every function
-//! returns one value per location, `[P]`.
+//! Inputs are `[P, B, d]` (locations, images, dimensions); every term
+//! returns one value per location, `[P]` ([`cosine`] and [`hinge`], which
+//! the awake and the sleep negatives share, one per vector pair).
 
 use candle_core::{Tensor, D};
 use glom_protocol::config::VarianceForm;
@@ -83,11 +84,29 @@ pub fn info_nce(pred: &Tensor, positive: &Tensor, temperature: f64) -> Result<Te
     Ok(logp.broadcast_mul(&eye)?.sum(2)?.sum(1)?.neg()?)
 }
 
+/// Cosine similarity over the last axis (with the engine's epsilon), with
+/// broadcasting between `a` and `b`.
+pub fn cosine(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dot = a.broadcast_mul(b)?.sum(D::Minus1)?;
+    let na = a.sqr()?.sum(D::Minus1)?.sqrt()?;
+    let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?;
+    Ok(dot.broadcast_div(&(na.broadcast_mul(&nb)? + 1e-6)?)?)
+}
+
+/// The hinge of the negative terms (awake and asleep), elementwise over
+/// all but the last axis:
+/// `relu(cos(pred, neg) - margin)`. Zero, with zero gradient, for pairs
+/// already separated beyond the margin (paper section 7, footnote 24:
+/// maintain separation rather than maximise distance).
+pub fn hinge(pred: &Tensor, neg: &Tensor, margin: f64) -> Result<Tensor> {
+    Ok((cosine(pred, neg)? - margin)?.relu()?)
+}
+
 /// Awake hinge on the cosine similarity between each prediction and the
 /// consensus of an unrelated context (another image: the batch shifted by
 /// one, at the same location, so the pairing does not depend on the
-/// tiling), penalising only similarity above `margin` ("maintain
-/// separation", paper section 7, footnote 24). Sum over images, `[P]`.
+/// tiling), penalising only similarity above `margin` ([`hinge`]). Sum over
+/// images, `[P]`.
 pub fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<Tensor> {
     let (p, b, _) = pred.dims3()?;
     if b < 2 {
@@ -97,10 +116,7 @@ pub fn hinge_negative(pred: &Tensor, consensus: &Tensor, margin: f64) -> Result<
         &[&consensus.narrow(1, 1, b - 1)?, &consensus.narrow(1, 0, 1)?],
         1,
     )?;
-    let dot = (pred * &other)?.sum(D::Minus1)?;
-    let norms = (pred.sqr()?.sum(D::Minus1)?.sqrt()? * other.sqr()?.sum(D::Minus1)?.sqrt()?)?;
-    let cos = (dot / (norms + 1e-6)?)?;
-    Ok((cos - margin)?.relu()?.sum(1)?)
+    Ok(hinge(pred, &other, margin)?.sum(1)?)
 }
 
 /// Sum of `[P, B, d]` over everything but the location axis: `[P]`.

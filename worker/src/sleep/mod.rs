@@ -29,10 +29,9 @@ mod run;
 #[cfg(test)]
 mod tests;
 
-use candle_core::{Tensor, D};
 use glom_protocol::config::{Config, VarianceForm};
 
-use crate::error::Result;
+pub use crate::model::terms::{cosine, hinge};
 pub use job::{
     dream, evaluate_negative, run_sleep, run_sleep_with, SleepReport, NEGATIVE_CANDIDATES,
 };
@@ -95,21 +94,4 @@ impl Default for SleepParams {
     fn default() -> Self {
         Self::from(&Config::default())
     }
-}
-
-/// Cosine similarity over the last axis (with the engine's epsilon), with
-/// broadcasting between `a` and `b`.
-pub fn cosine(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let dot = a.broadcast_mul(b)?.sum(D::Minus1)?;
-    let na = a.sqr()?.sum(D::Minus1)?.sqrt()?;
-    let nb = b.sqr()?.sum(D::Minus1)?.sqrt()?;
-    Ok(dot.broadcast_div(&(na.broadcast_mul(&nb)? + 1e-6)?)?)
-}
-
-/// The sleep hinge, elementwise over all but the last axis:
-/// `relu(cos(pred, neg) - margin)`. Zero, with zero gradient, for pairs
-/// already separated beyond the margin (paper section 7, footnote 24:
-/// maintain separation rather than maximise distance).
-pub fn hinge(pred: &Tensor, neg: &Tensor, margin: f64) -> Result<Tensor> {
-    Ok((cosine(pred, neg)? - margin)?.relu()?)
 }
