@@ -25,7 +25,7 @@ pub(crate) const WIDTH: usize = 960;
 pub(crate) const HEIGHT: usize = 540;
 
 /// The scalar keys of a record that the charts use.
-const SCALARS: [&str; 10] = [
+const SCALARS: [&str; 11] = [
     "loss_recon",
     "loss_distill_bu",
     "loss_distill_td",
@@ -34,6 +34,7 @@ const SCALARS: [&str; 10] = [
     "loss_covariance",
     "loss_contrastive",
     "loss_autoencoder",
+    "loss_neighbour_distill",
     "loss_total",
     "images_per_s",
 ];
@@ -69,6 +70,7 @@ pub(crate) const CHARTS: [Chart; 5] = [
             "loss_covariance",
             "loss_contrastive",
             "loss_autoencoder",
+            "loss_neighbour_distill",
             "loss_total",
         ],
         per_level: None,

@@ -358,7 +358,11 @@ fn setup(config: &toml::Table, path: &Path) -> Result<Setup> {
             form => format!("var {var} ({form})"),
         });
     }
-    for (key, name) in [("covariance_weight", "cov"), ("autoencoder_weight", "AE")] {
+    for (key, name) in [
+        ("covariance_weight", "cov"),
+        ("autoencoder_weight", "AE"),
+        ("neighbour_distill_weight", "neighbour distill"),
+    ] {
         let w = optional(key, 0.0)?;
         if w > 0.0 {
             terms.push(format!("{name} {w}"));

@@ -82,6 +82,7 @@ fn train_writes_a_complete_run_that_eval_reads() {
             "loss_covariance",
             "loss_contrastive",
             "loss_autoencoder",
+            "loss_neighbour_distill",
             "loss_total",
         ] {
             assert!(r[key].as_f64().unwrap().is_finite(), "{key}");

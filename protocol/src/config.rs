@@ -245,6 +245,11 @@ pub struct TrainConfig {
     /// Weight of the local autoencoder term `TD[l](BU[l+1](e[l])) ~ e[l]`
     /// per level below the top; 0 = off.
     pub autoencoder_weight: f64,
+    /// Weight of neighbour co-distillation (paper section 12.1): every
+    /// bottom-up student also regresses, on the input a sampled neighbour
+    /// had, toward the state that neighbour settled to, so that the nets of
+    /// different locations stay functionally alike; 0 = off.
+    pub neighbour_distill_weight: f64,
     /// Log a metrics record every this many steps.
     pub log_every: u64,
     /// Embeddings per level sampled for the collapse measures.
@@ -273,6 +278,7 @@ impl Default for TrainConfig {
             contrastive_temperature: 0.1,
             contrastive_positive: ContrastivePositive::Consensus,
             autoencoder_weight: 0.0,
+            neighbour_distill_weight: 0.0,
             log_every: 10,
             rank_sample: 256,
         }
@@ -691,6 +697,7 @@ impl Config {
             || format!("{} must be a finite number > 0", t.contrastive_temperature),
         )?;
         finite_nonneg(t.autoencoder_weight, "train.autoencoder_weight")?;
+        finite_nonneg(t.neighbour_distill_weight, "train.neighbour_distill_weight")?;
         let batch_terms =
             t.variance_weight > 0.0 || t.covariance_weight > 0.0 || t.contrastive_weight > 0.0;
         check(
@@ -972,6 +979,10 @@ impl Config {
                 ][..],
             ),
             (t.autoencoder_weight == 0.0, &["autoencoder_weight"][..]),
+            (
+                t.neighbour_distill_weight == 0.0,
+                &["neighbour_distill_weight"][..],
+            ),
         ] {
             if off {
                 let fields = train
@@ -1119,11 +1130,12 @@ mod tests {
             assert_eq!(off.hash(), b.hash(), "setting {i} of a term that is off");
         }
         // Once on, the term and its settings are hashed.
-        let weights: [fn(&mut Config); 4] = [
+        let weights: [fn(&mut Config); 5] = [
             |c| c.train.variance_weight = 1.0,
             |c| c.train.covariance_weight = 1.0,
             |c| c.train.contrastive_weight = 1.0,
             |c| c.train.autoencoder_weight = 1.0,
+            |c| c.train.neighbour_distill_weight = 1.0,
         ];
         for (i, on) in weights.iter().enumerate() {
             let mut b = off.clone();
@@ -1229,7 +1241,7 @@ mod tests {
 
     #[test]
     fn anti_collapse_values_name_their_key() {
-        let cases: [BadValue; 6] = [
+        let cases: [BadValue; 7] = [
             (|c| c.train.variance_weight = -1.0, "train.variance_weight"),
             (|c| c.train.variance_target = 0.0, "train.variance_target"),
             (
@@ -1243,6 +1255,10 @@ mod tests {
             (
                 |c| c.train.autoencoder_weight = f64::NAN,
                 "train.autoencoder_weight",
+            ),
+            (
+                |c| c.train.neighbour_distill_weight = -1.0,
+                "train.neighbour_distill_weight",
             ),
             (
                 |c| (c.train.batch_size, c.train.contrastive_weight) = (1, 1.0),

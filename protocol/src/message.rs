@@ -25,11 +25,12 @@ use crate::manifest::ShardEntry;
 /// version is refused at the handshake: a field added or reordered would
 /// otherwise decode as garbage or, worse, as wrong values.
 /// Version 2: a step's loss shares carry [`LOSS_TERMS`] terms (the
-/// anti-collapse terms were added).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// anti-collapse terms were added). Version 3: and neighbour
+/// co-distillation.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Number of loss terms a worker reports per location.
-pub const LOSS_TERMS: usize = 8;
+pub const LOSS_TERMS: usize = 9;
 
 /// Names of the loss terms, in the order of [`LossShares`] (also the
 /// `loss_<name>` keys of metrics records).
@@ -42,6 +43,7 @@ pub const LOSS_TERM_NAMES: [&str; LOSS_TERMS] = [
     "covariance",
     "contrastive",
     "autoencoder",
+    "neighbour_distill",
 ];
 
 /// One location's share of every grid-mean loss term, in the order of

@@ -268,13 +268,17 @@ fn grad_norm_by_slot(grads: &candle_core::backprop::GradStore, var: &Var) -> Vec
 fn local_learning_keeps_gradients_at_their_location() -> Result<()> {
     let mut cfg = small_cfg();
     cfg.model.init = InitMode::Independent;
+    cfg.train.neighbour_distill_weight = 1.0;
     let grid = Grid::square(cfg.grid_side());
     let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F64)?;
     let batch = batch_for(&model, 0.3);
     let s = model.settle(&batch.input, 2, Mode::Local, &mut NoHalo, false)?;
     let x = 5;
-    let loss =
-        (s.distill_bu.narrow(0, x, 1)?.sum_all()? + s.distill_td.narrow(0, x, 1)?.sum_all()?)?;
+    // Neighbour co-distillation reads other locations' states but trains
+    // only the location's own nets.
+    let loss = (s.distill_bu.narrow(0, x, 1)?.sum_all()?
+        + s.distill_td.narrow(0, x, 1)?.sum_all()?
+        + s.neighbour_distill.narrow(0, x, 1)?.sum_all()?)?;
     let loss = (loss + s.recon.narrow(0, x, 1)?.sqr()?.sum_all()?)?;
     let grads = loss.backward()?;
     let mut reached_own = 0;
@@ -441,6 +445,7 @@ fn a_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
     cfg.train.contrastive_weight = 1.0;
     cfg.train.contrastive_positive = ContrastivePositive::Lateral;
     cfg.train.autoencoder_weight = 1.0;
+    cfg.train.neighbour_distill_weight = 1.0;
     cfg.train.negative_weight = 1.0;
     let grid = Grid::square(cfg.grid_side());
     let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
@@ -481,6 +486,11 @@ fn a_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
         ("covariance", &got.covariance, &full.covariance),
         ("contrastive", &got.contrastive, &full.contrastive),
         ("autoencoder", &got.autoencoder, &full.autoencoder),
+        (
+            "neighbour_distill",
+            &got.neighbour_distill,
+            &full.neighbour_distill,
+        ),
     ] {
         let want = want.index_select(&idx, 0)?;
         assert!(
@@ -488,6 +498,55 @@ fn a_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
             "{name} is off"
         );
         assert_eq!(max_abs_diff(got, &want), 0.0, "{name}");
+    }
+    Ok(())
+}
+
+/// Neighbour co-distillation (paper section 12.1) makes the bottom-up nets
+/// of different locations compute more alike: from independent initial
+/// weights, after the same steps of distillation, their disagreement on a
+/// common probe input is lower with the term than without it, at every
+/// level it trains (1 and above).
+#[test]
+fn neighbour_codistillation_makes_the_nets_of_different_locations_alike() -> Result<()> {
+    use glom_worker::data::{SceneParams, SyntheticScenes};
+    use glom_worker::learn::Trainer;
+    use glom_worker::monitor::{disagreement_of, probe_outputs_by_level};
+    use std::sync::Arc;
+    let train = |neighbour: f64| -> Result<Vec<f64>> {
+        let mut cfg = small_cfg();
+        cfg.model.init = InitMode::Independent;
+        cfg.train.variance_weight = 0.0;
+        cfg.train.covariance_weight = 0.0;
+        cfg.train.neighbour_distill_weight = neighbour;
+        cfg.train.learning_rate = 0.01;
+        let grid = Grid::square(cfg.grid_side());
+        let model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+        let data = SyntheticScenes::new(
+            SceneParams {
+                size: cfg.data.image_size,
+                ..Default::default()
+            },
+            5,
+        );
+        let mut trainer = Trainer::new(model, Arc::new(data))?;
+        for _ in 0..40 {
+            let out = trainer.train_step()?;
+            assert_eq!(out.losses.loss_neighbour_distill > 0.0, neighbour > 0.0);
+        }
+        Ok(probe_outputs_by_level(&trainer.model)?
+            .iter()
+            .map(|o| disagreement_of(o, cfg.model.dim))
+            .collect())
+    };
+    let (without, with) = (train(0.0)?, train(1.0)?);
+    for l in 1..with.len() {
+        assert!(
+            with[l] < 0.7 * without[l],
+            "level {l}: disagreement {} with the term, {} without",
+            with[l],
+            without[l]
+        );
     }
     Ok(())
 }

@@ -14,7 +14,10 @@
 //!   covariance of every student's raw prediction over the batch at its
 //!   location, InfoNCE against other images at the same location, and the
 //!   local autoencoder of each level; the first three are means per
-//!   student and iteration, InfoNCE also per image.
+//!   student and iteration, InfoNCE also per image;
+//! - neighbour co-distillation (optional): every bottom-up net above level
+//!   0 regresses, on a neighbour's input, toward that neighbour's state
+//!   ([`crate::model::Glom::neighbour_distill`]), a mean like distillation's.
 
 pub mod adam;
 
@@ -117,6 +120,7 @@ pub struct LossValues {
     pub loss_covariance: f64,
     pub loss_contrastive: f64,
     pub loss_autoencoder: f64,
+    pub loss_neighbour_distill: f64,
     pub loss_total: f64,
 }
 
@@ -156,6 +160,7 @@ pub fn objective(
         (&settled.covariance / (n * students))?,
         (&settled.contrastive / (n * b * students))?,
         (&settled.autoencoder / (n * b * d * t * below_top))?,
+        (&settled.neighbour_distill / (n * b * d * t * below_top))?,
     ];
     let weights = term_weights(cfg);
     let mut total: Option<Tensor> = None;
@@ -195,6 +200,7 @@ pub fn term_weights(cfg: &Config) -> [f64; LOSS_TERMS] {
         t.covariance_weight,
         t.contrastive_weight,
         t.autoencoder_weight,
+        t.neighbour_distill_weight,
     ]
 }
 
@@ -210,7 +216,7 @@ impl LossValues {
             }
         }
         let total = sums.iter().zip(term_weights(cfg)).map(|(v, w)| v * w).sum();
-        let [recon, bu, td, neg, var, cov, con, ae] = sums;
+        let [recon, bu, td, neg, var, cov, con, ae, nd] = sums;
         Self {
             loss_recon: recon,
             loss_distill_bu: bu,
@@ -220,6 +226,7 @@ impl LossValues {
             loss_covariance: cov,
             loss_contrastive: con,
             loss_autoencoder: ae,
+            loss_neighbour_distill: nd,
             loss_total: total,
         }
     }
@@ -235,6 +242,7 @@ impl LossValues {
             self.loss_covariance,
             self.loss_contrastive,
             self.loss_autoencoder,
+            self.loss_neighbour_distill,
         ];
         std::array::from_fn(|i| {
             if i < LOSS_TERMS {

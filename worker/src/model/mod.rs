@@ -169,6 +169,11 @@ pub struct Settled {
     pub covariance: Tensor,
     pub contrastive: Tensor,
     pub autoencoder: Tensor,
+    /// Per location `[P]`: neighbour co-distillation's squared errors
+    /// ([`Glom::neighbour_distill`]), summed over iterations, levels above
+    /// 0, images and dimensions (zero unless
+    /// `train.neighbour_distill_weight > 0`).
+    pub neighbour_distill: Tensor,
     /// Per iteration, per level: the weighted mean before normalisation and
     /// the new state (both detached); filled when asked for.
     pub trace: Vec<Vec<(Tensor, Tensor)>>,
@@ -317,6 +322,7 @@ impl Glom {
 
         let mut recon_src = None;
         let mut trace = Vec::new();
+        let mut prev_srcs: Option<Vec<Tensor>> = None;
         for t in 0..m.iterations {
             let w = MixWeights::at(&self.cfg, t);
             halo.send(t, &e)?;
@@ -346,14 +352,23 @@ impl Glom {
                 }
             }
             let halo_e = halo.receive(t)?;
+            // Every level's state at the tile's locations, then its halo's.
+            let srcs = (0..k)
+                .map(|l| match halo_e.get(l) {
+                    Some(h) if h.dim(0)? > 0 => Ok(Tensor::cat(&[&e[l], h], 0)?),
+                    _ => Ok(e[l].clone()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if acc.neighbour_on {
+                let before = prev_srcs.as_ref().unwrap_or(&srcs);
+                acc.neighbour =
+                    (&acc.neighbour + self.neighbour_distill(before, &srcs, &nb, t)?)?;
+            }
             let mut new = Vec::with_capacity(k);
             let mut step_trace = Vec::new();
             for (l, (bu, td)) in predictions.into_iter().enumerate() {
-                let src = match halo_e.get(l) {
-                    Some(h) if h.dim(0)? > 0 => Tensor::cat(&[&e[l], h], 0)?,
-                    _ => e[l].clone(),
-                };
-                let lat = lateral(&e[l], &src, &nb.idx[l], &nb.pad[l], self.beta(l, t))?;
+                let src = &srcs[l];
+                let lat = lateral(&e[l], src, &nb.idx[l], &nb.pad[l], self.beta(l, t))?;
                 // In local mode only the bottom-up prediction carries a
                 // gradient into the mean: at level 0 of the last iteration
                 // that is the one step through which reconstruction trains
@@ -379,6 +394,9 @@ impl Glom {
             if want_trace {
                 trace.push(step_trace);
             }
+            if acc.neighbour_on {
+                prev_srcs = Some(srcs);
+            }
             e = new;
         }
         acc.finish()?;
@@ -394,8 +412,43 @@ impl Glom {
             covariance: acc.covariance,
             contrastive: acc.contrastive,
             autoencoder: acc.autoencoder,
+            neighbour_distill: acc.neighbour,
             trace,
         })
+    }
+
+    /// Neighbour co-distillation at iteration `t` (paper section 12.1:
+    /// corresponding nets at different locations should compute the same
+    /// function). For every level `l >= 1`, location `x` takes one sampled
+    /// neighbour `y` (column `t mod n` of the level's draw) and its
+    /// bottom-up net regresses, on `y`'s state one level down from the
+    /// previous iteration (`before`), toward `y`'s state now (`now`): the
+    /// pair `y`'s own bottom-up student was trained on one iteration
+    /// earlier (at `t = 0`, the initial bottom-up pass). `before` and `now`
+    /// are per level `[P + H, B, d]` (tile, then halo); the result is the
+    /// per-location `[P]` sum of squared errors, with gradients only into
+    /// location `x`'s own net.
+    fn neighbour_distill(
+        &self,
+        before: &[Tensor],
+        now: &[Tensor],
+        nb: &NeighbourTensors,
+        t: usize,
+    ) -> Result<Tensor> {
+        let p = self.tile.locs.len();
+        let mut sum = Tensor::zeros(p, self.dtype, &self.device)?;
+        for l in 1..self.cfg.model.levels {
+            let n = nb.idx[l].dim(0)? / p.max(1);
+            let ids = nb.idx[l]
+                .reshape((p, n))?
+                .narrow(1, t % n, 1)?
+                .flatten_all()?;
+            let input = before[l - 1].index_select(&ids, 0)?.detach();
+            let target = now[l].index_select(&ids, 0)?.detach();
+            let pred = self.nets.bottom_up[l - 1].forward(&input)?;
+            sum = (sum + terms::per_location_sum(&(pred - target)?.sqr()?)?)?;
+        }
+        Ok(sum)
     }
 
     /// The top-down prediction `TD[level](above)` (`above`: `[P, n, d]`,
@@ -424,6 +477,7 @@ struct StudentTerms {
     covariance_on: bool,
     contrastive_on: bool,
     autoencoder_on: bool,
+    neighbour_on: bool,
     distill_bu: Tensor,
     distill_td: Tensor,
     negative: Tensor,
@@ -431,6 +485,7 @@ struct StudentTerms {
     covariance: Tensor,
     contrastive: Tensor,
     autoencoder: Tensor,
+    neighbour: Tensor,
     /// Every raw prediction the batch terms read (`[P, B, d]` each) and,
     /// for InfoNCE, its positive: the terms are computed once over all of
     /// them in [`StudentTerms::finish`], not once per student.
@@ -449,13 +504,15 @@ impl StudentTerms {
             covariance_on: learn && t.covariance_weight > 0.0,
             contrastive_on: learn && t.contrastive_weight > 0.0,
             autoencoder_on: learn && t.autoencoder_weight > 0.0 && cfg.model.levels > 1,
+            neighbour_on: learn && t.neighbour_distill_weight > 0.0 && cfg.model.levels > 1,
             distill_bu: zero.clone(),
             distill_td: zero.clone(),
             negative: zero.clone(),
             variance: zero.clone(),
             covariance: zero.clone(),
             contrastive: zero.clone(),
-            autoencoder: zero,
+            autoencoder: zero.clone(),
+            neighbour: zero,
             preds: Vec::new(),
             positives: Vec::new(),
         })
