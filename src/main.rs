@@ -15,6 +15,7 @@
 //! - [`observe`]: the per-level measures behind them, and their cost.
 
 mod cluster;
+mod divergence;
 mod draw;
 mod evaluate;
 mod metrics;

@@ -35,6 +35,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::cluster::driver::{drive, RunObserver};
+use crate::divergence::DivergenceGuard;
 use crate::metrics::server::Endpoint;
 use crate::metrics::{NoTelemetry, Phase, PromTelemetry, RunInfo, StepReport, Telemetry};
 use crate::observe::{measure, Cost};
@@ -148,6 +149,9 @@ pub(crate) struct Recorder {
     /// Halo traffic and waiting over the whole run.
     pub(crate) halo: HaloTotals,
     pub(crate) last_checkpoint: Option<(PathBuf, u64)>,
+    /// The checkpoint this run resumed from, if any.
+    pub(crate) resumed_from: Option<(PathBuf, u64)>,
+    guard: DivergenceGuard,
 }
 
 /// Sums over the steps of a run, for `summary.json`.
@@ -180,6 +184,8 @@ impl Recorder {
             window: (Instant::now(), 0),
             halo: HaloTotals::default(),
             last_checkpoint: None,
+            resumed_from: None,
+            guard: DivergenceGuard::new(cfg),
         })
     }
 
@@ -249,10 +255,10 @@ impl RunObserver for Recorder {
         let cfg = &self.cfg;
         let done = step + 1;
         let losses = LossValues::from_shares(cfg, &[s.losses]);
-        if !losses.loss_total.is_finite() {
+        if let Some(d) = self.guard.check(&losses) {
+            let good = self.last_checkpoint.as_ref().or(self.resumed_from.as_ref());
             return Err(anyhow!(
-                "loss became {} at step {done}: lower train.learning_rate",
-                losses.loss_total
+                d.message(done, good.map(|(p, s)| (p.as_path(), *s)))
             ));
         }
         self.cost.add_step(s.max_step_seconds);
@@ -535,6 +541,7 @@ pub(crate) fn run(
 
     let mut recorder = Recorder::new(&cfg, &dir, telemetry)?;
     recorder.bar.set_position(first_step);
+    recorder.resumed_from = resume.as_ref().map(|r| (PathBuf::from(&r.dir), r.step));
     let ck_root = dir.join("checkpoints");
     let train_started = Instant::now();
     let coordinator = Coordinator::with_settings(

@@ -322,3 +322,52 @@ fn a_missing_dataset_is_a_clear_error_and_leaves_no_run_behind() {
     assert!(err.contains("dataset-fashion-mnist"), "{err}");
     assert!(!run.exists(), "a failed start left {}", run.display());
 }
+
+/// A finite blow-up of the loss (a learning rate far too high) stops the
+/// run with an error naming the step, the largest term and the last good
+/// checkpoint, instead of finishing with a checkpoint of garbage; every
+/// checkpoint it did write holds finite weights (`glom eval` reads it).
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let diverge = |name: &str, every: &str| {
+        let run = tmp.path().join(name);
+        let every = format!("checkpoint.every_steps={every}");
+        let err = failure(&train(
+            &run,
+            &["train.steps=60", "train.learning_rate=1000", &every],
+        ));
+        assert!(!run.join("summary.json").exists());
+        let written = std::fs::read_dir(run.join("checkpoints"))
+            .into_iter()
+            .flatten();
+        for entry in written {
+            let dir = entry.unwrap().path();
+            if dir.join("manifest.json").exists() {
+                ok(&glom(
+                    &["eval", "--checkpoint", dir.to_str().unwrap(), "--json"],
+                    &[],
+                    &[],
+                ));
+            }
+        }
+        err
+    };
+    // The loss guard: the blow-up comes before any checkpoint.
+    let err = diverge("late-checkpoints", "10");
+    for part in [
+        "diverged at step 2",
+        "largest term",
+        "no checkpoint was written",
+        "learning_rate",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from {err}");
+    }
+    // A checkpoint every step: step 1 is good; whichever of the loss guard
+    // and the workers' refusal to save non-finite optimiser state stops the
+    // run first, the error says it diverged and where to go on from.
+    let err = diverge("every-step", "1");
+    for part in ["diverged", "checkpoints/step-1"] {
+        assert!(err.contains(part), "{part:?} missing from {err}");
+    }
+}

@@ -250,6 +250,11 @@ pub struct TrainConfig {
     /// had, toward the state that neighbour settled to, so that the nets of
     /// different locations stay functionally alike; 0 = off.
     pub neighbour_distill_weight: f64,
+    /// Divergence guard: a step whose weighted total loss is more than this
+    /// many times the median of the last steps' (in absolute value) stops
+    /// the run, naming the step, the term that grew most and the last good
+    /// checkpoint; 0 = off (a non-finite loss stops the run regardless).
+    pub divergence_factor: f64,
     /// Log a metrics record every this many steps.
     pub log_every: u64,
     /// Embeddings per level sampled for the collapse measures.
@@ -279,6 +284,7 @@ impl Default for TrainConfig {
             contrastive_positive: ContrastivePositive::Consensus,
             autoencoder_weight: 0.0,
             neighbour_distill_weight: 0.0,
+            divergence_factor: 1000.0,
             log_every: 10,
             rank_sample: 256,
         }
@@ -698,6 +704,17 @@ impl Config {
         )?;
         finite_nonneg(t.autoencoder_weight, "train.autoencoder_weight")?;
         finite_nonneg(t.neighbour_distill_weight, "train.neighbour_distill_weight")?;
+        check(
+            t.divergence_factor == 0.0
+                || (t.divergence_factor.is_finite() && t.divergence_factor > 1.0),
+            "train.divergence_factor",
+            || {
+                format!(
+                    "{} must be 0 (off) or a finite number > 1",
+                    t.divergence_factor
+                )
+            },
+        )?;
         let batch_terms =
             t.variance_weight > 0.0 || t.covariance_weight > 0.0 || t.contrastive_weight > 0.0;
         check(
@@ -941,8 +958,8 @@ impl Config {
     }
 
     /// Stable hash of what the configuration computes (hex SHA-256 of the
-    /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`
-    /// and `rank_sample`, `data` without `path`,
+    /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`,
+    /// `rank_sample` and `divergence_factor`, `data` without `path`,
     /// `cluster.halo_precision`, and, when sleep is scheduled, `sleep`
     /// without `timetable` and `observe_images`). Two processes agree on a
     /// run only when
@@ -960,6 +977,11 @@ impl Config {
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
         let mut train = serde_json::json!(train);
+        // Nor does the guard that stops a diverged run.
+        train
+            .as_object_mut()
+            .expect("a struct serialises to an object")
+            .remove("divergence_factor");
         // A term that is off changes nothing, nor do its settings: they stay
         // out, so a configuration without the anti-collapse terms keeps the
         // hash it had before they existed (and old checkpoints still load).

@@ -134,9 +134,27 @@ fn shard_tensors(model: &Glom, opt: &Adam) -> Result<HashMap<String, Tensor>> {
 /// Write this tile's shard file into `dir` (created if needed) and return
 /// its manifest entry. The file is written under a temporary name, fsynced
 /// and renamed, so a crash leaves no half file under the final name.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the first parameter (in key order) that
+/// holds a NaN or an infinity, in the weights or the optimiser state: a
+/// checkpoint of a diverged model is never written.
 pub fn write_shard(dir: &Path, shard: usize, model: &Glom, opt: &Adam) -> Result<ShardEntry> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors = shard_tensors(model, opt)?;
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    for key in keys {
+        let t = &tensors[key];
+        // 0 x is 0 for a finite x and NaN otherwise.
+        let probe = (t * 0.0)?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+        if !probe.to_scalar::<f64>()?.is_finite() {
+            return Err(Error::checkpoint(
+                dir,
+                format!("refusing to write non-finite values ({key}): the model diverged"),
+            ));
+        }
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let file = shard_file_name(shard);
     let path = dir.join(&file);
     let tmp = dir.join(format!("{file}.tmp"));

@@ -380,3 +380,27 @@ fn a_tile_cannot_save_alone_and_a_manifest_needs_its_shards() {
     );
     assert!(!dir.0.join("manifest.json").exists());
 }
+
+#[test]
+fn a_model_with_non_finite_weights_is_never_checkpointed() {
+    let cfg = tiny(4);
+    let tr = trained(&cfg, 1);
+    let (name, var) = &tr.model.params.entries[1];
+    let mut values: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    values[3] = f32::INFINITY;
+    var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap())
+        .unwrap();
+    let dir = Scratch::new("non-finite");
+    let err = save(&dir.0, &tr.model, &tr.opt, tr.step)
+        .expect_err("a diverged model must not be saved")
+        .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains(name.as_str()),
+        "{err}"
+    );
+    assert!(
+        !dir.0.join(MANIFEST_FILE).exists() && !dir.0.join(shard_file_name(0)).exists(),
+        "nothing was written: {:?}",
+        dir.0.read_dir().map(|d| d.count()).unwrap_or(0)
+    );
+}

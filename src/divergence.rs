@@ -1,0 +1,206 @@
+//! The divergence guard: a run whose loss blows up stops, instead of
+//! training on and checkpointing garbage.
+//!
+//! A non-finite total loss always stops the run. A finite blow-up is a
+//! step whose weighted total loss, in absolute value, is above
+//! `train.divergence_factor` times the median of the absolute totals of the
+//! last [`WINDOW`] steps (the median, not the mean, so that one bad step
+//! does not raise its own bar). The guard needs [`MIN_HISTORY`] steps before
+//! it judges, and reads the total rather than each term, because single
+//! terms legitimately grow by orders of magnitude from near zero (the
+//! decorrelation term starts at about 1e-6).
+
+use std::collections::VecDeque;
+
+use glom_protocol::config::Config;
+use glom_worker::learn::{term_weights, LossValues};
+
+/// Steps whose totals the median is taken over.
+pub(crate) const WINDOW: usize = 50;
+
+/// Running state of the guard for one run.
+#[derive(Debug)]
+pub(crate) struct DivergenceGuard {
+    factor: f64,
+    weights: Vec<f64>,
+    recent: VecDeque<f64>,
+}
+
+/// Why a step was judged diverged.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Diverged {
+    /// The weighted total of the step.
+    pub(crate) total: f64,
+    /// The median it was compared with (None for a non-finite total).
+    pub(crate) median: Option<f64>,
+    /// The term with the largest weighted value, and that value.
+    pub(crate) term: &'static str,
+    pub(crate) term_value: f64,
+}
+
+impl DivergenceGuard {
+    pub(crate) fn new(cfg: &Config) -> Self {
+        Self {
+            factor: cfg.train.divergence_factor,
+            weights: term_weights(cfg).to_vec(),
+            recent: VecDeque::with_capacity(WINDOW),
+        }
+    }
+
+    /// Judge one step's losses; `Some` when the run must stop. A step that
+    /// passes joins the window.
+    pub(crate) fn check(&mut self, losses: &LossValues) -> Option<Diverged> {
+        let total = losses.loss_total;
+        let mut median = None;
+        let bad = if !total.is_finite() {
+            true
+        } else if self.factor > 0.0 && !self.recent.is_empty() {
+            let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
+            sorted.sort_by(f64::total_cmp);
+            let m = sorted[sorted.len() / 2];
+            median = Some(m);
+            total.abs() > self.factor * m
+        } else {
+            false
+        };
+        if bad {
+            let (term, term_value) = self.largest_term(losses);
+            return Some(Diverged {
+                total,
+                median,
+                term,
+                term_value,
+            });
+        }
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(total.abs());
+        None
+    }
+
+    /// The term whose weighted value is largest in absolute value (a
+    /// non-finite one first).
+    fn largest_term(&self, losses: &LossValues) -> (&'static str, f64) {
+        let named = losses.named();
+        let size = |v: f64| {
+            if v.is_finite() {
+                v.abs()
+            } else {
+                f64::INFINITY
+            }
+        };
+        named[..self.weights.len()]
+            .iter()
+            .zip(&self.weights)
+            .filter(|(_, &w)| w != 0.0)
+            .map(|(&(name, v), &w)| (name, v * w))
+            .max_by(|a, b| size(a.1).total_cmp(&size(b.1)))
+            .unwrap_or(("total", losses.loss_total))
+    }
+}
+
+impl Diverged {
+    /// The error message of a run stopped at `step` (1-based), with the
+    /// last checkpoint written before it, if any.
+    pub(crate) fn message(&self, step: u64, good: Option<(&std::path::Path, u64)>) -> String {
+        let what = match self.median {
+            None => format!("the loss became {} at step {step}", self.total),
+            Some(m) => format!(
+                "the loss diverged at step {step}: {:.4e}, more than train.divergence_factor \
+                 times the median of the last steps ({m:.4e})",
+                self.total
+            ),
+        };
+        let resume = match good {
+            Some((dir, at)) => format!(
+                "the last good checkpoint is {} (step {at}): go on from it with --resume and a \
+                 lower train.learning_rate",
+                dir.display()
+            ),
+            None => "no checkpoint was written before it: lower train.learning_rate and start \
+                     again"
+                .to_string(),
+        };
+        format!(
+            "{what}; largest term: {} (weighted {:.4e}); {resume}",
+            self.term, self.term_value
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn losses(cfg: &Config, recon: f64, variance: f64) -> LossValues {
+        let mut shares = [0.0; glom_protocol::message::LOSS_TERMS];
+        shares[0] = recon;
+        shares[4] = variance;
+        LossValues::from_shares(cfg, &[shares])
+    }
+
+    #[test]
+    fn a_blow_up_of_the_total_stops_naming_the_term() {
+        let cfg = Config::default();
+        let mut g = DivergenceGuard::new(&cfg);
+        for _ in 0..10 {
+            assert_eq!(g.check(&losses(&cfg, 0.01, 0.5)), None);
+        }
+        // variance weight 10: total 5.01 so far; 1e5 is far above 1000x.
+        let d = g.check(&losses(&cfg, 0.01, 1e4)).expect("diverged");
+        assert_eq!(d.term, "variance");
+        assert_eq!(d.term_value, 1e5);
+        assert!((d.median.expect("judged against a median") - 5.01).abs() < 1e-12);
+        let msg = d.message(
+            11,
+            Some((std::path::Path::new("run/checkpoints/step-10"), 10)),
+        );
+        for part in ["step 11", "variance", "run/checkpoints/step-10", "--resume"] {
+            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_training_does_not_trip_it() {
+        let cfg = Config::default();
+        let mut g = DivergenceGuard::new(&cfg);
+        // A total that falls fast, then a term that grows from nearly
+        // nothing (as decorrelation does) but keeps the total in range.
+        for i in 0..200 {
+            let var = 7.0 / (1.0 + i as f64) + 1e-6 * (i as f64).powi(3);
+            assert_eq!(g.check(&losses(&cfg, 0.01, var)), None, "step {i}");
+        }
+    }
+
+    #[test]
+    fn non_finite_stops_at_once_and_off_means_off() {
+        let mut cfg = Config::default();
+        let mut g = DivergenceGuard::new(&cfg);
+        let d = g.check(&losses(&cfg, f64::NAN, 0.5)).expect("NaN stops");
+        assert_eq!((d.term, d.median), ("recon", None));
+        assert!(d.message(1, None).contains("no checkpoint was written"));
+        cfg.train.divergence_factor = 0.0;
+        let mut g = DivergenceGuard::new(&cfg);
+        for _ in 0..5 {
+            g.check(&losses(&cfg, 0.01, 0.5));
+        }
+        assert_eq!(g.check(&losses(&cfg, 0.01, 1e12)), None);
+        assert!(g.check(&losses(&cfg, 0.01, f64::INFINITY)).is_some());
+    }
+
+    #[test]
+    fn the_first_step_is_not_judged_and_old_steps_are_forgotten() {
+        let cfg = Config::default();
+        let mut g = DivergenceGuard::new(&cfg);
+        // Nothing to compare the first step with.
+        assert_eq!(g.check(&losses(&cfg, 0.0, 1e5)), None);
+        // Old totals leave the window: after WINDOW steps at 1e3 the bar
+        // is 1e3 x 1000, whatever came first.
+        for _ in 0..WINDOW {
+            assert_eq!(g.check(&losses(&cfg, 0.0, 100.0)), None);
+        }
+        assert_eq!(g.check(&losses(&cfg, 0.0, 9e4)), None);
+        assert!(g.check(&losses(&cfg, 0.0, 2e5)).is_some());
+    }
+}
