@@ -14,6 +14,7 @@
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
 
+mod bench;
 mod cluster;
 mod divergence;
 mod draw;
@@ -180,6 +181,19 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Measure settling and training speed side by side in one process:
+    /// the machine's GEMM rate, per-location vs shared nets, settle, local
+    /// and BPTT steps (images/s, GFLOP/s, % of GEMM).
+    Bench {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Timed calls per row (the median is reported), after one warm-up.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        repeats: usize,
+        /// Also write the figures as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// Manage the cluster's TLS certificates.
     Certs {
         #[command(subcommand)]
@@ -281,6 +295,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => parse::run(&checkpoint, &input, &out, json.as_deref()),
         Command::Plot { run, out } => plot::run(&run, out.as_deref()),
+        Command::Bench {
+            config,
+            repeats,
+            json,
+        } => {
+            let cfg = settings::load(config.config.as_deref(), &config.sets)?;
+            bench::run(&cfg, repeats, json.as_deref())
+        }
         Command::Table { runs, out, command } => {
             table::run(&runs, out.as_deref(), command.as_deref())
         }

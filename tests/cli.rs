@@ -371,3 +371,44 @@ fn a_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint() {
         assert!(err.contains(part), "{part:?} missing from {err}");
     }
 }
+
+/// `glom bench` measures every row on a tiny model and writes them as JSON:
+/// the GEMM reference at 100%, positive rates, and the exact FLOP counts.
+#[test]
+fn bench_prints_and_writes_every_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let out = ok(&glom(
+        &["bench", "--repeats", "1", "--json", json.to_str().unwrap()],
+        TINY,
+        &[],
+    ));
+    let r = read_json(&json);
+    let rows = r["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|x| x["name"].as_str().unwrap()).collect();
+    for name in [
+        "gemm 1024^3 (reference)",
+        "bottom-up MLP, per-location weights",
+        "bottom-up MLP, shared weights",
+        "settle (inference)",
+        "training step, local",
+        "training step, BPTT",
+        "training step, local, shared weights",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+        assert!(out.contains(name), "{name} missing from the table:\n{out}");
+    }
+    assert_eq!(rows[0]["percent_of_gemm"].as_f64(), Some(100.0));
+    assert_eq!(rows[0]["flops"].as_f64(), Some(2.0 * 1024f64.powi(3)));
+    for row in rows {
+        for key in ["seconds", "flops", "gflop_per_s", "percent_of_gemm"] {
+            let v = row[key].as_f64().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{key} of {row}");
+        }
+    }
+    // A BPTT step does the settle's products three times over.
+    let settle = rows[3]["flops"].as_f64().unwrap();
+    let bptt = rows[5]["flops"].as_f64().unwrap();
+    assert!(bptt > 2.9 * settle, "{bptt} vs {settle}");
+    assert!(r["per_location_over_shared_step"].as_f64().unwrap() > 0.0);
+}

@@ -12,6 +12,7 @@
 //! The state before the first iteration is one bottom-up pass:
 //! `e[0] = LN(front(pixels))`, `e[l] = LN(BU[l](e[l-1]))`.
 
+pub mod flops;
 pub mod grid;
 mod locmm;
 pub mod nets;
