@@ -69,19 +69,34 @@ mod tests {
     use super::*;
     use plotters::prelude::*;
 
-    #[test]
-    fn text_in_capitals_and_symbols_is_drawn() {
+    /// `text` drawn black at 20 pixels on a small white buffer.
+    fn drawn(text: &str) -> Vec<u8> {
         init_fonts();
-        let (w, h) = (200, 40);
+        let (w, h) = (60, 30);
         let mut rgb = white(w, h);
         {
             let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-            area.draw_text("ABC λ≥ 1e-3", &(FONT, 20).into_font().color(&BLACK), (4, 4))
-                .unwrap();
+            let style = (FONT, 20).into_font().color(&BLACK);
+            area.draw_text(text, &style, (4, 4)).unwrap();
             area.present().unwrap();
         }
-        let dark = rgb.chunks(3).filter(|p| p[0] < 128).count();
-        assert!(dark > 100, "only {dark} dark pixels");
+        rgb
+    }
+
+    fn dark(rgb: &[u8]) -> usize {
+        rgb.chunks(3).filter(|p| p[0] < 128).count()
+    }
+
+    #[test]
+    fn capitals_digits_and_symbols_have_glyphs_of_their_own() {
+        let upper = drawn("G");
+        assert!(dark(&upper) > 20, "a capital is drawn");
+        assert_ne!(upper, drawn("g"), "capitals are not lower case");
+        for symbol in ["≥", "λ", "%", "#"] {
+            assert!(dark(&drawn(symbol)) > 10, "{symbol} is drawn");
+        }
+        assert_ne!(drawn("≥"), drawn("λ"), "no shared placeholder glyph");
+        assert_eq!(dark(&drawn(" ")), 0);
     }
 
     #[test]

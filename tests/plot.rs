@@ -2,7 +2,8 @@
 //! (awake records, a sleep record lacking most keys, a missing value, an
 //! unknown key) becomes one valid PNG per chart, of the fixed chart size,
 //! with the lines drawn; bad input fails with a message naming the file
-//! and the line.
+//! and the line; `--eval-checkpoints` evaluates a real run's checkpoints
+//! once and charts them.
 
 mod support;
 

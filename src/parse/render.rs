@@ -302,7 +302,7 @@ fn draw_legend(area: &Area, layout: &Layout, x0: u32, labels: &[usize]) -> Resul
             [(x, y + 2), (x + 12, y + 14)],
             island_colour(island).filled(),
         ))?;
-        area.draw_text(&size.to_string(), &text, (x + 15, y + 1))?;
+        area.draw_text(&size.to_string(), &text, (x + 16, y + 3))?;
     }
     if shown < sizes.len() {
         let rest: usize = sizes[shown..].iter().map(|s| s.1).sum();
@@ -377,7 +377,7 @@ fn draw_tree(area: &Area, tree: &ParseTree, levels: usize, locations: usize) -> 
     let (w, h) = area.dim_in_pixel();
     label(area, "parse tree (disc area: island size)", (0, 4))?;
     let (slots, n) = tree_positions(tree);
-    let left = 40.0;
+    let left = 64.0;
     let span = f64::from(w) - left - 16.0;
     let (top, bottom) = (LABEL as f64 + 24.0, f64::from(h) - 24.0);
     let level_y = |l: usize| {
@@ -397,7 +397,7 @@ fn draw_tree(area: &Area, tree: &ParseTree, levels: usize, locations: usize) -> 
         .color(&BLACK)
         .pos(Pos::new(HPos::Left, VPos::Center));
     for l in 0..levels {
-        area.draw_text(&format!("L{l}"), &text, (0, level_y(l).round() as i32))?;
+        area.draw_text(&format!("level {l}"), &text, (0, level_y(l).round() as i32))?;
     }
     let edge = RGBColor(150, 150, 150).stroke_width(1);
     for node in &tree.nodes {

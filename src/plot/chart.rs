@@ -235,10 +235,8 @@ fn segments(points: &[(f64, Option<f64>)], log: bool) -> Vec<Vec<(f64, f64)>> {
     let mut last_x = f64::NEG_INFINITY;
     for &(x, y) in points {
         let y = y.filter(|&y| !log || y > 0.0);
-        if y.is_none() || x <= last_x {
-            if !current.is_empty() {
-                out.push(std::mem::take(&mut current));
-            }
+        if (y.is_none() || x <= last_x) && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
         }
         last_x = x;
         if let Some(y) = y {
