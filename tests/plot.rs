@@ -85,6 +85,15 @@ fn plot_writes_one_png_per_chart_of_the_chart_size() {
             .filter(|p| p[0].abs_diff(p[1]) > 40 || p[1].abs_diff(p[2]) > 40)
             .count();
         assert!(coloured > 300, "{chart}: {coloured} coloured pixels");
+        // The title: text in the band across the top (44 pixels).
+        let title = pixels[..(44 * SIZE.0) as usize]
+            .iter()
+            .filter(|p| p.iter().all(|&c| c < 100))
+            .count();
+        assert!(
+            title > 200,
+            "{chart}: {title} dark pixels in the title band"
+        );
     }
     // The same input draws the same pictures.
     let again = tmp.path().join("again");
