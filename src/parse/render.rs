@@ -3,8 +3,8 @@
 //!
 //! Layout (sizes from [`Layout`]; everything on white):
 //! - a title line;
-//! - the top row, each panel under its label: the input upscaled [`SCALE`]
-//!   times, one panel per level ("level 0 (parts)" ... "level L-1 (wholes)";
+//! - the top row, each panel under its label: the input upscaled
+//!   [`scale`] times (to about [`PANEL`] pixels), one panel per level ("level 0 (parts)" ... "level L-1 (wholes)";
 //!   each location coloured by its island, island `k` of a level in palette
 //!   colour `k`, islands numbered in order of first appearance), then the
 //!   ground-truth "true parts" and "true objects" maps when the data has them;
@@ -26,8 +26,15 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::picture::{init_fonts, white, FONT};
 
-/// Upscaling of the input and of the level panels (pixels per image pixel).
-pub(crate) const SCALE: u32 = 8;
+/// The size in pixels the panels of the top row come near.
+pub(crate) const PANEL: u32 = 160;
+
+/// Upscaling of the input and of the level panels (pixels per image
+/// pixel) for images of `side` pixels: as near [`PANEL`] as whole pixels
+/// allow, from 2 to 8 times.
+pub(crate) fn scale(side: usize) -> u32 {
+    (PANEL / side.max(1) as u32).clamp(2, 8)
+}
 /// Space between panels and around the picture, in pixels.
 pub(crate) const GAP: u32 = 12;
 /// Height of the title line.
@@ -79,6 +86,9 @@ fn island_colour(k: usize) -> RGBColor {
 /// levels, `iterations` settling rows, with or without the ground truth.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Layout {
+    /// Pixels per image pixel in the top row ([`scale`]).
+    pub(crate) scale: u32,
+    /// Side of a top-row panel.
     pub(crate) panel: u32,
     pub(crate) columns: u32,
     /// Top of the top row's panels (below their labels).
@@ -93,12 +103,14 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub(crate) fn new(side: usize, levels: usize, iterations: usize, truth: bool) -> Self {
-        let panel = side as u32 * SCALE;
+        let scale = scale(side);
+        let panel = side as u32 * scale;
         let columns = 1 + levels as u32 + if truth { 2 } else { 0 };
         let panels_top = TITLE + LABEL;
         let strip_top = panels_top + panel + GAP + LABEL;
         let legend_top = strip_top + iterations as u32 * (panel / 2 + GAP) + LABEL;
         Self {
+            scale,
             panel,
             columns,
             panels_top,
@@ -163,7 +175,7 @@ pub(crate) fn render(scene: &Scene) -> Result<(Vec<u8>, Layout)> {
     {
         let area =
             BitMapBackend::with_buffer(&mut rgb, (layout.width, layout.height)).into_drawing_area();
-        let title = (FONT, 20).into_font().color(&BLACK);
+        let title = (FONT, 22).into_font().color(&BLACK);
         area.draw_text(scene.title, &title, (GAP as i32, 10))?;
         draw_top_row(&area, &layout, scene)?;
         draw_strip(&area, &layout, scene)?;
@@ -199,7 +211,7 @@ fn map(
 }
 
 fn label(area: &Area, text: &str, (x, y): (u32, u32)) -> Result<()> {
-    let style = (FONT, 15).into_font().color(&BLACK);
+    let style = (FONT, 17).into_font().color(&BLACK);
     area.draw_text(text, &style, (x as i32, y as i32))?;
     Ok(())
 }
@@ -211,7 +223,7 @@ fn draw_top_row(area: &Area, layout: &Layout, scene: &Scene) -> Result<()> {
     let plane = side * side;
     let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     label(area, "input", (layout.column(0), label_y))?;
-    map(area, (layout.column(0), top), side, SCALE, |i| {
+    map(area, (layout.column(0), top), side, layout.scale, |i| {
         if scene.channels >= 3 {
             let [r, g, b] = [0, 1, 2].map(|c| byte(scene.pixels[c * plane + i]));
             RGBColor(r, g, b)
@@ -234,7 +246,7 @@ fn draw_top_row(area: &Area, layout: &Layout, scene: &Scene) -> Result<()> {
             let x = layout.column(1 + levels as u32 + k as u32);
             let colours = truth_colours(ids);
             label(area, name, (x, label_y))?;
-            map(area, (x, top), side, SCALE, |i| colours[i])?;
+            map(area, (x, top), side, layout.scale, |i| colours[i])?;
         }
     }
     Ok(())
@@ -248,7 +260,7 @@ fn draw_strip(area: &Area, layout: &Layout, scene: &Scene) -> Result<()> {
         "settling: the islands after each iteration",
         (layout.column(1), layout.strip_top - LABEL + 4),
     )?;
-    let right = (FONT, 15)
+    let right = (FONT, 17)
         .into_font()
         .color(&BLACK)
         .pos(Pos::new(HPos::Right, VPos::Center));
@@ -294,7 +306,7 @@ fn draw_legend(area: &Area, layout: &Layout, x0: u32, labels: &[usize]) -> Resul
     } else {
         sizes.len()
     };
-    let text = (FONT, 13).into_font().color(&BLACK);
+    let text = (FONT, 14).into_font().color(&BLACK);
     for (i, &(island, size)) in sizes.iter().take(shown).enumerate() {
         let x = (x0 + (i % per_row) as u32 * LEGEND_ENTRY) as i32;
         let y = (layout.legend_top + (i / per_row) as u32 * LEGEND_ROW) as i32;
@@ -392,7 +404,7 @@ fn draw_tree(area: &Area, tree: &ParseTree, levels: usize, locations: usize) -> 
         let x = left + span * (slots[id] + 0.5) / n as f64;
         (x.round() as i32, level_y(node.level).round() as i32)
     };
-    let text = (FONT, 14)
+    let text = (FONT, 15)
         .into_font()
         .color(&BLACK)
         .pos(Pos::new(HPos::Left, VPos::Center));
@@ -466,6 +478,7 @@ mod tests {
 
     #[test]
     fn the_layout_fits_every_panel() {
+        assert_eq!([scale(16), scale(28), scale(32), scale(100)], [8, 5, 5, 2]);
         let l = Layout::new(16, 2, 3, true);
         assert_eq!(l.panel, 128);
         assert_eq!(l.column(0), GAP);
