@@ -208,9 +208,12 @@ where
     for (k, line) in fig.lines.iter().enumerate() {
         let style = colour(k).stroke_width(2);
         for segment in segments(&line.points, fig.log) {
-            if let [only] = segment[..] {
-                chart.draw_series(std::iter::once(Circle::new(only, 3, style.filled())))?;
-            } else {
+            // Few points (checkpoints, a short run) are marked one by one.
+            if segment.len() == 1 || line.points.len() <= 20 {
+                let dots = segment.iter().map(|&p| Circle::new(p, 3, style.filled()));
+                chart.draw_series(dots)?;
+            }
+            if segment.len() > 1 {
                 chart.draw_series(LineSeries::new(segment, style))?;
             }
         }
