@@ -100,7 +100,12 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         a.matmul(&b)?;
         Ok(())
     })?;
-    add("gemm 1024^3 (reference)", gemm, None, 2.0 * (n as f64).powi(3));
+    add(
+        "gemm 1024^3 (reference)",
+        gemm,
+        None,
+        2.0 * (n as f64).powi(3),
+    );
 
     // One bottom-up MLP (the front end if there is one level) at the
     // model's shapes, per-location and shared weights.

@@ -95,7 +95,7 @@ pub(crate) fn run(dir: &Path, json: bool, sets: &[String]) -> Result<()> {
     }
     if !sets.is_empty() {
         let base = toml::to_string(&cfg)?;
-        cfg = crate::settings::load_from(&base, None, sets, false)?;
+        cfg = crate::settings::load_over(&base, "the checkpoint's configuration", None, sets)?;
     }
     let model = whole_model(&cfg)?;
     checkpoint::load_into(dir, &model, None)?;

@@ -10,18 +10,18 @@
 //! - [`parse`]: `glom parse` (islands per level: the parse tree, as a picture).
 //! - [`plot`]: `glom plot` (training curves from `metrics.jsonl`, as PNG charts).
 //! - [`table`]: `glom table` (the variants table, in Markdown, from run directories).
-//! - [`draw`]: the canvas, bitmap font and PNG writer both pictures use.
+//! - [`picture`]: the bundled font and PNG writer both pictures use.
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
 
 mod bench;
 mod cluster;
 mod divergence;
-mod draw;
 mod evaluate;
 mod metrics;
 mod observe;
 mod parse;
+mod picture;
 mod plot;
 mod run;
 mod settings;
@@ -149,7 +149,8 @@ enum Command {
         #[arg(long, value_name = "OUT.json")]
         json: Option<PathBuf>,
     },
-    /// PNG charts of a run's metrics.jsonl: losses, collapse measures per level, images/s.
+    /// PNG charts of a run's metrics.jsonl: losses, collapse measures per level, images/s;
+    /// and the evaluation over its checkpoints.
     Plot {
         /// Run directory (holding metrics.jsonl).
         #[arg(value_name = "RUN_DIR")]
@@ -157,6 +158,11 @@ enum Command {
         /// Directory for the charts (created if missing; default RUN_DIR/plots).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// First evaluate every RUN_DIR/checkpoints/step-N not yet in
+        /// RUN_DIR/evaluations.jsonl (as `glom eval`, without the baseline);
+        /// evaluation.png is drawn from two evaluated checkpoints on.
+        #[arg(long)]
+        eval_checkpoints: bool,
     },
     /// Markdown table of finished runs (the variants), per dataset, with the co-distillation gap.
     Table {
@@ -294,7 +300,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             out,
             json,
         } => parse::run(&checkpoint, &input, &out, json.as_deref()),
-        Command::Plot { run, out } => plot::run(&run, out.as_deref()),
+        Command::Plot {
+            run,
+            out,
+            eval_checkpoints,
+        } => plot::run(&run, out.as_deref(), eval_checkpoints),
         Command::Bench {
             config,
             repeats,

@@ -59,7 +59,7 @@ fn configuration(saved: &Config, file: Option<&Path>, sets: &[String]) -> Result
         return Ok(saved.clone());
     }
     let base = toml::to_string(saved)?;
-    let cfg = crate::settings::load_from(&base, file, sets, false)?;
+    let cfg = crate::settings::load_over(&base, "the checkpoint's configuration", file, sets)?;
     check_same_model(saved, &cfg)?;
     Ok(cfg)
 }

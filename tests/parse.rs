@@ -1,6 +1,7 @@
 //! `glom parse` run the way a user runs it: the picture is a valid PNG of the
-//! size its layout implies, the parse tree links every island to one at the
-//! level above, and bad arguments fail with a message naming what was wrong.
+//! size its layout implies, with a label over every panel and on every
+//! settling row, the parse tree links every island to one at the level
+//! above, and bad arguments fail with a message naming what was wrong.
 
 mod support;
 
@@ -29,16 +30,36 @@ const LEVELS: usize = 2;
 const ITERATIONS: usize = 2;
 const LOCATIONS: usize = 16;
 
-/// The picture's layout: panels of `SIDE * 8` pixels, 4 pixels apart and
-/// around; a top row of input, one panel per level and (when the data has
-/// them) the part and object maps; below, one row of half-size panels per
-/// iteration.
+/// The picture's layout: a 40-pixel title line; panels of `SIDE * 8`
+/// pixels, 12 pixels apart and around, each under a 24-pixel label band: a
+/// top row of input, one panel per level and (when the data has them) the
+/// part and object maps; a 24-pixel heading, then one row of half-size
+/// panels per iteration; a 24-pixel heading and four 20-pixel legend rows;
+/// the parse tree in 420 pixels on the right.
+const GAP: usize = 12;
+const PANEL: usize = SIDE * 8;
+const PANELS_TOP: usize = 40 + 24;
+
+fn columns(truth: bool) -> usize {
+    1 + LEVELS + if truth { 2 } else { 0 }
+}
+
 fn expected_size(truth: bool) -> (u32, u32) {
-    let (panel, gap) = (SIDE * 8, 4);
-    let columns = 1 + LEVELS + if truth { 2 } else { 0 };
-    let width = gap + columns * (panel + gap);
-    let height = gap + panel + gap + ITERATIONS * (panel / 2 + gap);
+    let width = GAP + columns(truth) * (PANEL + GAP) + 420 + GAP;
+    let strip_top = PANELS_TOP + PANEL + GAP + 24;
+    let legend_top = strip_top + ITERATIONS * (PANEL / 2 + GAP) + 24;
+    let height = legend_top + 4 * 20 + GAP;
     (width as u32, height as u32)
+}
+
+/// Dark pixels (text) of an RGB picture `width` wide in rows `ys`, columns `xs`.
+fn ink(rgb: &[u8], width: u32, ys: std::ops::Range<usize>, xs: std::ops::Range<usize>) -> usize {
+    ys.flat_map(|y| xs.clone().map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let i = 3 * (y * width as usize + x);
+            rgb[i..i + 3].iter().all(|&c| c < 100)
+        })
+        .count()
 }
 
 fn glom(args: &[&str]) -> Output {
@@ -70,15 +91,16 @@ fn parse(checkpoint: &Path, input: &[&str], out: &Path, json: Option<&Path>) -> 
     glom(&args)
 }
 
-/// Decode a PNG: (width, height, colour type).
-fn decode(path: &Path) -> (u32, u32, png::ColorType) {
+/// Decode a PNG: (width, height, colour type, pixels).
+fn decode(path: &Path) -> (u32, u32, png::ColorType, Vec<u8>) {
     let file = std::fs::File::open(path).unwrap();
     let mut reader = png::Decoder::new(std::io::BufReader::new(file))
         .read_info()
         .unwrap_or_else(|e| panic!("{}: not a valid PNG: {e}", path.display()));
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
-    (info.width, info.height, info.color_type)
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
 }
 
 /// Write a `side x side` PNG of `colour` type (8 bits, a gradient).
@@ -99,15 +121,43 @@ fn parse_writes_a_picture_of_the_layout_size_and_a_tree_whose_parents_point_up()
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = trained(tmp.path());
     let (png_out, json_out) = (tmp.path().join("x.png"), tmp.path().join("x.json"));
-    ok(&parse(&ckpt, &["--image", "0"], &png_out, Some(&json_out)));
+    let stdout = ok(&parse(&ckpt, &["--image", "0"], &png_out, Some(&json_out)));
 
-    let (w, h, colour) = decode(&png_out);
+    let (w, h, colour, rgb) = decode(&png_out);
     assert_eq!(
         (w, h),
         expected_size(true),
         "scenes have part and object maps"
     );
     assert_eq!(colour, png::ColorType::Rgb);
+    // Every panel of the top row is labelled, in the band over it.
+    for c in 0..columns(true) {
+        let x = GAP + c * (PANEL + GAP);
+        let text = ink(&rgb, w, PANELS_TOP - 24..PANELS_TOP, x..x + PANEL);
+        assert!(text > 30, "panel {c} has no label ({text} dark pixels)");
+    }
+    // Every settling row is numbered, left of its panels.
+    let strip_top = PANELS_TOP + PANEL + GAP + 24;
+    for t in 0..ITERATIONS {
+        let y = strip_top + t * (PANEL / 2 + GAP);
+        let text = ink(&rgb, w, y..y + PANEL / 2, GAP..GAP + PANEL);
+        assert!(
+            text > 30,
+            "settling row {t} has no number ({text} dark pixels)"
+        );
+    }
+    // The tree: coloured discs right of the maps.
+    let tree_left = GAP + columns(true) * (PANEL + GAP);
+    let discs = (PANELS_TOP..h as usize)
+        .flat_map(|y| (tree_left..w as usize).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let i = 3 * (y * w as usize + x);
+            let p = &rgb[i..i + 3];
+            p.iter().max().unwrap() - p.iter().min().unwrap() > 60
+        })
+        .count();
+    assert!(discs > 50, "no parse tree drawn ({discs} coloured pixels)");
+    assert!(stdout.contains("islands per level"), "{stdout}");
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
     let nodes = doc["nodes"].as_array().expect("a nodes array");
@@ -166,7 +216,7 @@ fn parse_of_a_png_has_no_ground_truth_panels() {
         &out,
         None,
     ));
-    let (w, h, _) = decode(&out);
+    let (w, h, _, _) = decode(&out);
     assert_eq!((w, h), expected_size(false));
 }
 

@@ -2,7 +2,8 @@
 //! (awake records, a sleep record lacking most keys, a missing value, an
 //! unknown key) becomes one valid PNG per chart, of the fixed chart size,
 //! with the lines drawn; bad input fails with a message naming the file
-//! and the line.
+//! and the line; `--eval-checkpoints` evaluates a real run's checkpoints
+//! once and charts them.
 
 mod support;
 
@@ -84,6 +85,15 @@ fn plot_writes_one_png_per_chart_of_the_chart_size() {
             .filter(|p| p[0].abs_diff(p[1]) > 40 || p[1].abs_diff(p[2]) > 40)
             .count();
         assert!(coloured > 300, "{chart}: {coloured} coloured pixels");
+        // The title: text in the band across the top (44 pixels).
+        let title = pixels[..(44 * SIZE.0) as usize]
+            .iter()
+            .filter(|p| p.iter().all(|&c| c < 100))
+            .count();
+        assert!(
+            title > 200,
+            "{chart}: {title} dark pixels in the title band"
+        );
     }
     // The same input draws the same pictures.
     let again = tmp.path().join("again");
@@ -162,4 +172,79 @@ fn plot_rejects_bad_metrics_naming_the_file_and_line() {
             "{err}"
         );
     }
+}
+
+/// A tiny model on 16x16 scenes, a checkpoint after every step.
+const TINY_RUN: &[&str] = &[
+    "train.steps=2",
+    "model.levels=2",
+    "model.dim=8",
+    "model.hidden=16",
+    "model.iterations=2",
+    "data.image_size=16",
+    "eval.images=4",
+    "eval.probe_images=8",
+    "checkpoint.every_steps=1",
+    "metrics.listen=127.0.0.1:0",
+];
+
+#[test]
+fn plot_evaluates_the_checkpoints_once_and_charts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
+    cmd.args(["train", "--no-eval", "--out", run.to_str().unwrap()]);
+    for set in TINY_RUN {
+        cmd.args(["--set", set]);
+    }
+    ok(&cmd.env("RUST_LOG", "warn").output().unwrap());
+    let out = tmp.path().join("charts");
+
+    // Without the flag nothing is evaluated and there is no evaluation chart.
+    ok(&plot(&run, &out));
+    assert!(!out.join("evaluation.png").exists());
+
+    let plot_eval = |out: &Path, flag: bool| {
+        let mut args = vec![
+            "plot",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if flag {
+            args.push("--eval-checkpoints");
+        }
+        let output = Command::new(env!("CARGO_BIN_EXE_glom"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        ok(&output)
+    };
+    let stdout = plot_eval(&out, true);
+    assert_eq!(stdout.matches("evaluated ").count(), 2, "{stdout}");
+    let (w, h, _, _) = decode(&out.join("evaluation.png"));
+    assert_eq!((w, h), (960, 900));
+    let records = std::fs::read_to_string(run.join("evaluations.jsonl")).unwrap();
+    let steps: Vec<u64> = records
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, [1, 2]);
+
+    // Later plots reuse the records, with or without the flag.
+    let again = tmp.path().join("again");
+    let stdout = plot_eval(&again, true);
+    assert!(!stdout.contains("evaluated "), "{stdout}");
+    assert_eq!(
+        std::fs::read(out.join("evaluation.png")).unwrap(),
+        std::fs::read(again.join("evaluation.png")).unwrap()
+    );
+    let plain = tmp.path().join("plain");
+    plot_eval(&plain, false);
+    assert!(plain.join("evaluation.png").exists());
 }

@@ -7,14 +7,13 @@
 //! every location of every level by its island, and shows how the islands
 //! form over the iterations.
 //!
-//! The picture (all panels on a white canvas, [`GAP`] pixels apart):
-//! - top row: the input upscaled [`SCALE`] times, one panel per level (each
-//!   location coloured by its island; island `k` of a level gets palette
-//!   colour `k`, islands being numbered in order of first appearance), then
-//!   the ground-truth part and object maps when the data has them;
-//! - below: the settling strip, one row per iteration and one column per
-//!   level (under that level's panel, at half size), the islands of the
-//!   state each iteration settled to.
+//! The picture is described in [`render`]; the command prints where it
+//! wrote it and the number of islands per level.
+//!
+//! # Layout
+//! - [`render`]: the picture's layout and drawing.
+
+pub(crate) mod render;
 
 use std::fs::File;
 use std::io::BufReader;
@@ -30,39 +29,8 @@ use glom_worker::eval::settle_unmasked;
 use glom_worker::model::Glom;
 use glom_worker::parse::{build_tree, islands_per_level, ParseTree};
 
-use crate::draw::{write_png, Canvas};
+use crate::picture::write_png;
 use crate::run::{datasets, whole_model};
-
-/// Upscaling of the input and of the level panels (canvas pixels per image pixel).
-pub(crate) const SCALE: usize = 8;
-/// Space between panels and around the picture, in canvas pixels.
-pub(crate) const GAP: usize = 4;
-
-/// Background (id 0) of the ground-truth maps.
-const BACKGROUND: [u8; 3] = [0, 0, 0];
-/// Island colours, in order of island number (wrapping after the last).
-const PALETTE: [[u8; 3]; 20] = [
-    [230, 25, 75],
-    [60, 180, 75],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [250, 190, 212],
-    [0, 128, 128],
-    [220, 190, 255],
-    [170, 110, 40],
-    [255, 225, 25],
-    [128, 0, 0],
-    [170, 255, 195],
-    [128, 128, 0],
-    [255, 215, 180],
-    [0, 0, 128],
-    [128, 128, 128],
-    [100, 60, 160],
-];
 
 /// Which image to parse.
 #[derive(Args, Clone, Debug)]
@@ -76,31 +44,20 @@ pub(crate) struct Input {
     png: Option<PathBuf>,
 }
 
-/// Size in pixels `(width, height)` of the picture for images of `side`
-/// pixels, `levels` levels, `iterations` iterations, with or without the
-/// two ground-truth maps.
-pub(crate) fn picture_size(
-    side: usize,
-    levels: usize,
-    iterations: usize,
-    truth: bool,
-) -> (usize, usize) {
-    let panel = side * SCALE;
-    let columns = 1 + levels + if truth { 2 } else { 0 };
-    let width = GAP + columns * (panel + GAP);
-    let height = GAP + panel + GAP + iterations * (panel / 2 + GAP);
-    (width, height)
-}
-
 /// `glom parse --checkpoint DIR (--image N | --png FILE) --out OUT.png [--json OUT.json]`.
 pub(crate) fn run(dir: &Path, input: &Input, out: &Path, json: Option<&Path>) -> Result<()> {
     let manifest = checkpoint::read_manifest(dir)?;
     let cfg = manifest.config.clone();
-    let (image, source) = match (input.image, &input.png) {
-        (Some(n), _) => (held_out_image(&cfg, n)?, serde_json::json!({ "image": n })),
+    let (image, source, what) = match (input.image, &input.png) {
+        (Some(n), _) => (
+            held_out_image(&cfg, n)?,
+            serde_json::json!({ "image": n }),
+            format!("held-out image {n}"),
+        ),
         (None, Some(path)) => (
             read_png(path, &cfg)?,
             serde_json::json!({ "png": path.display().to_string() }),
+            path.display().to_string(),
         ),
         (None, None) => bail!("give --image N or --png FILE"),
     };
@@ -116,8 +73,27 @@ pub(crate) fn run(dir: &Path, input: &Input, out: &Path, json: Option<&Path>) ->
         .iter()
         .map(|fields| islands_per_level(fields, dim, threshold))
         .collect();
-    let png = render(&cfg, &image, &islands, &strip);
-    write_png(out, &png)?;
+    let title = format!(
+        "Parse of {what}: checkpoint {} (step {}), islands: cosine distance < {threshold}",
+        dir.display(),
+        manifest.step
+    );
+    let scene = render::Scene {
+        title: &title,
+        side: cfg.image_side(),
+        grid: cfg.grid_side(),
+        pixels: &image.pixels,
+        channels: cfg.channels(),
+        islands: &islands,
+        strip: &strip,
+        truth: match (&image.part_map, &image.object_map) {
+            (Some(p), Some(o)) => Some((p.as_slice(), o.as_slice())),
+            _ => None,
+        },
+        tree: &tree,
+    };
+    let (rgb, layout) = render::render(&scene)?;
+    write_png(out, layout.width, layout.height, &rgb)?;
 
     if let Some(path) = json {
         let doc = serde_json::json!({
@@ -222,80 +198,6 @@ fn settle(model: &Glom, image: &Image) -> Result<(Fields, Vec<Fields>)> {
     Ok((levels, strip))
 }
 
-fn island_colour(k: usize) -> [u8; 3] {
-    PALETTE[k % PALETTE.len()]
-}
-
-/// Colours of a ground-truth id map: background black, other ids from the
-/// palette in order of first appearance.
-fn truth_colours(map: &[u16]) -> Vec<[u8; 3]> {
-    let mut seen: Vec<u16> = Vec::new();
-    map.iter()
-        .map(|&id| {
-            if id == 0 {
-                return BACKGROUND;
-            }
-            let k = seen.iter().position(|&s| s == id).unwrap_or_else(|| {
-                seen.push(id);
-                seen.len() - 1
-            });
-            island_colour(k)
-        })
-        .collect()
-}
-
-/// Draw the picture described in the module header.
-fn render(
-    cfg: &Config,
-    image: &Image,
-    islands: &[Vec<usize>],
-    strip: &[Vec<Vec<usize>>],
-) -> Canvas {
-    let side = cfg.image_side();
-    let grid = cfg.grid_side();
-    let levels = islands.len();
-    let truth = match (&image.part_map, &image.object_map) {
-        (Some(p), Some(o)) => Some((p, o)),
-        _ => None,
-    };
-    let (width, height) = picture_size(side, levels, strip.len(), truth.is_some());
-    let mut canvas = Canvas::new(width, height);
-    let panel = side * SCALE;
-    let column = |i: usize| GAP + i * (panel + GAP);
-
-    let channels = cfg.channels();
-    let plane = side * side;
-    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    canvas.map(column(0), GAP, side, SCALE, |i| {
-        if channels >= 3 {
-            [0, 1, 2].map(|c| byte(image.pixels[c * plane + i]))
-        } else {
-            [byte(image.pixels[i]); 3]
-        }
-    });
-    for (l, labels) in islands.iter().enumerate() {
-        canvas.map(column(1 + l), GAP, grid, panel / grid, |i| {
-            island_colour(labels[i])
-        });
-    }
-    if let Some((part, object)) = truth {
-        for (k, map) in [part, object].into_iter().enumerate() {
-            let colours = truth_colours(map);
-            canvas.map(column(1 + levels + k), GAP, side, SCALE, |i| colours[i]);
-        }
-    }
-    let small = panel / 2;
-    for (t, step) in strip.iter().enumerate() {
-        let y = GAP + panel + GAP + t * (small + GAP);
-        for (l, labels) in step.iter().enumerate() {
-            canvas.map(column(1 + l), y, grid, small / grid, |i| {
-                island_colour(labels[i])
-            });
-        }
-    }
-    canvas
-}
-
 /// What was written, and the islands per level.
 fn summary(tree: &ParseTree, cfg: &Config, out: &Path, json: Option<&Path>) {
     let counts: Vec<String> = (0..cfg.model.levels)
@@ -307,10 +209,9 @@ fn summary(tree: &ParseTree, cfg: &Config, out: &Path, json: Option<&Path>) {
         counts.join(" ")
     );
     println!(
-        "wrote {}: input | levels 0..{} | ground truth (part, object) when known; \
-         below, islands after each iteration (rows) per level (columns)",
-        out.display(),
-        cfg.model.levels.saturating_sub(1)
+        "wrote {}: input, islands per level, ground truth when known; \
+         the islands after each iteration; the parse tree",
+        out.display()
     );
     if let Some(path) = json {
         println!("wrote {}: parse tree (nodes, parents)", path.display());
