@@ -287,7 +287,7 @@ mod tests {
             assert_eq!(rgb.len(), (3 * WIDTH * HEIGHT) as usize, "{}", chart.file);
             assert!(count(&rgb, SLEEP) > 0, "{}: no sleep marker", chart.file);
             let lines: &[usize] = match chart.file {
-                "losses.png" => &[0, 7], // recon, total
+                "losses.png" => &[0, 8], // recon, total
                 "mean_cosine.png" => &[0, 1],
                 "images_per_s.png" => &[0],
                 _ => &[],

@@ -31,7 +31,12 @@ pub fn flops(cfg: &Config) -> Flops {
     let m = &cfg.model;
     let t = &cfg.train;
     let rows = (cfg.grid_side() * cfg.grid_side() * t.batch_size) as f64;
-    let (k, d, h, iters) = (m.levels as f64, m.dim as f64, m.hidden as f64, m.iterations as f64);
+    let (k, d, h, iters) = (
+        m.levels as f64,
+        m.dim as f64,
+        m.hidden as f64,
+        m.iterations as f64,
+    );
     let pix = (m.patch * m.patch * cfg.channels()) as f64;
     let mlp = |input: f64, output: f64| 2.0 * rows * (input * h + h * output);
     let code = match (m.weights, m.location_code) {
@@ -104,8 +109,8 @@ mod tests {
         let mlp_dd = 2.0 * 20.0 * (4.0 * 8.0 + 8.0 * 4.0); // 2560
         let decoder = 2.0 * 20.0 * (4.0 * 8.0 + 8.0 * 12.0); // 5120
         let lateral = 4.0 * 20.0 * 3.0 * 4.0; // 960 per level
-        // Initial pass: front + one BU; one iteration: front + BU + TD and
-        // two levels of lateral attention; then the decoder.
+                                              // Initial pass: front + one BU; one iteration: front + BU + TD and
+                                              // two levels of lateral attention; then the decoder.
         let settle = (front + mlp_dd) + (front + 2.0 * mlp_dd + 2.0 * lateral) + decoder;
         let f = flops(&c);
         assert_eq!(f.settle, settle);
