@@ -48,11 +48,15 @@ pub(crate) struct Report {
     pub(crate) config_hash: String,
     pub(crate) threads: usize,
     pub(crate) repeats: usize,
-    pub(crate) rows: Vec<Row>,
-    /// Per-location MLP time over shared MLP time at equal FLOPs.
-    pub(crate) per_location_over_shared_mlp: f64,
+    /// The GEMM reference rate.
+    pub(crate) gemm_gflop_per_s: f64,
+    /// The local training step's rate as a percentage of it.
+    pub(crate) local_step_percent_of_gemm: f64,
     /// Per-location local step time over the shared local step's, per FLOP.
     pub(crate) per_location_over_shared_step: f64,
+    /// Per-location MLP time over shared MLP time at equal FLOPs.
+    pub(crate) per_location_over_shared_mlp: f64,
+    pub(crate) rows: Vec<Row>,
 }
 
 /// Median seconds of `repeats` calls of `f`, after one untimed call.
@@ -176,13 +180,19 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         r.percent_of_gemm = 100.0 * r.gflop_per_s / gemm_rate;
     }
     let per_flop = |(s, f): (f64, f64)| s / f;
+    let local_step_percent_of_gemm = rows
+        .iter()
+        .find(|r| r.name == "training step, local")
+        .map_or(0.0, |r| r.percent_of_gemm);
     Ok(Report {
         config_hash: cfg.hash(),
         threads: candle_core::utils::get_num_threads(),
         repeats,
-        rows,
-        per_location_over_shared_mlp: mlp_per / mlp_shared,
+        gemm_gflop_per_s: gemm_rate,
+        local_step_percent_of_gemm,
         per_location_over_shared_step: per_flop(steps[0]) / per_flop(steps[2]),
+        per_location_over_shared_mlp: mlp_per / mlp_shared,
+        rows,
     })
 }
 

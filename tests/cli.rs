@@ -411,4 +411,8 @@ fn bench_prints_and_writes_every_row() {
     let bptt = rows[5]["flops"].as_f64().unwrap();
     assert!(bptt > 2.9 * settle, "{bptt} vs {settle}");
     assert!(r["per_location_over_shared_step"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        r["local_step_percent_of_gemm"].as_f64(),
+        rows[4]["percent_of_gemm"].as_f64()
+    );
 }
