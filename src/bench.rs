@@ -10,8 +10,9 @@
 //!   small product per location) and shared weights (one large product),
 //!   equal FLOPs: their ratio is what per-location nets cost;
 //! - a settle in inference mode, a local training step and a BPTT training
-//!   step with the configured weights, and a local step with shared
-//!   weights: images/s, and GFLOP/s from the exact count of
+//!   step with per-location weights (whatever `model.weights` says: they
+//!   are the design's nets), and a local step with shared weights:
+//!   images/s, and GFLOP/s from the exact count of
 //!   [`glom_worker::model::flops`].
 
 use std::path::Path;
@@ -46,6 +47,8 @@ pub(crate) struct Row {
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) config_hash: String,
+    /// What was timed: grid side, d, hidden, levels, iterations, batch.
+    pub(crate) shape: Shape,
     pub(crate) threads: usize,
     pub(crate) repeats: usize,
     /// The GEMM reference rate.
@@ -57,6 +60,17 @@ pub(crate) struct Report {
     /// Per-location MLP time over shared MLP time at equal FLOPs.
     pub(crate) per_location_over_shared_mlp: f64,
     pub(crate) rows: Vec<Row>,
+}
+
+/// The configuration's sizes, as the report shows them.
+#[derive(Debug, Serialize)]
+pub(crate) struct Shape {
+    pub(crate) grid_side: usize,
+    pub(crate) dim: usize,
+    pub(crate) hidden: usize,
+    pub(crate) levels: usize,
+    pub(crate) iterations: usize,
+    pub(crate) batch_size: usize,
 }
 
 /// Median seconds of `repeats` calls of `f`, after one untimed call.
@@ -132,7 +146,12 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
             .nets
             .bottom_up
             .first()
-            .context("the MLP rows need model.levels >= 2")?;
+            .with_context(|| {
+                format!(
+                    "model.levels = {}: glom bench times a bottom-up net, which needs at least 2 levels",
+                    c.model.levels
+                )
+            })?;
         let s = time(repeats, || {
             net.forward(&x)?;
             Ok(())
@@ -145,8 +164,8 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
 
     let data = datasets(cfg)?;
     let images: Vec<_> = (0..batch).map(|i| data.train.get(i)).collect();
-    let model = whole_model(cfg)?;
-    let input = make_batch(cfg, &images, &model.tile.locs, 0, 0.0, &dev, DType::F32)?.input;
+    let model = whole_model(&per)?;
+    let input = make_batch(&per, &images, &model.tile.locs, 0, 0.0, &dev, DType::F32)?.input;
     let settle = time(repeats, || {
         model.settle(&input, EVAL_KEY, Mode::Inference, &mut NoHalo, false)?;
         Ok(())
@@ -155,12 +174,12 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         "settle (inference)",
         settle,
         Some(batch as f64),
-        flops(cfg).settle,
+        flops(&per).settle,
     );
 
-    let mut local = cfg.clone();
+    let mut local = per.clone();
     local.train.learning = Learning::Local;
-    let mut bptt = cfg.clone();
+    let mut bptt = per.clone();
     bptt.train.learning = Learning::Bptt;
     let mut shared_local = local.clone();
     shared_local.model.weights = WeightMode::Shared;
@@ -184,8 +203,17 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         .iter()
         .find(|r| r.name == "training step, local")
         .map_or(0.0, |r| r.percent_of_gemm);
+    let m = &cfg.model;
     Ok(Report {
         config_hash: cfg.hash(),
+        shape: Shape {
+            grid_side: cfg.grid_side(),
+            dim: m.dim,
+            hidden: m.hidden,
+            levels: m.levels,
+            iterations: m.iterations,
+            batch_size: cfg.train.batch_size,
+        },
         threads: candle_core::utils::get_num_threads(),
         repeats,
         gemm_gflop_per_s: gemm_rate,
@@ -198,8 +226,16 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
 
 /// The report as a table.
 pub(crate) fn table(r: &Report) -> String {
+    let s = &r.shape;
     let mut out = format!(
-        "glom bench: {} threads, median of {} calls (config {})\n\n",
+        "glom bench: {0}x{0} locations, d {1}, hidden {2}, {3} levels, {4} iterations, batch {5}; \
+         {6} threads, median of {7} timed calls (config {8})\n\n",
+        s.grid_side,
+        s.dim,
+        s.hidden,
+        s.levels,
+        s.iterations,
+        s.batch_size,
         r.threads,
         r.repeats,
         &r.config_hash[..12.min(r.config_hash.len())]
@@ -231,11 +267,17 @@ pub(crate) fn table(r: &Report) -> String {
 
 /// `glom bench`: measure, print the table, write `json` if asked.
 pub(crate) fn run(cfg: &Config, repeats: usize, json: Option<&Path>) -> Result<()> {
+    // Open the JSON file first: a path that cannot be written fails now,
+    // not after the measuring.
+    let file = json
+        .map(|p| std::fs::File::create(p).with_context(|| format!("--json {}", p.display())))
+        .transpose()?;
     let report = measure(cfg, repeats)?;
     print!("{}", table(&report));
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    if let (Some(mut f), Some(path)) = (file, json) {
+        use std::io::Write;
+        serde_json::to_writer_pretty(&mut f, &report)?;
+        writeln!(f).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -31,6 +31,8 @@ pub(crate) struct DivergenceGuard {
 pub(crate) struct Diverged {
     /// The weighted total of the step.
     pub(crate) total: f64,
+    /// `train.divergence_factor`.
+    pub(crate) factor: f64,
     /// The median it was compared with (None for a non-finite total).
     pub(crate) median: Option<f64>,
     /// The term with the largest weighted value, and that value.
@@ -67,6 +69,7 @@ impl DivergenceGuard {
             let (term, term_value) = self.largest_term(losses);
             return Some(Diverged {
                 total,
+                factor: self.factor,
                 median,
                 term,
                 term_value,
@@ -79,23 +82,25 @@ impl DivergenceGuard {
         None
     }
 
-    /// The term whose weighted value is largest in absolute value (a
-    /// non-finite one first).
+    /// The first term whose weighted value is not finite, else the one
+    /// largest in absolute value.
     fn largest_term(&self, losses: &LossValues) -> (&'static str, f64) {
         let named = losses.named();
-        let size = |v: f64| {
-            if v.is_finite() {
-                v.abs()
-            } else {
-                f64::INFINITY
-            }
-        };
-        named[..self.weights.len()]
+        let weighted: Vec<(&'static str, f64)> = named[..self.weights.len()]
             .iter()
             .zip(&self.weights)
             .filter(|(_, &w)| w != 0.0)
             .map(|(&(name, v), &w)| (name, v * w))
-            .max_by(|a, b| size(a.1).total_cmp(&size(b.1)))
+            .collect();
+        weighted
+            .iter()
+            .find(|(_, v)| !v.is_finite())
+            .or_else(|| {
+                weighted
+                    .iter()
+                    .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            })
+            .copied()
             .unwrap_or(("total", losses.loss_total))
     }
 }
@@ -108,24 +113,31 @@ impl Diverged {
             None => format!("the loss became {} at step {step}", self.total),
             Some(m) => format!(
                 "the loss diverged at step {step}: {:.4e}, more than train.divergence_factor \
-                 times the median of the last steps ({m:.4e})",
-                self.total
+                 ({}) times the median of the last steps ({m:.4e})",
+                self.total, self.factor
             ),
         };
-        let resume = match good {
+        let term = if self.term_value.is_finite() {
+            format!(
+                "largest term: {} (weighted {:.4e})",
+                self.term, self.term_value
+            )
+        } else {
+            format!("first non-finite term: {}", self.term)
+        };
+        // A checkpoint resumes only with its own configuration, and the
+        // learning rate is part of it: the way on is a new run.
+        let checkpoint = match good {
             Some((dir, at)) => format!(
-                "the last good checkpoint is {} (step {at}): go on from it with --resume and a \
-                 lower train.learning_rate",
+                "the last good checkpoint is {} (step {at}); lower train.learning_rate and start \
+                 again (a checkpoint resumes only with its own configuration)",
                 dir.display()
             ),
             None => "no checkpoint was written before it: lower train.learning_rate and start \
                      again"
                 .to_string(),
         };
-        format!(
-            "{what}; largest term: {} (weighted {:.4e}); {resume}",
-            self.term, self.term_value
-        )
+        format!("{what}; {term}; {checkpoint}")
     }
 }
 
@@ -156,7 +168,13 @@ mod tests {
             11,
             Some((std::path::Path::new("run/checkpoints/step-10"), 10)),
         );
-        for part in ["step 11", "variance", "run/checkpoints/step-10", "--resume"] {
+        for part in [
+            "step 11",
+            "variance",
+            "run/checkpoints/step-10",
+            "(1000)",
+            "start again",
+        ] {
             assert!(msg.contains(part), "{part:?} missing from {msg:?}");
         }
     }
@@ -179,7 +197,9 @@ mod tests {
         let mut g = DivergenceGuard::new(&cfg);
         let d = g.check(&losses(&cfg, f64::NAN, 0.5)).expect("NaN stops");
         assert_eq!((d.term, d.median), ("recon", None));
-        assert!(d.message(1, None).contains("no checkpoint was written"));
+        let msg = d.message(1, None);
+        assert!(msg.contains("no checkpoint was written"), "{msg}");
+        assert!(msg.contains("first non-finite term: recon"), "{msg}");
         cfg.train.divergence_factor = 0.0;
         let mut g = DivergenceGuard::new(&cfg);
         for _ in 0..5 {

@@ -194,8 +194,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
         /// Timed calls per row (the median is reported), after one warm-up.
-        #[arg(long, default_value_t = 5, value_name = "N")]
-        repeats: usize,
+        #[arg(long, default_value_t = 5, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        repeats: u64,
         /// Also write the figures as JSON to this file.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -311,7 +312,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => {
             let cfg = settings::load(config.config.as_deref(), &config.sets)?;
-            bench::run(&cfg, repeats, json.as_deref())
+            bench::run(&cfg, repeats as usize, json.as_deref())
         }
         Command::Table { runs, out, command } => {
             table::run(&runs, out.as_deref(), command.as_deref())

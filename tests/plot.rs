@@ -203,6 +203,11 @@ fn plot_evaluates_the_checkpoints_once_and_charts_them() {
     // Without the flag nothing is evaluated and there is no evaluation chart.
     ok(&plot(&run, &out));
     assert!(!out.join("evaluation.png").exists());
+    // A directory of shards without a manifest (an interrupted save, or a
+    // step the divergence guard stopped) is not a checkpoint: skipped.
+    let partial = run.join("checkpoints").join("step-3");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("shard-0.safetensors"), b"half").unwrap();
 
     let plot_eval = |out: &Path, flag: bool| {
         let mut args = vec![

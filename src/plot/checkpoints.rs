@@ -62,7 +62,10 @@ pub(crate) fn read(run_dir: &Path) -> Result<Vec<Evaluated>> {
     Ok(out)
 }
 
-/// The run's `checkpoints/step-N` directories, by step.
+/// The run's complete `checkpoints/step-N` directories, by step. A
+/// directory without `manifest.json` (a save that was interrupted, or the
+/// shards of a step the divergence guard stopped) is not a checkpoint and
+/// is skipped with a warning.
 fn step_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let root = run_dir.join("checkpoints");
     let Ok(entries) = std::fs::read_dir(&root) else {
@@ -77,7 +80,12 @@ fn step_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
             .and_then(|n| n.strip_prefix("step-"))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(step) = step {
-            out.push((step, entry.path()));
+            let dir = entry.path();
+            if dir.join(glom_protocol::manifest::MANIFEST_FILE).is_file() {
+                out.push((step, dir));
+            } else {
+                tracing::warn!(dir = %dir.display(), "skipped: no manifest.json, not a complete checkpoint");
+            }
         }
     }
     out.sort();

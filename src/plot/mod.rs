@@ -57,6 +57,7 @@ pub(crate) const CHARTS: [Chart; 5] = [
             "loss_distill_bu",
             "loss_distill_td",
             "loss_negative",
+            "loss_variance",
             "loss_covariance",
             "loss_contrastive",
             "loss_autoencoder",
@@ -287,7 +288,7 @@ mod tests {
             assert_eq!(rgb.len(), (3 * WIDTH * HEIGHT) as usize, "{}", chart.file);
             assert!(count(&rgb, SLEEP) > 0, "{}: no sleep marker", chart.file);
             let lines: &[usize] = match chart.file {
-                "losses.png" => &[0, 8], // recon, total
+                "losses.png" => &[0, 9], // recon, total
                 "mean_cosine.png" => &[0, 1],
                 "images_per_s.png" => &[0],
                 _ => &[],
