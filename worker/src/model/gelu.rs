@@ -13,10 +13,12 @@
 //!
 //! Other dtypes and devices fall back to candle's `gelu`.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// `gelu(x)` with the fused backward; `x` any shape.
-pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return x.gelu();
     }
@@ -65,6 +67,38 @@ macro_rules! gelu_fns {
 gelu_fns!(fwd_f32, bwd_f32, f32, SQRT_TWO_OVER_PI_F32);
 gelu_fns!(fwd_f64, bwd_f64, f64, SQRT_TWO_OVER_PI_F64);
 
+/// Elements per block of the parallel map: large enough that handing a
+/// block to a thread costs little against its `tanh` calls.
+const BLOCK: usize = 4096;
+
+/// `[f(0), ..., f(n - 1)]`, blocks shared out over candle's CPU thread pool
+/// (each element is computed alone, so the result does not depend on the
+/// sharing).
+fn par_map<T: Copy + Default + Send + Sync>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); n];
+    if n <= BLOCK {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = f(i);
+        }
+        return out;
+    }
+    let blocks: Vec<Mutex<Option<&mut [T]>>> =
+        out.chunks_mut(BLOCK).map(|c| Mutex::new(Some(c))).collect();
+    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+        for b in range {
+            let block = blocks[b].lock().ok().and_then(|mut c| c.take());
+            for (j, o) in block
+                .expect("each block is computed once")
+                .iter_mut()
+                .enumerate()
+            {
+                *o = f(b * BLOCK + j);
+            }
+        }
+    });
+    out
+}
+
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -79,18 +113,14 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(
-                contiguous(v, layout, "gelu")?
-                    .iter()
-                    .map(|&x| fwd_f32(x))
-                    .collect(),
-            ),
-            CpuStorage::F64(v) => CpuStorage::F64(
-                contiguous(v, layout, "gelu")?
-                    .iter()
-                    .map(|&x| fwd_f64(x))
-                    .collect(),
-            ),
+            CpuStorage::F32(v) => {
+                let x = contiguous(v, layout, "gelu")?;
+                CpuStorage::F32(par_map(x.len(), |i| fwd_f32(x[i])))
+            }
+            CpuStorage::F64(v) => {
+                let x = contiguous(v, layout, "gelu")?;
+                CpuStorage::F64(par_map(x.len(), |i| fwd_f64(x[i])))
+            }
             _ => candle_core::bail!("gelu: f32 or f64 only"),
         };
         Ok((out, layout.shape().clone()))
@@ -118,20 +148,20 @@ impl candle_core::CustomOp2 for GeluGrad {
             candle_core::bail!("gelu grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(
-                contiguous(x, l1, "gelu grad")?
-                    .iter()
-                    .zip(contiguous(g, l2, "gelu grad")?)
-                    .map(|(&x, &g)| bwd_f32(x, g))
-                    .collect(),
-            ),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(
-                contiguous(x, l1, "gelu grad")?
-                    .iter()
-                    .zip(contiguous(g, l2, "gelu grad")?)
-                    .map(|(&x, &g)| bwd_f64(x, g))
-                    .collect(),
-            ),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                let (x, g) = (
+                    contiguous(x, l1, "gelu grad")?,
+                    contiguous(g, l2, "gelu grad")?,
+                );
+                CpuStorage::F32(par_map(x.len(), |i| bwd_f32(x[i], g[i])))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                let (x, g) = (
+                    contiguous(x, l1, "gelu grad")?,
+                    contiguous(g, l2, "gelu grad")?,
+                );
+                CpuStorage::F64(par_map(x.len(), |i| bwd_f64(x[i], g[i])))
+            }
             _ => candle_core::bail!("gelu grad: f32 or f64, both the same"),
         };
         Ok((out, l1.shape().clone()))

@@ -13,7 +13,7 @@
 //! `e[0] = LN(front(pixels))`, `e[l] = LN(BU[l](e[l-1]))`.
 
 pub mod flops;
-mod gelu;
+pub mod gelu;
 pub mod grid;
 mod locmm;
 pub mod nets;
