@@ -59,8 +59,6 @@ pub(crate) struct Report {
     pub(crate) per_location_over_shared_step: f64,
     /// Per-location MLP time over shared MLP time at equal FLOPs.
     pub(crate) per_location_over_shared_mlp: f64,
-    /// The fused GELU's time over candle's, forward and backward.
-    pub(crate) fused_over_candle_gelu: f64,
     pub(crate) rows: Vec<Row>,
 }
 
@@ -164,27 +162,6 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
     let mlp_per = mlp(&per, "bottom-up MLP, per-location weights")?;
     let mlp_shared = mlp(&shared, "bottom-up MLP, shared weights")?;
 
-    // GELU forward and backward on one hidden layer, candle's op against
-    // the fused one of the model (the same bits, tested): element-wise
-    // work, so no FLOPs are counted; the ratio is the result.
-    let hidden = Tensor::randn(0f32, 1.0, (locations, batch, h), &dev)?;
-    let mut gelu_row = |name: &str, fused: bool| -> Result<f64> {
-        let s = time(repeats, || {
-            let v = candle_core::Var::from_tensor(&hidden)?;
-            let y = if fused {
-                glom_worker::model::gelu::gelu(v.as_tensor())?
-            } else {
-                v.as_tensor().gelu()?
-            };
-            y.sum_all()?.backward()?;
-            Ok(())
-        })?;
-        add(name, s, None, 0.0);
-        Ok(s)
-    };
-    let gelu_candle = gelu_row("GELU forward + backward, candle ops", false)?;
-    let gelu_fused = gelu_row("GELU forward + backward, fused", true)?;
-
     let data = datasets(cfg)?;
     let images: Vec<_> = (0..batch).map(|i| data.train.get(i)).collect();
     let model = whole_model(&per)?;
@@ -243,7 +220,6 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         local_step_percent_of_gemm,
         per_location_over_shared_step: per_flop(steps[0]) / per_flop(steps[2]),
         per_location_over_shared_mlp: mlp_per / mlp_shared,
-        fused_over_candle_gelu: gelu_fused / gelu_candle,
         rows,
     })
 }
@@ -283,9 +259,8 @@ pub(crate) fn table(r: &Report) -> String {
     }
     out.push_str(&format!(
         "\nper-location / shared, one MLP at equal FLOPs: {:.2}x the time\n\
-         per-location / shared, local training step per FLOP: {:.2}x the time\n\
-         fused / candle GELU, forward + backward: {:.2}x the time\n",
-        r.per_location_over_shared_mlp, r.per_location_over_shared_step, r.fused_over_candle_gelu
+         per-location / shared, local training step per FLOP: {:.2}x the time\n",
+        r.per_location_over_shared_mlp, r.per_location_over_shared_step
     ));
     out
 }

@@ -13,7 +13,6 @@
 //! `e[0] = LN(front(pixels))`, `e[l] = LN(BU[l](e[l-1]))`.
 
 pub mod flops;
-pub mod gelu;
 pub mod grid;
 mod locmm;
 pub mod nets;
