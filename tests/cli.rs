@@ -415,7 +415,11 @@ fn bench_prints_and_writes_every_row() {
         r["local_step_percent_of_gemm"].as_f64(),
         rows[4]["percent_of_gemm"].as_f64()
     );
-    assert_eq!(r["shape"]["grid_side"].as_u64(), Some(4), "16-pixel images, patch 4");
+    assert_eq!(
+        r["shape"]["grid_side"].as_u64(),
+        Some(4),
+        "16-pixel images, patch 4"
+    );
     assert!(out.contains("4x4 locations, d 8"), "{out}");
     // Bad input is refused before anything is measured.
     let err = failure(&glom(&["bench", "--repeats", "0"], TINY, &[]));
