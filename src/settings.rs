@@ -210,6 +210,30 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
     Ok(cfg)
 }
 
+/// serde's Rust type names in an error message said in words: "expected
+/// u64" becomes "expected a whole number >= 0".
+fn plain_types(message: &str) -> String {
+    const WORDS: [(&str, &str); 6] = [
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u32", "expected a whole number >= 0"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut out = message.to_string();
+    for (rust, words) in WORDS {
+        if let Some(i) = out.find(rust) {
+            // Only a whole word: "expected u64" but not "expected u64x".
+            let end = i + rust.len();
+            if !out[end..].starts_with(|c: char| c.is_alphanumeric()) {
+                out.replace_range(i..end, words);
+            }
+        }
+    }
+    out
+}
+
 /// The error for the value at `path` (`model.beta[1]`, `data.source`):
 /// its key and value, the highest layer that sets it, and `message`. When
 /// that is the base document and other layers are given, they are listed
@@ -236,6 +260,7 @@ fn explain(
         .get::<serde_json::Value>(path)
         .map(|v| format!(" = {v}"))
         .unwrap_or_default();
+    let message = plain_types(message);
     let mut text = format!("invalid configuration: {path}{value} (from {layer}): {message}");
     if matches!(layer, Layer::Base(_)) && all.len() > 1 {
         let over: Vec<String> = all[1..].iter().map(|(l, _)| l.to_string()).collect();
@@ -319,6 +344,11 @@ mod tests {
         );
         let e = error_of(&["bogus"]);
         assert!(e.contains("key=value"), "{e}");
+        // Types are said in words, not Rust's names.
+        let e = error_of(&["train.steps=abc"]);
+        assert!(e.contains("expected a whole number >= 0"), "{e}");
+        let e = error_of(&["train.learning_rate=fast"]);
+        assert!(e.contains("expected a number") && !e.contains("f64"), "{e}");
     }
 
     #[test]
