@@ -13,10 +13,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use glom_protocol::message::LOSS_TERMS;
 use serde_json::Value;
 
-/// The scalar keys of a record that the charts use.
-const SCALARS: [&str; 11] = [
+/// The loss keys of a record: `loss_<name>` for every term of
+/// `LOSS_TERM_NAMES`, in its order, then `loss_total` (a test holds them
+/// together).
+pub(crate) const LOSS_KEYS: [&str; LOSS_TERMS + 1] = [
     "loss_recon",
     "loss_distill_bu",
     "loss_distill_td",
@@ -27,8 +30,9 @@ const SCALARS: [&str; 11] = [
     "loss_autoencoder",
     "loss_neighbour_distill",
     "loss_total",
-    "images_per_s",
 ];
+/// The scalar keys of a record that the charts use besides the losses.
+const OTHER_SCALARS: [&str; 1] = ["images_per_s"];
 /// The per-level keys (one value per level) that the charts use.
 const PER_LEVEL: [&str; 3] = [
     "effective_rank_by_level",
@@ -98,7 +102,7 @@ pub(crate) fn parse_metrics(text: &str, file: &Path) -> Result<Metrics> {
             step,
             ..Record::default()
         };
-        for key in SCALARS {
+        for &key in LOSS_KEYS.iter().chain(&OTHER_SCALARS) {
             if let Some(v) = number(obj.get(key), || at(key))? {
                 record.scalars.insert(key, v);
             }
@@ -144,6 +148,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<Metrics> {
         parse_metrics(text, Path::new("run/metrics.jsonl"))
+    }
+
+    #[test]
+    fn the_loss_keys_are_the_protocols_terms_then_the_total() {
+        let mut want: Vec<String> = glom_protocol::message::LOSS_TERM_NAMES
+            .iter()
+            .map(|n| format!("loss_{n}"))
+            .collect();
+        want.push("loss_total".into());
+        assert_eq!(LOSS_KEYS.to_vec(), want);
     }
 
     fn err(text: &str) -> String {
