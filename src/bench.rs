@@ -99,17 +99,6 @@ fn step_seconds(cfg: &Config, repeats: usize) -> Result<f64> {
 /// Run every row for `cfg` and return the report.
 pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
     let repeats = repeats.max(1);
-    let mut rows = Vec::new();
-    let mut add = |name: &str, seconds: f64, images: Option<f64>, flops: f64| {
-        rows.push(Row {
-            name: name.to_string(),
-            seconds,
-            images_per_s: images.map(|n| n / seconds),
-            flops,
-            gflop_per_s: flops / seconds / 1e9,
-            percent_of_gemm: 0.0,
-        });
-    };
     let dev = Device::Cpu;
     let n = 1024;
     let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
@@ -118,15 +107,25 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         a.matmul(&b)?;
         Ok(())
     })?;
-    add(
-        "gemm 1024^3 (reference)",
-        gemm,
-        None,
-        2.0 * (n as f64).powi(3),
-    );
+    let gemm_flops = 2.0 * (n as f64).powi(3);
+    let gemm_rate = gemm_flops / gemm / 1e9;
+    let mut rows = Vec::new();
+    // Adds a row and returns its percentage of the GEMM rate.
+    let mut add = |name: &str, seconds: f64, images: Option<f64>, flops: f64| {
+        let gflop_per_s = flops / seconds / 1e9;
+        let percent_of_gemm = 100.0 * gflop_per_s / gemm_rate;
+        rows.push(Row {
+            name: name.to_string(),
+            seconds,
+            images_per_s: images.map(|n| n / seconds),
+            flops,
+            gflop_per_s,
+            percent_of_gemm,
+        });
+        percent_of_gemm
+    };
+    add("gemm 1024^3 (reference)", gemm, None, gemm_flops);
 
-    // One bottom-up MLP (the front end if there is one level) at the
-    // model's shapes, per-location and shared weights.
     // One process computes the whole grid, whatever `cluster.workers` says.
     let mut cfg = cfg.clone();
     cfg.cluster.workers = 1;
@@ -139,6 +138,8 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
     let locations = cfg.grid_side() * cfg.grid_side();
     let (d, h) = (cfg.model.dim, cfg.model.hidden);
     let x = Tensor::randn(0f32, 1.0, (locations, batch, d), &dev)?;
+    // One bottom-up MLP at the model's shapes, per-location and shared
+    // weights.
     let mlp_flops = 2.0 * (locations * batch) as f64 * (d * h + h * d) as f64;
     let mut mlp = |c: &Config, name: &str| -> Result<f64> {
         let model = whole_model(c)?;
@@ -184,6 +185,7 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
     let mut shared_local = local.clone();
     shared_local.model.weights = WeightMode::Shared;
     let mut steps = Vec::new();
+    let mut local_step_percent_of_gemm = 0.0;
     for (name, c) in [
         ("training step, local", &local),
         ("training step, BPTT", &bptt),
@@ -191,18 +193,14 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
     ] {
         let s = step_seconds(c, repeats)?;
         let f = flops(c).train_step;
-        add(name, s, Some(batch as f64), f);
+        let percent = add(name, s, Some(batch as f64), f);
+        // The first of these rows is the per-location local step.
+        if steps.is_empty() {
+            local_step_percent_of_gemm = percent;
+        }
         steps.push((s, f));
     }
-    let gemm_rate = rows[0].gflop_per_s;
-    for r in &mut rows {
-        r.percent_of_gemm = 100.0 * r.gflop_per_s / gemm_rate;
-    }
     let per_flop = |(s, f): (f64, f64)| s / f;
-    let local_step_percent_of_gemm = rows
-        .iter()
-        .find(|r| r.name == "training step, local")
-        .map_or(0.0, |r| r.percent_of_gemm);
     let m = &cfg.model;
     Ok(Report {
         config_hash: cfg.hash(),

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 
 use glom_protocol::config::Config;
+use glom_protocol::message::LOSS_TERMS;
 use glom_worker::learn::{term_weights, LossValues};
 
 /// Steps whose totals the median is taken over.
@@ -22,7 +23,7 @@ pub(crate) const WINDOW: usize = 50;
 #[derive(Debug)]
 pub(crate) struct DivergenceGuard {
     factor: f64,
-    weights: Vec<f64>,
+    weights: [f64; LOSS_TERMS],
     recent: VecDeque<f64>,
 }
 
@@ -35,7 +36,8 @@ pub(crate) struct Diverged {
     pub(crate) factor: f64,
     /// The median it was compared with (None for a non-finite total).
     pub(crate) median: Option<f64>,
-    /// The term with the largest weighted value, and that value.
+    /// The first term whose weighted value is not finite, else the one
+    /// largest in absolute value; and that weighted value.
     pub(crate) term: &'static str,
     pub(crate) term_value: f64,
 }
@@ -44,7 +46,7 @@ impl DivergenceGuard {
     pub(crate) fn new(cfg: &Config) -> Self {
         Self {
             factor: cfg.train.divergence_factor,
-            weights: term_weights(cfg).to_vec(),
+            weights: term_weights(cfg),
             recent: VecDeque::with_capacity(WINDOW),
         }
     }
@@ -86,7 +88,8 @@ impl DivergenceGuard {
     /// largest in absolute value.
     fn largest_term(&self, losses: &LossValues) -> (&'static str, f64) {
         let named = losses.named();
-        let weighted: Vec<(&'static str, f64)> = named[..self.weights.len()]
+        // `named` ends with the total, which has no weight: zip leaves it out.
+        let weighted: Vec<(&'static str, f64)> = named
             .iter()
             .zip(&self.weights)
             .filter(|(_, &w)| w != 0.0)
@@ -146,7 +149,7 @@ mod tests {
     use super::*;
 
     fn losses(cfg: &Config, recon: f64, variance: f64) -> LossValues {
-        let mut shares = [0.0; glom_protocol::message::LOSS_TERMS];
+        let mut shares = [0.0; LOSS_TERMS];
         shares[0] = recon;
         shares[4] = variance;
         LossValues::from_shares(cfg, &[shares])

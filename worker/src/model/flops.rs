@@ -54,15 +54,17 @@ pub fn flops(cfg: &Config) -> Flops {
     let students = front + (k - 1.0) * (bu + td);
     let settle = initial + iters * (students + k * lateral) + decoder;
 
-    // Learning-only forward products, each with its backward.
-    let mut learned = iters * students + decoder;
+    // Forward products only learning computes: the autoencoder's top-down
+    // pass and neighbour co-distillation's bottom-up pass.
+    let mut extra_forward = 0.0;
     if t.autoencoder_weight > 0.0 && m.levels > 1 {
-        learned += iters * (k - 1.0) * td;
+        extra_forward += iters * (k - 1.0) * td;
     }
     if t.neighbour_distill_weight > 0.0 && m.levels > 1 {
-        learned += iters * (k - 1.0) * bu;
+        extra_forward += iters * (k - 1.0) * bu;
     }
-    let extra_forward = learned - iters * students - decoder;
+    // The products that carry a gradient in local learning.
+    let learned = iters * students + decoder + extra_forward;
     // Batch terms over every student prediction (decorrelation's covariance
     // matrix, InfoNCE's similarities): forward and backward, 3x.
     let predictions = iters * (2.0 * k - 1.0);

@@ -452,7 +452,7 @@ impl Glom {
         Ok(sum)
     }
 
-    /// The top-down prediction `TD[level](above)` (`above`: `[P, n, d]`,
+    /// The top-down prediction `TD[level](above)` (`above`: `[P, B, d]`,
     /// the level above, for the tile's P locations), with the location code
     /// appended in shared mode.
     pub fn top_down(&self, level: usize, above: &Tensor) -> Result<Tensor> {
