@@ -12,19 +12,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use support::{failure, ok};
 
-/// A tiny model on 16x16 scenes: 2 levels, 2 iterations, a 4x4 grid.
-const TINY: &[&str] = &[
-    "train.steps=2",
-    "model.levels=2",
-    "model.dim=8",
-    "model.hidden=16",
-    "model.iterations=2",
-    "data.image_size=16",
-    "eval.images=4",
-    "eval.probe_images=8",
-    // Tests run in parallel: each endpoint takes a free port.
-    "metrics.listen=127.0.0.1:0",
-];
+/// The model of `support::TWO_STEPS`: 2 levels, 2 iterations, a 4x4 grid.
+const TINY: &[&str] = support::TWO_STEPS;
 const SIDE: usize = 16;
 const LEVELS: usize = 2;
 const ITERATIONS: usize = 2;

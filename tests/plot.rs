@@ -174,27 +174,17 @@ fn plot_rejects_bad_metrics_naming_the_file_and_line() {
     }
 }
 
-/// A tiny model on 16x16 scenes, a checkpoint after every step.
-const TINY_RUN: &[&str] = &[
-    "train.steps=2",
-    "model.levels=2",
-    "model.dim=8",
-    "model.hidden=16",
-    "model.iterations=2",
-    "data.image_size=16",
-    "eval.images=4",
-    "eval.probe_images=8",
-    "checkpoint.every_steps=1",
-    "metrics.listen=127.0.0.1:0",
-];
-
 #[test]
 fn plot_evaluates_the_checkpoints_once_and_charts_them() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_glom"));
     cmd.args(["train", "--no-eval", "--out", run.to_str().unwrap()]);
-    for set in TINY_RUN {
+    // A checkpoint after every step.
+    for set in support::TWO_STEPS
+        .iter()
+        .chain(&["checkpoint.every_steps=1"])
+    {
         cmd.args(["--set", set]);
     }
     ok(&cmd.env("RUST_LOG", "warn").output().unwrap());

@@ -9,6 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A two-step run of a tiny model on 16x16 scenes: 2 levels, 2
+/// iterations, a 4x4 grid (the parse and checkpoint-plot tests).
+pub(crate) const TWO_STEPS: &[&str] = &[
+    "train.steps=2",
+    "model.levels=2",
+    "model.dim=8",
+    "model.hidden=16",
+    "model.iterations=2",
+    "data.image_size=16",
+    "eval.images=4",
+    "eval.probe_images=8",
+    // Tests run in parallel: each endpoint takes a free port.
+    "metrics.listen=127.0.0.1:0",
+];
+
 /// A small, fast model (a few milliseconds per step).
 pub(crate) const TINY: &[&str] = &[
     "model.levels=3",
