@@ -162,8 +162,12 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
     }
     let vars: Vec<(String, String)> = match layers.env {
         Env::Off => Vec::new(),
+        // Every `GLOM_*` variable is a key, but the fault injection of
+        // recovery tests (`glom_worker::runtime::fault`).
         Env::Process => std::env::vars()
-            .filter(|(k, _)| k.to_lowercase().starts_with("glom_"))
+            .filter(|(k, _)| {
+                k.to_lowercase().starts_with("glom_") && k != glom_worker::runtime::fault::VAR
+            })
             .collect(),
         #[cfg(test)]
         Env::Vars(vars) => vars,

@@ -9,6 +9,7 @@
 //! per logged step), `checkpoints/step-<N>/` and `checkpoints/final/`, and
 //! `summary.json` (the evaluation plus `steps`, `wall_seconds`, throughput).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ use glom_worker::runtime::{run_worker, HaloPlan, WorkerOptions};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::cluster::driver::{drive, RunObserver};
+use crate::cluster::driver::{drive, Restart, RunObserver};
 use crate::divergence::DivergenceGuard;
 use crate::metrics::server::Endpoint;
 use crate::metrics::{NoTelemetry, Phase, PromTelemetry, RunInfo, StepReport, Telemetry};
@@ -386,6 +387,35 @@ impl RunObserver for Recorder {
         Ok(())
     }
 
+    fn restarted(&mut self, r: &Restart) -> Result<()> {
+        let rec = serde_json::json!({
+            "step": r.to_step,
+            "phase": "restart",
+            "attempt": r.attempt,
+            "reason": r.reason,
+            "cause": r.cause,
+            "workers_before": r.workers_before,
+            "workers_after": r.workers_after,
+            "wall_seconds": self.started.elapsed().as_secs_f64(),
+        });
+        self.write_record(&rec)?;
+        self.telemetry.restart(r.cause);
+        self.bar.set_position(r.to_step);
+        self.bar.suspend(|| {
+            tracing::warn!(
+                attempt = r.attempt,
+                max = self.cfg.cluster.max_restarts,
+                step = r.to_step,
+                workers = format!("{} -> {}", r.workers_before, r.workers_after),
+                "restarted from the last checkpoint: {}",
+                r.reason
+            )
+        });
+        // The pause is not training throughput.
+        self.window = (Instant::now(), 0);
+        Ok(())
+    }
+
     fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -407,6 +437,9 @@ pub(crate) fn coordinator_settings(
             .duration_since(std::time::UNIX_EPOCH)
             .ok(),
         resume,
+        max_restarts: c.max_restarts,
+        rejoin_timeout: Duration::from_secs_f64(c.rejoin_seconds),
+        min_workers: c.min_workers,
     }
 }
 
@@ -645,7 +678,10 @@ fn share_cores(n: usize) {
 }
 
 /// `coordinator` and one worker per tile of its plan over loopback QUIC,
-/// with an ephemeral CA; returns the steps trained.
+/// with an ephemeral CA; returns the steps trained. A worker task that
+/// fails or panics is a lost worker (the coordinator rolls the cluster
+/// back): a replacement is started in its place, up to
+/// `cluster.max_restarts` times.
 async fn embedded(
     cfg: &Config,
     coordinator: Coordinator,
@@ -659,16 +695,14 @@ async fn embedded(
     let id = ca.issue(COORDINATOR_NAME)?;
     let coord_ep = server_endpoint(loopback, server_config(&id, ca.cert(), &tuning)?, None)?;
     let coord_addr = coord_ep.local_addr()?;
-    let mut handles = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = worker_name(i);
+    let options = |name: String| -> Result<WorkerOptions> {
         let id = ca.issue(&name)?;
         let endpoint = server_endpoint(
             loopback,
             server_config(&id, ca.cert(), &tuning)?,
             Some(client_config(&id, ca.cert(), &tuning)?),
         )?;
-        let opts = WorkerOptions {
+        Ok(WorkerOptions {
             cfg: cfg.clone(),
             name,
             coordinator: coord_addr.to_string(),
@@ -676,13 +710,47 @@ async fn embedded(
             advertise: None,
             patience: Duration::from_secs(10),
             device: Device::Cpu,
-        };
-        handles.push(tokio::spawn(run_worker(opts, train.clone())));
+        })
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    let mut names = HashMap::new();
+    for i in 0..n {
+        let name = worker_name(i);
+        let task = workers.spawn(run_worker(options(name.clone())?, train.clone()));
+        names.insert(task.id(), name);
     }
-    let end = drive(coordinator, coord_ep, recorder).await;
+    let mut replacements = 0;
     let mut first_worker_error = None;
-    for h in handles {
-        match h.await {
+    let run = drive(coordinator, coord_ep, recorder);
+    tokio::pin!(run);
+    let end = loop {
+        tokio::select! {
+            end = &mut run => break end,
+            Some(joined) = workers.join_next_with_id() => {
+                let (name, failure) = match joined {
+                    Ok((task, Ok(_))) => {
+                        names.remove(&task);
+                        continue;
+                    }
+                    Ok((task, Err(e))) => (names.remove(&task), anyhow!(e)),
+                    Err(e) => (names.remove(&e.id()), anyhow!("the worker task failed: {e}")),
+                };
+                let name = name.unwrap_or_default();
+                if replacements >= cfg.cluster.max_restarts {
+                    tracing::error!("{name} failed: {failure:#}");
+                    first_worker_error.get_or_insert(failure.context(format!("{name} failed")));
+                    continue;
+                }
+                replacements += 1;
+                let spare = format!("{name}-r{replacements}");
+                tracing::warn!("{name} failed: {failure:#}; starting {spare} in its place");
+                let task = workers.spawn(run_worker(options(spare.clone())?, train.clone()));
+                names.insert(task.id(), spare);
+            }
+        }
+    };
+    while let Some(joined) = workers.join_next().await {
+        match joined {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!("worker failed: {e}");

@@ -14,6 +14,8 @@
 //! - [`state`]: [`Coordinator`], its inputs and outputs ([`Action`]), liveness.
 //! - [`membership`]: hellos, admission, the start of the run, departures.
 //! - [`liveness`]: heartbeats, silent connections, lost workers, abort.
+//! - [`recovery`]: rolling the cluster back to its last checkpoint after a
+//!   lost worker, with a replacement or with the survivors.
 //! - [`schedule`]: the step driver and checkpoint orchestration.
 //! - [`sleep`]: when sleep jobs fall (every N steps, a UTC timetable), and
 //!   their reports merged over the grid.
@@ -27,6 +29,7 @@ pub mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod plan;
+pub mod recovery;
 pub mod schedule;
 pub mod sleep;
 pub mod state;

@@ -3,10 +3,11 @@
 //! Any message counts as proof of life. A connection silent for longer
 //! than [`crate::Settings::heartbeat_timeout`] is dropped: before the start
 //! it simply leaves; a member of the running cluster is lost, which emits
-//! [`Action::WorkerLost`] then [`Action::Abort`] and tells the others to
-//! shut down. Rolling back to the last checkpoint and going on with a
-//! replacement or with the survivors (DESIGN.md section 7) is later work;
-//! `Abort::last_checkpoint` says where such a rollback would resume.
+//! [`Action::WorkerLost`] and rolls the cluster back to its last complete
+//! checkpoint ([`crate::recovery`]), or, once
+//! [`crate::Settings::max_restarts`] restarts are spent, emits
+//! [`Action::Abort`] and tells the others to shut down
+//! (`Abort::last_checkpoint` says where a rerun would resume).
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ impl Coordinator {
         deadlines
             .chain([self.next_heartbeat])
             .chain(self.sleep_deadline())
+            .chain(self.rejoin_deadline())
             .min()
     }
 
@@ -46,7 +48,7 @@ impl Coordinator {
             .filter(|(_, silent)| *silent > timeout)
             .collect();
         for (conn, silent) in silent {
-            self.drop_conn(conn, LostReason::Silent { silent });
+            self.drop_conn(conn, LostReason::Silent { silent }, now);
         }
         if now >= self.next_heartbeat && !self.is_over() {
             let now_ms = now.saturating_duration_since(self.started_at).as_millis() as u64;
@@ -62,19 +64,22 @@ impl Coordinator {
             self.next_heartbeat = now + self.settings.heartbeat_interval;
         }
         if !self.is_over() {
+            self.poll_rejoin(now);
+        }
+        if !self.is_over() {
             self.poll_timetable(now);
             self.drive(now);
         }
     }
 
     /// End a connection that misbehaved or went silent: a cluster member is
-    /// lost (the run aborts), anyone else is told why and closed.
-    pub(crate) fn drop_conn(&mut self, conn: ConnId, reason: LostReason) {
+    /// lost, anyone else is told why and closed.
+    pub(crate) fn drop_conn(&mut self, conn: ConnId, reason: LostReason, now: Instant) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
         match c.role {
-            Role::Worker(id) => self.lose(id, reason),
+            Role::Worker(id) => self.lose(id, reason, now),
             Role::New | Role::Waiting(_) => {
                 self.send(
                     conn,
@@ -87,8 +92,9 @@ impl Coordinator {
         }
     }
 
-    /// Worker `id` is gone: report it and abort the run.
-    pub(crate) fn lose(&mut self, id: u32, reason: LostReason) {
+    /// Worker `id` is gone: report it, then roll the cluster back to its
+    /// last complete checkpoint, or abort once the restarts are spent.
+    pub(crate) fn lose(&mut self, id: u32, reason: LostReason, now: Instant) {
         if self.is_over() {
             return;
         }
@@ -107,15 +113,31 @@ impl Coordinator {
         let why = format!("worker {id} ({name}) lost: {reason}");
         self.emit(Action::WorkerLost {
             worker_id: id,
-            reason,
+            reason: reason.clone(),
         });
-        self.abort(why);
+        if self.attempt < self.settings.max_restarts {
+            return self.restart(why, &reason, now);
+        }
+        let spent = match self.settings.max_restarts {
+            0 => " (automatic recovery is off: cluster.max_restarts = 0)".to_string(),
+            n => format!(" after {n} restarts (cluster.max_restarts = {n})"),
+        };
+        self.abort(format!("{why}{spent}"));
     }
 
-    /// Stop the run: the connected workers are told to shut down. Rolling
-    /// back to `last_checkpoint` and going on is later work.
+    /// Stop the run: the connected workers are told to shut down.
     pub(crate) fn abort(&mut self, reason: String) {
         self.stage = Stage::Aborted;
+        self.rejoin = None;
+        for conn in std::mem::take(&mut self.waiting) {
+            self.send(
+                conn,
+                ControlMessage::Shutdown {
+                    reason: reason.clone(),
+                },
+            );
+            self.close(conn);
+        }
         self.broadcast(ControlMessage::Shutdown {
             reason: reason.clone(),
         });

@@ -5,8 +5,9 @@
 //! workers wait until `workers_expected` of them joined; then worker ids
 //! are given in join order, worker `i` gets tile `i`, and each is sent
 //! `Welcome` then `Assign` with the peers whose tiles intersect its halo.
-//! Later hellos are refused `Full` (or `AlreadyStarted` once a member was
-//! lost: replacing it is later work).
+//! Later hellos are refused `Full`. After a lost worker the cluster is
+//! `Joining` again ([`crate::recovery`]): the survivors' new hellos and any
+//! replacement's are admitted the same way.
 
 use std::time::Instant;
 
@@ -29,14 +30,14 @@ impl Coordinator {
 
     /// A connection was closed or failed. A member of the running cluster
     /// is lost; anyone else simply leaves.
-    pub fn handle_disconnect(&mut self, conn: ConnId, _now: Instant) {
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
         self.waiting.retain(|&c| c != conn);
         if let Role::Worker(id) = c.role {
             self.workers[id as usize].connected = false;
-            self.lose(id, LostReason::Disconnected);
+            self.lose(id, LostReason::Disconnected, now);
         }
     }
 
@@ -58,7 +59,7 @@ impl Coordinator {
             }
             (_, msg) => {
                 let message = format!("unexpected {} before the run started", msg.kind());
-                self.drop_conn(conn, LostReason::ProtocolViolation { message });
+                self.drop_conn(conn, LostReason::ProtocolViolation { message }, now);
             }
         }
     }
@@ -74,12 +75,14 @@ impl Coordinator {
             }
             ControlMessage::SleepDone(done) => self.on_sleep_done(id, done, now),
             ControlMessage::Error { message } => {
-                self.lose(id, LostReason::ReportedError { message })
+                self.lose(id, LostReason::ReportedError { message }, now)
             }
-            ControlMessage::Shutdown { reason } => self.lose(id, LostReason::ShutDown { reason }),
+            ControlMessage::Shutdown { reason } => {
+                self.lose(id, LostReason::ShutDown { reason }, now)
+            }
             other => {
                 let message = format!("unexpected {} from worker {id}", other.kind());
-                self.lose(id, LostReason::ProtocolViolation { message });
+                self.lose(id, LostReason::ProtocolViolation { message }, now);
             }
         }
     }
@@ -117,8 +120,10 @@ impl Coordinator {
         }
     }
 
-    /// Every expected worker joined: give out ids, tiles and peers.
-    fn start(&mut self, now: Instant) {
+    /// Every expected worker joined (or, after a restart, the rejoin
+    /// deadline passed): give out ids, tiles and peers.
+    pub(crate) fn start(&mut self, now: Instant) {
+        self.restarted();
         let mut hellos = Vec::new();
         for (id, conn) in std::mem::take(&mut self.waiting).into_iter().enumerate() {
             let c = self
@@ -155,6 +160,7 @@ impl Coordinator {
                 peers,
                 config_hash: self.config_hash.clone(),
                 resume: self.settings.resume.clone(),
+                attempt: self.attempt,
             };
             let conn = self.workers[id].conn;
             self.send(

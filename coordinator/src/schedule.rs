@@ -103,7 +103,7 @@ impl Coordinator {
             } else {
                 format!("StepDone for step {step}, expected step {expected}")
             };
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         self.workers[id as usize].done += 1;
         let grid = self.cfg.grid_side() * self.cfg.grid_side();
@@ -113,7 +113,7 @@ impl Coordinator {
             .or_insert_with(|| StepAccumulator::new(grid));
         if let Err(e) = acc.add(id, metrics) {
             let message = format!("malformed metrics of step {step}: {e}");
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         if acc.reports < self.workers.len() {
             return;
@@ -142,7 +142,7 @@ impl Coordinator {
         let Stage::Checkpointing { step: saving, acks } = &mut self.stage else {
             let message =
                 format!("CheckpointAck for step {step} while no checkpoint is in progress");
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         };
         let slot = &mut acks[id as usize];
         if *saving != step || slot.is_some() {
@@ -150,7 +150,7 @@ impl Coordinator {
                 "CheckpointAck for step {step} (saving step {saving}, already acknowledged: {})",
                 slot.is_some()
             );
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         *slot = Some(shard);
         if acks.iter().any(Option::is_none) {

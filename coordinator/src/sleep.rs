@@ -91,10 +91,13 @@ pub(crate) struct SleepSchedule {
     next_due: Option<Instant>,
     /// A timetable entry passed and no job has run since.
     due: bool,
-    /// Boundary of the last job started.
-    last: Option<u64>,
+    /// Boundary of the last job started (or of the checkpoint the run
+    /// resumed or rolled back to: no job runs there again).
+    pub(crate) last: Option<u64>,
     /// Id of the next job.
     next_job: u64,
+    /// Boundary of every job started, in order (job id = index).
+    boundaries: Vec<u64>,
     pub(crate) current: Option<SleepJob>,
 }
 
@@ -114,10 +117,24 @@ impl SleepSchedule {
             due: false,
             last: None,
             next_job: 0,
+            boundaries: Vec::new(),
             current: None,
         };
         s.next_due = s.next_entry_after(started_at, started_at);
         s
+    }
+
+    /// The cluster rolled back to the checkpoint at `to_step`: the job in
+    /// progress is dropped, and the jobs after `to_step` are forgotten so
+    /// that they run again, with the same ids, as in a run that never
+    /// failed. None runs at `to_step` itself (the checkpoint holds the
+    /// model after any job there).
+    pub(crate) fn roll_back(&mut self, to_step: u64) {
+        self.current = None;
+        let kept = self.boundaries.iter().filter(|&&n| n <= to_step).count();
+        self.next_job -= (self.boundaries.len() - kept) as u64;
+        self.boundaries.truncate(kept);
+        self.last = (to_step > 0).then_some(to_step);
     }
 
     /// The instant the first timetable entry strictly after `t` passes.
@@ -187,6 +204,7 @@ impl Coordinator {
     pub(crate) fn begin_sleep(&mut self, after_step: u64, trigger: SleepTrigger) {
         let job = self.sleep.next_job;
         self.sleep.next_job += 1;
+        self.sleep.boundaries.push(after_step);
         self.sleep.last = Some(after_step);
         // Any job meets a due timetable entry.
         self.sleep.due = false;
@@ -212,7 +230,7 @@ impl Coordinator {
         let grid = self.cfg.grid_side() * self.cfg.grid_side();
         let Some(current) = &mut self.sleep.current else {
             let message = format!("SleepDone for job {} while no job is running", done.job);
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         };
         let slot = &mut current.reports[id as usize];
         if done.job != current.job || slot.is_some() {
@@ -222,11 +240,11 @@ impl Coordinator {
                 current.job,
                 slot.is_some()
             );
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         if let Err(e) = check_report(&done, grid) {
             let message = format!("malformed SleepDone of job {}: {e}", done.job);
-            return self.lose(id, LostReason::ProtocolViolation { message });
+            return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         *slot = Some(done);
         if current.reports.iter().any(Option::is_none) {

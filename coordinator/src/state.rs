@@ -18,11 +18,13 @@
 //! `max_ahead` outstanding) <-> `Checkpointing` (no step issued; every
 //! worker writes its shard, then the manifest) and <-> `Sleeping` (no step
 //! issued; every worker runs the sleep job on its own tile, see
-//! [`crate::sleep`]) -> `Finished` after the final checkpoint. A lost worker turns any state after `Joining` into
-//! `Aborted`; rolling back to the last checkpoint with a replacement or
-//! with the survivors (DESIGN.md section 7) is later work: today the
-//! driver stops the run and reports the checkpoint to resume from (see
-//! [`crate::liveness`]).
+//! [`crate::sleep`]) -> `Finished` after the final checkpoint. A lost
+//! worker sends the cluster back to `Joining` from its last complete
+//! checkpoint: the survivors are told to rejoin, a replacement may join,
+//! and after [`Settings::rejoin_timeout`] the tiles are re-planned over
+//! whoever joined ([`crate::recovery`]). Once [`Settings::max_restarts`]
+//! restarts are spent a loss turns the run `Aborted` and the driver
+//! reports the checkpoint to resume from (see [`crate::liveness`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -73,6 +75,14 @@ pub struct Settings {
     /// Resume from this checkpoint: steps before `step` count as done, the
     /// workers load their tiles from `dir`, training goes on at `step`.
     pub resume: Option<ResumePoint>,
+    /// Restarts from the last complete checkpoint after a lost worker
+    /// before the run aborts (0: a loss aborts at once).
+    pub max_restarts: u32,
+    /// After a restart, how long to wait for the full number of workers
+    /// before re-planning the tiles over those that joined.
+    pub rejoin_timeout: Duration,
+    /// Fewest workers a restarted cluster goes on with.
+    pub min_workers: usize,
 }
 
 impl Default for Settings {
@@ -84,6 +94,9 @@ impl Default for Settings {
             checkpoint_root: "checkpoints".into(),
             utc_at_start: None,
             resume: None,
+            max_restarts: 3,
+            rejoin_timeout: Duration::from_secs(60),
+            min_workers: 1,
         }
     }
 }
@@ -121,8 +134,30 @@ pub enum Action {
         /// Boxed: it holds two grid observations.
         summary: Box<SleepSummary>,
     },
-    /// A worker is gone (always followed by [`Action::Abort`] today).
+    /// A worker is gone; followed by [`Action::RollingBack`] or, once the
+    /// restarts are spent, by [`Action::Abort`].
     WorkerLost { worker_id: u32, reason: LostReason },
+    /// The cluster rolls back to `to_step` (its last complete checkpoint,
+    /// or 0): the survivors were told to rejoin; the coordinator waits up
+    /// to `rejoin_timeout` for `workers` workers.
+    RollingBack {
+        attempt: u32,
+        to_step: u64,
+        reason: String,
+        workers: usize,
+        rejoin_timeout: Duration,
+    },
+    /// The cluster started again at `to_step` with `workers_after`
+    /// workers (it had `workers_before`); followed by [`Action::Started`].
+    /// `cause` is the [`LostReason::label`] of the loss.
+    Restarted {
+        attempt: u32,
+        to_step: u64,
+        reason: String,
+        cause: &'static str,
+        workers_before: usize,
+        workers_after: usize,
+    },
     /// The run cannot go on; the other workers were told to shut down.
     /// `last_checkpoint` is where a rerun would resume from.
     Abort {
@@ -147,6 +182,28 @@ pub enum LostReason {
     ShutDown { reason: String },
     #[error("protocol violation: {message}")]
     ProtocolViolation { message: String },
+}
+
+impl LostReason {
+    /// Every [`LostReason::label`].
+    pub const LABELS: [&'static str; 5] = [
+        "disconnected",
+        "silent",
+        "reported_error",
+        "shut_down",
+        "protocol_violation",
+    ];
+
+    /// A short name of the kind of loss, for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LostReason::Disconnected => "disconnected",
+            LostReason::Silent { .. } => "silent",
+            LostReason::ReportedError { .. } => "reported_error",
+            LostReason::ShutDown { .. } => "shut_down",
+            LostReason::ProtocolViolation { .. } => "protocol_violation",
+        }
+    }
 }
 
 /// Where the run stands, as seen from outside.
@@ -231,6 +288,12 @@ pub struct Coordinator {
     /// Sleep jobs: the schedule and the job in progress (during a job the
     /// stage stays `Running` and no step is issued).
     pub(crate) sleep: SleepSchedule,
+    /// Workers of the full plan (the number the run was started with).
+    pub(crate) expected: usize,
+    /// Restarts so far; every [`Assign`] carries it.
+    pub(crate) attempt: u32,
+    /// A restart waiting for its workers to join.
+    pub(crate) rejoin: Option<crate::recovery::Rejoin>,
     transmits: VecDeque<(ConnId, ControlMessage)>,
     actions: VecDeque<Action>,
     closes: VecDeque<ConnId>,
@@ -285,18 +348,35 @@ impl Coordinator {
                 ),
             ));
         }
+        if settings.min_workers == 0 || settings.min_workers > workers_expected {
+            return Err(bad(
+                "min_workers",
+                &format!(
+                    "{} must be between 1 and the {workers_expected} workers of the run",
+                    settings.min_workers
+                ),
+            ));
+        }
         let side = cfg.grid_side();
         let tiles = plan(side, side, workers_expected).map_err(|source| Error::Plan {
             workers: workers_expected,
             side,
             source,
         })?;
+        let mut sleep = SleepSchedule::new(timetable, settings.utc_at_start, now);
+        if start > 0 {
+            // The checkpoint holds the model after any job at its boundary.
+            sleep.last = Some(start);
+        }
         Ok(Self {
             config_hash: cfg.hash(),
             reach: halo_reach(&cfg),
             cfg,
             next_heartbeat: now + settings.heartbeat_interval,
-            sleep: SleepSchedule::new(timetable, settings.utc_at_start, now),
+            sleep,
+            expected: workers_expected,
+            attempt: 0,
+            rejoin: None,
             settings,
             tiles,
             started_at: now,

@@ -259,7 +259,7 @@ mod tests {
         hello.version = 7;
         let frame = encode(&ControlMessage::Hello(hello), &limits).unwrap();
         assert_eq!(hello_version(&frame[PREFIX_BYTES..]), Some(7));
-        let frame = encode(&PeerMessage::Hello(PeerHello::new("abc", 3)), &limits).unwrap();
+        let frame = encode(&PeerMessage::Hello(PeerHello::new("abc", 3, 0)), &limits).unwrap();
         assert_eq!(
             hello_version(&frame[PREFIX_BYTES..]),
             Some(PROTOCOL_VERSION)

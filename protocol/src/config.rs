@@ -417,10 +417,20 @@ pub struct ClusterConfig {
     pub max_ahead: u64,
     /// QUIC address of `glom coordinator` (UDP); port 0 picks a free one.
     pub listen: String,
-    /// Seconds between heartbeats; a peer silent for `heartbeat_timeout`
-    /// seconds is lost.
+    /// Seconds between heartbeats (and QUIC keep-alives); a peer silent
+    /// for `heartbeat_timeout` seconds (also the QUIC idle timeout) is
+    /// lost. Heartbeats come from each process's network loop, not from
+    /// its compute thread, so a long step does not look like a death.
     pub heartbeat_seconds: f64,
     pub heartbeat_timeout: f64,
+    /// Automatic recovery (DESIGN.md section 7): restarts from the last
+    /// complete checkpoint before a lost worker ends the run (0 = none).
+    pub max_restarts: u32,
+    /// After a loss, how long to wait for a replacement worker before
+    /// re-planning the tiles over the workers that rejoined.
+    pub rejoin_seconds: f64,
+    /// Fewest workers to go on with after a loss; fewer ends the run.
+    pub min_workers: usize,
 }
 
 impl Default for ClusterConfig {
@@ -430,8 +440,11 @@ impl Default for ClusterConfig {
             halo_precision: HaloPrecision::F32,
             max_ahead: 2,
             listen: "127.0.0.1:7400".into(),
-            heartbeat_seconds: 5.0,
-            heartbeat_timeout: 60.0,
+            heartbeat_seconds: 1.0,
+            heartbeat_timeout: 5.0,
+            max_restarts: 3,
+            rejoin_seconds: 60.0,
+            min_workers: 1,
         }
     }
 }
@@ -825,6 +838,21 @@ impl Config {
                 format!(
                     "{} must be longer than cluster.heartbeat_seconds = {}",
                     c.heartbeat_timeout, c.heartbeat_seconds
+                )
+            },
+        )?;
+        check(
+            c.rejoin_seconds.is_finite() && c.rejoin_seconds >= 0.0,
+            "cluster.rejoin_seconds",
+            || format!("{} must be >= 0", c.rejoin_seconds),
+        )?;
+        check(
+            (1..=c.workers).contains(&c.min_workers),
+            "cluster.min_workers",
+            || {
+                format!(
+                    "{} must be between 1 and cluster.workers = {}",
+                    c.min_workers, c.workers
                 )
             },
         )?;

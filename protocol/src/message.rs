@@ -26,8 +26,9 @@ use crate::manifest::ShardEntry;
 /// otherwise decode as garbage or, worse, as wrong values.
 /// Version 2: a step's loss shares carry [`LOSS_TERMS`] terms (the
 /// anti-collapse terms were added). Version 3: and neighbour
-/// co-distillation.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// co-distillation. Version 4: automatic recovery ([`ControlMessage::Rejoin`],
+/// the `attempt` of [`Assign`] and [`PeerHello`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Number of loss terms a worker reports per location.
 pub const LOSS_TERMS: usize = 9;
@@ -93,6 +94,11 @@ pub enum ControlMessage {
     /// Either way: the sender hit an error it cannot recover from; the
     /// message says what and is logged by the receiver.
     Error { message: String },
+    /// c -> w: a worker was lost and the cluster rolls back to its last
+    /// complete checkpoint (DESIGN.md section 7): drop the current work,
+    /// close this connection and join again with a new hello; the new
+    /// [`Assign`] says where to resume.
+    Rejoin { reason: String },
 }
 
 impl ControlMessage {
@@ -113,6 +119,7 @@ impl ControlMessage {
             ControlMessage::SleepDone(_) => "SleepDone",
             ControlMessage::Shutdown { .. } => "Shutdown",
             ControlMessage::Error { .. } => "Error",
+            ControlMessage::Rejoin { .. } => "Rejoin",
         }
     }
 }
@@ -163,6 +170,10 @@ pub enum RefuseReason {
     /// A worker id claimed on a peer connection is not a neighbour.
     #[error("worker {worker_id} is not a neighbour of this tile")]
     UnknownPeer { worker_id: u32 },
+    /// A halo connection from another attempt of the cluster (one before
+    /// or after a restart).
+    #[error("the peer is on attempt {theirs} of the cluster, this worker on attempt {ours}")]
+    OtherAttempt { ours: u32, theirs: u32 },
 }
 
 /// Check a joining worker's hello against our configuration: the protocol
@@ -172,9 +183,22 @@ pub fn check_hello(hello: &Hello, our_config_hash: &str) -> Result<(), RefuseRea
     check_compatible(hello.version, &hello.config_hash, our_config_hash)
 }
 
-/// Check a neighbour's hello on a halo connection; same rule as [`check_hello`].
-pub fn check_peer_hello(hello: &PeerHello, our_config_hash: &str) -> Result<(), RefuseReason> {
-    check_compatible(hello.version, &hello.config_hash, our_config_hash)
+/// Check a neighbour's hello on a halo connection: same rule as
+/// [`check_hello`], then the cluster attempt (`our_attempt`, from this
+/// worker's [`Assign`]).
+pub fn check_peer_hello(
+    hello: &PeerHello,
+    our_config_hash: &str,
+    our_attempt: u32,
+) -> Result<(), RefuseReason> {
+    check_compatible(hello.version, &hello.config_hash, our_config_hash)?;
+    if hello.attempt != our_attempt {
+        return Err(RefuseReason::OtherAttempt {
+            ours: our_attempt,
+            theirs: hello.attempt,
+        });
+    }
+    Ok(())
 }
 
 fn check_compatible(version: u32, config_hash: &str, ours: &str) -> Result<(), RefuseReason> {
@@ -234,6 +258,10 @@ pub struct Assign {
     /// Where to start from: a checkpoint to load the tile's nets and
     /// optimiser state from, or `None` for a fresh start at step 0.
     pub resume: Option<ResumePoint>,
+    /// How many times the cluster was restarted before this assignment (0
+    /// at the start of a run). Halo connections of another attempt are
+    /// refused, so a frame of the abandoned attempt never reaches this one.
+    pub attempt: u32,
 }
 
 /// A checkpoint a run resumes from (any number of workers may have written
@@ -424,15 +452,18 @@ pub struct PeerHello {
     pub config_hash: String,
     /// The sender's worker id from its [`ControlMessage::Welcome`].
     pub worker_id: u32,
+    /// The attempt of the sender's [`Assign`]; must be the receiver's.
+    pub attempt: u32,
 }
 
 impl PeerHello {
     /// A peer hello of this build's protocol version.
-    pub fn new(config_hash: &str, worker_id: u32) -> Self {
+    pub fn new(config_hash: &str, worker_id: u32, attempt: u32) -> Self {
         Self {
             version: PROTOCOL_VERSION,
             config_hash: config_hash.to_string(),
             worker_id,
+            attempt,
         }
     }
 }

@@ -262,12 +262,20 @@ fn the_handshake_refuses_another_version_or_config_naming_both_values() {
     let text = reason.to_string();
     assert!(text.contains(&ours) && text.contains(&theirs), "{text}");
 
-    let peer = PeerHello::new(&theirs, 2);
+    let peer = PeerHello::new(&theirs, 2, 0);
     assert!(matches!(
-        check_peer_hello(&peer, &ours),
+        check_peer_hello(&peer, &ours, 0),
         Err(RefuseReason::ConfigMismatch { .. })
     ));
-    assert_eq!(check_peer_hello(&PeerHello::new(&ours, 2), &ours), Ok(()));
+    assert_eq!(
+        check_peer_hello(&PeerHello::new(&ours, 2, 1), &ours, 1),
+        Ok(())
+    );
+    // A halo connection of the attempt before a restart is refused.
+    assert_eq!(
+        check_peer_hello(&PeerHello::new(&ours, 2, 0), &ours, 1),
+        Err(RefuseReason::OtherAttempt { ours: 1, theirs: 0 })
+    );
 }
 
 #[test]

@@ -8,9 +8,11 @@
 //!
 //! A connection that sends something unreadable (garbage, a frame over the
 //! size cap, a truncated frame, a hello of another protocol version) is
-//! answered with the reason and closed; the run goes on. Only a worker of
-//! the running cluster that breaks, leaves or falls silent ends the run
-//! (with the checkpoint to resume from).
+//! answered with the reason and closed; the run goes on. A worker of the
+//! running cluster that breaks, leaves or falls silent rolls the cluster
+//! back to its last checkpoint (`glom_coordinator::recovery`); once
+//! `cluster.max_restarts` restarts are spent it ends the run (with the
+//! checkpoint to resume from).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,8 +44,26 @@ pub(crate) trait RunObserver {
     fn sleep_started(&mut self, job: u64, after_step: u64, trigger: SleepTrigger) -> Result<()>;
     /// Sleep job `job` finished on every worker; awake training resumes.
     fn sleep_completed(&mut self, job: u64, after_step: u64, summary: &SleepSummary) -> Result<()>;
+    /// The cluster started again from its last checkpoint after a lost
+    /// worker (automatic recovery).
+    fn restarted(&mut self, restart: &Restart) -> Result<()>;
     /// Whether the run should stop early (checked often).
     fn stop_requested(&self) -> bool;
+}
+
+/// A restart of the cluster, as the coordinator reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Restart {
+    /// Restarts so far, this one included.
+    pub(crate) attempt: u32,
+    /// The step training went back to (its last complete checkpoint, or 0).
+    pub(crate) to_step: u64,
+    /// Which worker was lost and why.
+    pub(crate) reason: String,
+    /// The kind of loss (`LostReason::label`).
+    pub(crate) cause: &'static str,
+    pub(crate) workers_before: usize,
+    pub(crate) workers_after: usize,
 }
 
 /// How the run ended.
@@ -197,6 +217,36 @@ fn handle(action: Action, observer: &mut dyn RunObserver) -> Result<Option<RunEn
         Action::WorkerLost { worker_id, reason } => {
             tracing::error!(worker = worker_id, "worker lost: {reason}");
         }
+        Action::RollingBack {
+            attempt,
+            to_step,
+            reason: _,
+            workers,
+            rejoin_timeout,
+        } => {
+            tracing::warn!(
+                attempt,
+                to_step,
+                "rolling back to step {to_step}: the survivors rejoin; waiting up to {:.0} s \
+                 for {workers} workers (cluster.rejoin_seconds), then going on with those there",
+                rejoin_timeout.as_secs_f64()
+            );
+        }
+        Action::Restarted {
+            attempt,
+            to_step,
+            reason,
+            cause,
+            workers_before,
+            workers_after,
+        } => observer.restarted(&Restart {
+            attempt,
+            to_step,
+            reason,
+            cause,
+            workers_before,
+            workers_after,
+        })?,
         Action::Abort {
             reason,
             last_checkpoint,
@@ -262,6 +312,11 @@ async fn serve(
         let body = match rx.recv_body().await {
             Ok(Some(body)) => body,
             Ok(None) => break "the worker closed its stream".to_string(),
+            // The connection ended (closed by the worker, or timed out):
+            // nothing to answer.
+            Err(e @ glom_net::Error::Read(quinn::ReadError::ConnectionLost(_))) => {
+                break format!("{e}")
+            }
             Err(e) => break bad_input(remote, &out_tx, format!("{e}")),
         };
         match decode_body::<ControlMessage>(&body, &limits) {

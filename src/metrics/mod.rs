@@ -61,6 +61,9 @@ pub(crate) trait Telemetry {
         _rank_after: &[f64],
     ) {
     }
+    /// The cluster restarted from its last checkpoint after a lost worker
+    /// of kind `cause` (`glom_coordinator::LostReason::label`).
+    fn restart(&self, _cause: &str) {}
 }
 
 /// Training phase, as the `phase` label of `glom_phase`.
@@ -117,6 +120,7 @@ pub(crate) struct PromTelemetry {
     sleep_loss: GaugeVec,
     sleep_seconds: Gauge,
     sleep_rank: GaugeVec,
+    restarts: IntCounterVec,
 }
 
 fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
@@ -162,7 +166,21 @@ impl PromTelemetry {
         reg.register(Box::new(halo_wait.clone()))?;
         let sleep_jobs = IntCounter::new("glom_sleep_jobs_total", "Sleep jobs completed.")?;
         reg.register(Box::new(sleep_jobs.clone()))?;
+        let restarts = IntCounterVec::new(
+            Opts::new(
+                "glom_restarts_total",
+                "Restarts of the cluster from its last checkpoint after a lost worker, by the \
+                 kind of loss.",
+            ),
+            &["reason"],
+        )?;
+        reg.register(Box::new(restarts.clone()))?;
+        // Exported from 0, so that `increase()` sees the first restart.
+        for reason in glom_coordinator::LostReason::LABELS {
+            restarts.with_label_values(&[reason]);
+        }
         let t = Self {
+            restarts,
             workers: gauge_vec(
                 &reg,
                 "glom_workers",
@@ -356,6 +374,10 @@ impl Telemetry for PromTelemetry {
             .set(summary.workers.len() as f64);
     }
 
+    fn restart(&self, cause: &str) {
+        self.restarts.with_label_values(&[cause]).inc();
+    }
+
     fn sleep_job(
         &self,
         s: &glom_coordinator::sleep::SleepSummary,
@@ -436,8 +458,10 @@ mod tests {
         t.phase(Phase::Sleep);
         t.sleep_job(&job, &[1.0, 1.25, 1.5], &[1.0, 17.5, 20.0]);
         t.phase(Phase::Awake);
+        t.restart("disconnected");
         let text = t.encode();
         for line in [
+            "glom_restarts_total{reason=\"disconnected\"} 1",
             "glom_sleep_jobs_total 1",
             "glom_sleep_loss{term=\"negative_first\"} 0.75",
             "glom_sleep_seconds 2.5",

@@ -3,8 +3,9 @@
 //!
 //! Awake records are the lines, in file order: a record without a value (a
 //! missing key or `null`) breaks the line there, and an awake record whose
-//! step is not after the one before it is a restart. Records with
-//! `"phase": "sleep"` are sleep jobs, at their `step` (at the step of the
+//! step is not after the one before it is a restart, and so is a
+//! `"phase": "restart"` record (automatic recovery, at the step the
+//! cluster went back to). Records with `"phase": "sleep"` are sleep jobs, at their `step` (at the step of the
 //! record before them when they have none). Keys the charts do not use are
 //! ignored; a used key whose value has the wrong type is an error naming
 //! the file, the line and the key.
@@ -80,12 +81,21 @@ pub(crate) fn parse_metrics(text: &str, file: &Path) -> Result<Metrics> {
         records += 1;
         let at = |key: &str| format!("{name} line {n}: {key:?}");
         let step = number(obj.get("step"), || at("step"))?;
-        let sleep = match obj.get("phase") {
-            None | Some(Value::Null) => false,
-            Some(Value::String(p)) => p == "sleep",
+        let phase = match obj.get("phase") {
+            None | Some(Value::Null) => "awake",
+            Some(Value::String(p)) => p.as_str(),
             Some(other) => bail!("{} is {other}, not a string", at("phase")),
         };
-        if sleep {
+        if phase == "restart" {
+            // Automatic recovery: training goes on after this step again.
+            let Some(step) = step else {
+                bail!("{name} line {n}: a restart record needs a \"step\"");
+            };
+            metrics.restarts.push(step);
+            last_step = Some(step);
+            continue;
+        }
+        if phase == "sleep" {
             if let Some(s) = step.or(last_step) {
                 metrics.sleep.push(s);
             }
@@ -199,6 +209,15 @@ mod tests {
         let m = parse("{\"step\":10}\n{\"step\":20}\n{\"step\":11}\n{\"step\":21}\n").unwrap();
         assert_eq!(m.restarts, [11.0]);
         assert_eq!(m.awake.len(), 4, "every record is kept");
+        // Automatic recovery writes its own record: one marker, not two.
+        let m = parse(concat!(
+            "{\"step\":10}\n{\"step\":20}\n",
+            "{\"step\":10,\"phase\":\"restart\",\"attempt\":1}\n",
+            "{\"step\":20}\n"
+        ))
+        .unwrap();
+        assert_eq!(m.restarts, [10.0]);
+        assert_eq!(m.awake.len(), 3);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use glom_protocol::message::{ControlMessage, Hello, RefuseReason, PROTOCOL_VERSION};
 use glom_protocol::Config;
 
-use super::{config, metrics, Sim};
+use super::{config, metrics, no_recovery, Sim};
 use crate::{Action, ConnId, Coordinator, Error, LostReason, Phase, Settings};
 
 fn refusal(sim: &Sim, i: usize) -> Option<RefuseReason> {
@@ -96,7 +96,7 @@ fn a_message_before_hello_is_an_error() {
 
 #[test]
 fn a_silent_worker_is_lost_after_the_timeout() {
-    let mut sim = Sim::new(config(100, 0), 2, Settings::default());
+    let mut sim = Sim::new(config(100, 0), 2, no_recovery());
     sim.join_all();
     for _ in 0..4 {
         sim.tick();
@@ -158,7 +158,7 @@ fn a_silent_worker_is_lost_after_the_timeout() {
 
 #[test]
 fn a_disconnected_worker_is_lost_but_not_after_the_end() {
-    let mut sim = Sim::new(config(4, 2), 2, Settings::default());
+    let mut sim = Sim::new(config(4, 2), 2, no_recovery());
     sim.join_all();
     while sim.coord.phase() != (Phase::Checkpointing { step: 4 }) {
         sim.tick();
@@ -193,7 +193,7 @@ fn a_disconnected_worker_is_lost_but_not_after_the_end() {
 
 #[test]
 fn a_done_for_a_step_never_issued_is_a_protocol_violation() {
-    let mut sim = Sim::new(config(4, 0), 1, Settings::default());
+    let mut sim = Sim::new(config(4, 0), 1, no_recovery());
     sim.join_all();
     let bogus = ControlMessage::StepDone {
         step: 7,

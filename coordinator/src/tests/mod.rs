@@ -8,6 +8,7 @@
 //! workers run ahead and steps pile up to the `max_ahead` bound.
 
 mod membership;
+mod recovery;
 mod run;
 mod sleep;
 
@@ -31,6 +32,14 @@ pub(crate) fn config(steps: u64, every: u64) -> Config {
     cfg.train.steps = steps;
     cfg.checkpoint.every_steps = every;
     cfg
+}
+
+/// Default settings with automatic recovery off: a loss aborts the run.
+pub(crate) fn no_recovery() -> Settings {
+    Settings {
+        max_restarts: 0,
+        ..Settings::default()
+    }
 }
 
 /// Metrics of a step on `locations`, each with the first loss terms
@@ -267,8 +276,27 @@ impl Sim {
             }
         }
         while let Some(action) = self.coord.poll_action() {
+            if let Action::RollingBack { to_step, .. } = &action {
+                // Every assignment of the abandoned attempt is void.
+                self.start = *to_step;
+                self.saving = None;
+                self.sleeping = None;
+                for w in &mut self.workers {
+                    w.assign = None;
+                    w.todo.clear();
+                }
+            }
             self.actions.push(action);
         }
+    }
+
+    /// Worker `i`, told to rejoin, connects again and says hello on a new
+    /// connection (a new simulated worker, whose index is returned).
+    pub(crate) fn rejoin(&mut self, i: usize) -> usize {
+        let hello = self.workers[i].hello.clone();
+        let j = self.add_worker(hello);
+        self.join(j);
+        j
     }
 
     fn check(&mut self, msg: &ControlMessage) {
@@ -341,7 +369,8 @@ impl Sim {
 
     /// Steps issued so far (to the worker that got the most).
     fn issued(&self) -> u64 {
-        let steps = self.workers.iter().map(|w| w.steps().len() as u64);
+        let in_run = self.workers.iter().filter(|w| w.assign.is_some());
+        let steps = in_run.map(|w| w.steps().len() as u64);
         self.start + steps.max().unwrap_or(0)
     }
 

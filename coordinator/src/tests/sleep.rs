@@ -6,7 +6,7 @@ use std::time::Duration;
 use glom_protocol::message::{ControlMessage, SleepDone};
 use glom_protocol::Config;
 
-use super::{config, Sim};
+use super::{config, no_recovery, Sim};
 use crate::{Action, Coordinator, Error, LostReason, Phase, Settings, SleepTrigger};
 
 /// `steps` steps, a checkpoint every `every_ckpt`, a sleep job every `every_sleep`.
@@ -230,7 +230,7 @@ fn until_sleeping(sim: &mut Sim, step: u64) {
 #[test]
 fn a_worker_lost_during_sleep_leaves_the_last_checkpoint_as_the_resume_point() {
     for how in ["shutdown", "silent", "error"] {
-        let mut sim = Sim::new(sleep_config(10, 2, 3), 2, Settings::default());
+        let mut sim = Sim::new(sleep_config(10, 2, 3), 2, no_recovery());
         sim.join_all();
         until_sleeping(&mut sim, 3);
         assert!(sim.coord.sleeping());
@@ -329,7 +329,7 @@ fn an_unexpected_or_malformed_report_is_a_protocol_violation() {
         (report(0, vec![64], vec![[0.0; 3]]), "outside the grid"),
         (report(0, vec![1, 2], vec![[0.0; 3]]), "loss entries"),
     ] {
-        let mut sim = Sim::new(sleep_config(10, 0, 1), 2, Settings::default());
+        let mut sim = Sim::new(sleep_config(10, 0, 1), 2, no_recovery());
         sim.join_all();
         until_sleeping(&mut sim, 1);
         sim.workers[0].silent = true;
@@ -460,4 +460,23 @@ fn a_stop_during_sleep_lets_the_job_finish_then_takes_the_final_checkpoint_there
         })
         .collect();
     assert_eq!(order, ["manifest 2", "slept 3", "manifest 3", "finished 3"]);
+}
+
+#[test]
+fn a_resumed_run_sleeps_only_after_its_checkpoint() {
+    let settings = Settings {
+        resume: Some(glom_protocol::message::ResumePoint {
+            dir: "checkpoints/step-4".into(),
+            step: 4,
+        }),
+        ..Settings::default()
+    };
+    let mut sim = Sim::new(sleep_config(8, 4, 2), 2, settings);
+    sim.join_all();
+    sim.run(1000);
+    assert_eq!(sim.violations, Vec::<String>::new());
+    assert_eq!(sim.coord.phase(), Phase::Finished);
+    // The jobs at 2 and 4 are in the checkpoint; the one at 6 runs.
+    assert_eq!(sim.workers[0].sleeps(), vec![6]);
+    assert_eq!(sim.workers[0].steps(), vec![4, 5, 6, 7]);
 }

@@ -76,7 +76,7 @@ impl Rng {
     }
 
     pub(crate) fn refuse(&mut self) -> RefuseReason {
-        match self.below(5) {
+        match self.below(6) {
             0 => RefuseReason::VersionMismatch {
                 ours: self.u32(),
                 theirs: self.u32(),
@@ -87,6 +87,10 @@ impl Rng {
             },
             2 => RefuseReason::Full,
             3 => RefuseReason::AlreadyStarted,
+            4 => RefuseReason::OtherAttempt {
+                ours: self.u32(),
+                theirs: self.u32(),
+            },
             _ => RefuseReason::UnknownPeer {
                 worker_id: self.u32(),
             },
@@ -148,7 +152,7 @@ impl Rng {
     }
 }
 
-pub(crate) const CONTROL_VARIANTS: usize = 13;
+pub(crate) const CONTROL_VARIANTS: usize = 14;
 pub(crate) const PEER_VARIANTS: usize = 3;
 
 /// Index of a variant; exhaustive, so a new variant cannot be forgotten here.
@@ -167,6 +171,7 @@ pub(crate) fn control_variant(m: &ControlMessage) -> usize {
         ControlMessage::SleepDone(_) => 10,
         ControlMessage::Shutdown { .. } => 11,
         ControlMessage::Error { .. } => 12,
+        ControlMessage::Rejoin { .. } => 13,
     }
 }
 
@@ -206,6 +211,7 @@ pub(crate) fn random_control(r: &mut Rng, variant: usize) -> ControlMessage {
                     step: r.u64(),
                 })
             },
+            attempt: r.u32(),
         }),
         4 => ControlMessage::Step(Step {
             step: r.u64(),
@@ -247,9 +253,10 @@ pub(crate) fn random_control(r: &mut Rng, variant: usize) -> ControlMessage {
             after: r.observation(),
         }),
         11 => ControlMessage::Shutdown { reason: r.string() },
-        _ => ControlMessage::Error {
+        12 => ControlMessage::Error {
             message: r.string(),
         },
+        _ => ControlMessage::Rejoin { reason: r.string() },
     }
 }
 
@@ -259,6 +266,7 @@ pub(crate) fn random_peer(r: &mut Rng, variant: usize) -> PeerMessage {
             version: r.u32(),
             config_hash: r.string(),
             worker_id: r.u32(),
+            attempt: r.u32(),
         }),
         1 => PeerMessage::Refused { reason: r.refuse() },
         _ => PeerMessage::Halo(r.halo()),

@@ -177,12 +177,15 @@ pub fn write_shard(dir: &Path, shard: usize, model: &Glom, opt: &Adam) -> Result
 /// Write the manifest last, atomically: `manifest.json.tmp` is written and
 /// fsynced, renamed to `manifest.json`, and the directory fsynced. Refuses
 /// an invalid manifest or one naming a shard file that is not there at the
-/// recorded size, so a manifest never vouches for missing data.
+/// recorded size, so a manifest never vouches for missing data. Shard
+/// files the manifest does not name (left by an attempt of the cluster
+/// that was rolled back, with more workers) are removed first.
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     manifest
         .validate()
         .map_err(|e| Error::checkpoint(&path, e.0))?;
+    remove_stray_shards(dir, manifest)?;
     for s in &manifest.shards {
         let shard = dir.join(&s.file);
         let len = fs::metadata(&shard)
@@ -205,6 +208,27 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     drop(f);
     fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     sync_dir(dir)
+}
+
+/// Remove the `shard-<i>.safetensors` files of `dir` that `manifest` does
+/// not name.
+fn remove_stray_shards(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let named: std::collections::HashSet<&str> =
+        manifest.shards.iter().map(|s| s.file.as_str()).collect();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let shard = name
+            .strip_prefix("shard-")
+            .and_then(|n| n.strip_suffix(".safetensors"))
+            .is_some_and(|i| i.parse::<usize>().is_ok());
+        if shard && !named.contains(name) {
+            tracing::debug!(file = %entry.path().display(), "removing a shard of an abandoned attempt");
+            fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Checkpoint a whole-grid model in one process: shard 0, then the

@@ -404,3 +404,21 @@ fn a_model_with_non_finite_weights_is_never_checkpointed() {
         dir.0.read_dir().map(|d| d.count()).unwrap_or(0)
     );
 }
+
+#[test]
+fn a_manifest_removes_the_shards_it_does_not_name() {
+    // A rolled-back attempt with more workers left shard-1 behind; the
+    // restarted cluster's checkpoint there has only shard 0.
+    let cfg = tiny(4);
+    let q = model(&cfg, whole(&cfg));
+    let opt = fresh_adam(&q);
+    let dir = Scratch::new("stray");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join(shard_file_name(1)), b"old attempt").unwrap();
+    std::fs::write(dir.0.join("notes.txt"), b"kept").unwrap();
+    save(&dir.0, &q, &opt, 3).unwrap();
+    assert!(!dir.0.join(shard_file_name(1)).exists());
+    assert!(dir.0.join(shard_file_name(0)).exists());
+    assert!(dir.0.join("notes.txt").exists(), "only shard files go");
+    assert_eq!(read_manifest(&dir.0).unwrap().step, 3);
+}

@@ -15,7 +15,9 @@
 //! did not hide.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
@@ -160,6 +162,9 @@ pub struct QuicHalo {
     limits: Limits,
     /// Longest wait for one peer's frame before giving up.
     timeout: Duration,
+    /// Set when the worker abandons its work (the cluster rolls back): a
+    /// wait for a frame then ends at once.
+    cancel: Arc<AtomicBool>,
     device: Device,
     dtype: DType,
     step: u64,
@@ -191,12 +196,18 @@ impl QuicHalo {
             precision,
             limits: Limits::default(),
             timeout,
+            cancel: Arc::new(AtomicBool::new(false)),
             device: device.clone(),
             dtype,
             step: 0,
             shape: None,
             stats: HaloStats::default(),
         }
+    }
+
+    /// The flag that, once set, ends any wait for a frame with an error.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
     }
 
     /// Tag the frames of the next settle with `step`; resets the stats.
@@ -322,7 +333,7 @@ impl HaloExchange for QuicHalo {
         for i in 0..self.links.len() {
             let link = &self.links[i];
             let peer = link.plan.worker_id;
-            let arrived = match link.inbound.recv_timeout(self.timeout) {
+            let arrived = match wait(&link.inbound, self.timeout, &self.cancel) {
                 Ok(Ok(a)) => a,
                 Ok(Err(why)) => {
                     return Err(Error::Runtime(format!(
@@ -342,6 +353,7 @@ impl HaloExchange for QuicHalo {
                     )))
                 }
             };
+
             self.check(link, &arrived.frame, iteration)?;
             self.stats.bytes_received += arrived.wire_bytes;
             let f = arrived.frame;
@@ -396,5 +408,31 @@ mod tests {
         let left = assignment((0, 4), (0, 2));
         let e = HaloPlan::new(&tile_of(grid, &left, 1), &[], 1).unwrap_err();
         assert!(e.to_string().contains("no owner"), "{e}");
+    }
+}
+
+/// How often a wait for a frame looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// The next item of `inbound`, waiting up to `timeout`; a set `cancel`
+/// ends the wait early as [`RecvTimeoutError::Disconnected`].
+fn wait<T>(
+    inbound: &Receiver<T>,
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> std::result::Result<T, RecvTimeoutError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(RecvTimeoutError::Disconnected);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RecvTimeoutError::Timeout);
+        }
+        match inbound.recv_timeout(left.min(CANCEL_POLL)) {
+            Err(RecvTimeoutError::Timeout) => continue,
+            other => return other,
+        }
     }
 }

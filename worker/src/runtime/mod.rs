@@ -5,11 +5,13 @@
 //!   and the engine's halo exchange over QUIC ([`QuicHalo`]).
 //! - [`peers`]: the halo connections between neighbouring workers.
 //! - [`node`]: one worker's life: join, assignment, steps, checkpoints,
-//!   heartbeats, shutdown ([`run_worker`]).
+//!   heartbeats, rejoining after a rollback, shutdown ([`run_worker`]).
+//! - [`fault`]: fault injection for recovery tests (`GLOM_FAIL_AT_STEP`).
 //!
 //! Learning stays local: the only data that crosses between workers is
 //! embeddings, and the coordinator gets metrics and shard receipts.
 
+pub mod fault;
 pub mod halo;
 pub mod node;
 pub mod peers;

@@ -19,12 +19,13 @@ use candle_core::{DType, Device};
 use glom_net::FramedRecv;
 use glom_protocol::codec::Limits;
 use glom_protocol::message::{
-    ControlMessage, Hello, PeerHello, ShardAck, SleepStart, Step, StepMetrics,
+    ControlMessage, Hello, PeerHello, RefuseReason, ShardAck, SleepStart, Step, StepMetrics,
 };
 use glom_protocol::Config;
 use quinn::{Endpoint, SendStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use super::fault;
 use super::halo::{tile_of, HaloPlan, PeerLink, QuicHalo};
 use super::peers::{accept_peers, connect_patiently, send_to_peer, Routes};
 use crate::checkpoint;
@@ -59,11 +60,30 @@ pub struct WorkerOptions {
 /// How a worker's run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerExit {
+    /// Its id in the last attempt of the cluster.
     pub worker_id: u32,
-    /// Steps this worker trained.
+    /// Steps this worker trained (steps trained again after a rollback
+    /// count again).
     pub steps: u64,
     /// The coordinator's reason for the shutdown.
     pub reason: String,
+    /// Times the cluster rolled back and this worker joined again.
+    pub rejoins: u32,
+}
+
+/// How one attempt of the cluster ended for this worker.
+enum Attempt {
+    /// The coordinator ended the run (`steps` trained in this attempt).
+    Finished {
+        worker_id: u32,
+        steps: u64,
+        reason: String,
+    },
+    /// The cluster rolls back: join again (`steps` trained in this attempt).
+    Rejoin { steps: u64, reason: String },
+    /// Refused because every tile has a worker: a replacement that came
+    /// before the coordinator noticed the loss of the worker it replaces.
+    Busy { reason: RefuseReason },
 }
 
 /// Work for the compute thread.
@@ -82,8 +102,52 @@ struct SleepState {
 }
 
 /// Run one worker to the end of the run. `data` is the training split
-/// (shared by the in-process workers of `glom train`).
+/// (shared by the in-process workers of `glom train`). When the cluster
+/// rolls back after a lost worker (DESIGN.md section 7), the worker drops
+/// its work and joins again, as often as the coordinator asks.
 pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<WorkerExit> {
+    let (mut rejoins, mut steps) = (0, 0);
+    let mut busy_since = None;
+    loop {
+        match run_attempt(&opts, data.clone()).await? {
+            Attempt::Finished {
+                worker_id,
+                steps: s,
+                reason,
+            } => {
+                return Ok(WorkerExit {
+                    worker_id,
+                    steps: steps + s,
+                    reason,
+                    rejoins,
+                })
+            }
+            Attempt::Rejoin { steps: s, reason } => {
+                rejoins += 1;
+                steps += s;
+                busy_since = None;
+                tracing::warn!(name = %opts.name, "the cluster rolls back ({reason}); joining again");
+            }
+            Attempt::Busy { reason } => {
+                // The coordinator may not have noticed the loss yet: try
+                // again for as long as `patience` allows.
+                let since = *busy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= opts.patience {
+                    return Err(Error::Runtime(format!(
+                        "the coordinator at {} refused this worker for {:?}: {reason}",
+                        opts.coordinator, opts.patience
+                    )));
+                }
+                tracing::info!(name = %opts.name, "refused ({reason}); trying again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One attempt: join, train the assigned tile until the coordinator ends
+/// the run or asks this worker to rejoin.
+async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Attempt> {
     let cfg = opts.cfg.clone();
     let config_hash = cfg.hash();
     let limits = Limits::default();
@@ -108,13 +172,34 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
     let hello = Hello::new(&config_hash, &opts.name, &advertise);
     glom_net::send(&mut tx, &ControlMessage::Hello(hello), &limits).await?;
 
-    let worker_id = match next(&mut rx).await? {
+    // The coordinator may wait a while for the other workers (after a
+    // restart, up to `cluster.rejoin_seconds`): beat meanwhile, so this
+    // connection is not taken for a dead one.
+    let beat = Duration::from_secs_f64(cfg.cluster.heartbeat_seconds);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let welcome = loop {
+        tokio::select! {
+            msg = next(&mut rx) => break msg?,
+            _ = heartbeat.tick() => send_heartbeat(&mut tx, &limits).await?,
+        }
+    };
+    let worker_id = match welcome {
         ControlMessage::Welcome { worker_id } => worker_id,
+        ControlMessage::Refused {
+            reason: reason @ (RefuseReason::Full | RefuseReason::AlreadyStarted),
+        } => return Ok(Attempt::Busy { reason }),
         ControlMessage::Refused { reason } => {
             return Err(Error::Runtime(format!(
                 "the coordinator at {} refused this worker: {reason}",
                 opts.coordinator
             )))
+        }
+        ControlMessage::Shutdown { reason } => {
+            return Ok(Attempt::Finished {
+                worker_id: 0,
+                steps: 0,
+                reason,
+            })
         }
         other => return Err(unexpected(&other, "a welcome")),
     };
@@ -159,7 +244,7 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
         tokio::spawn(send_to_peer(
             opts.endpoint.clone(),
             info.clone(),
-            PeerHello::new(&config_hash, worker_id),
+            PeerHello::new(&config_hash, worker_id, assign.attempt),
             out_rx,
             opts.patience,
         ));
@@ -173,52 +258,52 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
         opts.endpoint.clone(),
         routes,
         config_hash.clone(),
+        assign.attempt,
     ));
 
-    let model = Glom::new(&cfg, tile, &opts.device, DType::F32)?;
     let halo = QuicHalo::new(
         worker_id,
         &plan,
         links,
         cfg.cluster.halo_precision,
-        Duration::from_secs_f64(cfg.cluster.heartbeat_timeout),
+        halo_wait_limit(&cfg),
         &opts.device,
         DType::F32,
     );
-    let sleep = SleepState {
-        replay: sleep::replay_for(&cfg),
-        observe: if cfg.sleep.scheduled() {
-            sleep::observation_images(&cfg, &*data)
-        } else {
-            Vec::new()
-        },
+    let cancel = halo.cancel_flag();
+    let setup = Setup {
+        cfg: cfg.clone(),
+        tile,
+        device: opts.device.clone(),
+        data,
+        resume: assign.resume.clone(),
+        worker_id,
+        name: opts.name.clone(),
     };
-    let mut trainer = Trainer::new(model, data)?;
-    if let Some(resume) = &assign.resume {
-        let dir = PathBuf::from(&resume.dir);
-        let manifest = checkpoint::load_into(&dir, &trainer.model, Some(&mut trainer.opt))?;
-        if manifest.step != resume.step {
-            return Err(Error::Runtime(format!(
-                "asked to resume at step {} from {}, which holds step {}",
-                resume.step,
-                dir.display(),
-                manifest.step
-            )));
-        }
-        trainer.step = resume.step;
-        tracing::info!(worker = worker_id, step = resume.step, dir = %dir.display(), "resumed");
-    }
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = unbounded_channel::<Result<ControlMessage>>();
+    // The nets are built (and a checkpoint loaded) on the compute thread,
+    // so heartbeats go on meanwhile.
     let compute = std::thread::Builder::new()
         .name(format!("glom-worker-{worker_id}"))
-        .spawn(move || compute_loop(worker_id, trainer, halo, sleep, job_rx, done_tx))
+        .spawn(move || match setup.build() {
+            Ok((trainer, sleep)) => compute_loop(
+                setup.worker_id,
+                &setup.name,
+                trainer,
+                halo,
+                sleep,
+                job_rx,
+                done_tx,
+            ),
+            Err(e) => {
+                let _ = done_tx.send(Err(e));
+            }
+        })
         .map_err(|e| Error::Runtime(format!("cannot start the compute thread: {e}")))?;
 
-    let beat = Duration::from_secs_f64(cfg.cluster.heartbeat_seconds);
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     let mut steps = 0u64;
-    let outcome: Result<String> = loop {
+    let outcome: Result<End> = loop {
         tokio::select! {
             msg = rx.recv::<ControlMessage>() => match msg {
                 Ok(Some(ControlMessage::Step(step))) => {
@@ -237,7 +322,8 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
                     }
                 }
                 Ok(Some(ControlMessage::Heartbeat { .. })) => {}
-                Ok(Some(ControlMessage::Shutdown { reason })) => break Ok(reason),
+                Ok(Some(ControlMessage::Shutdown { reason })) => break Ok(End::Shutdown(reason)),
+                Ok(Some(ControlMessage::Rejoin { reason })) => break Ok(End::Rejoin(reason)),
                 Ok(Some(ControlMessage::Error { message })) => {
                     break Err(Error::Runtime(format!("the coordinator failed: {message}")))
                 }
@@ -257,9 +343,12 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
                     }
                 }
                 Some(Err(e)) => {
+                    // Report it; the coordinator rolls the cluster back and
+                    // this worker joins again.
                     let message = format!("worker {worker_id} ({}): {e}", opts.name);
+                    tracing::error!("{message}");
                     let _ = glom_net::send(&mut tx, &ControlMessage::Error { message }, &limits).await;
-                    break Err(e);
+                    break Ok(answer_to_failure(&mut rx, &cfg).await);
                 }
                 None => break Err(Error::Runtime("the compute thread stopped".into())),
             },
@@ -272,18 +361,118 @@ pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<W
     };
     drop(job_tx);
     let _ = tx.finish();
-    // The compute thread ends with its job channel; joining it on a
-    // blocking thread keeps the runtime free meanwhile.
-    let _ = tokio::task::spawn_blocking(move || compute.join()).await;
     accept.abort();
-    conn.close(0u32.into(), b"done");
-    let reason = outcome?;
-    tracing::info!(worker = worker_id, steps, %reason, "worker finished");
-    Ok(WorkerExit {
-        worker_id,
-        steps,
-        reason,
-    })
+    match outcome {
+        Ok(End::Shutdown(reason)) => {
+            // The compute thread ends with its job channel; joining it on
+            // a blocking thread keeps the runtime free meanwhile.
+            let _ = tokio::task::spawn_blocking(move || compute.join()).await;
+            conn.close(0u32.into(), b"done");
+            tracing::info!(worker = worker_id, steps, %reason, "worker finished");
+            Ok(Attempt::Finished {
+                worker_id,
+                steps,
+                reason,
+            })
+        }
+        Ok(End::Rejoin(reason)) => {
+            // Abandon the work: any wait for a halo ends now, and the
+            // thread ends after its current job, unjoined.
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            conn.close(0u32.into(), b"rejoining");
+            Ok(Attempt::Rejoin { steps, reason })
+        }
+        Err(e) => {
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            conn.close(0u32.into(), b"failed");
+            Err(e)
+        }
+    }
+}
+
+/// How the control loop of an attempt ended.
+enum End {
+    /// The coordinator ended the run.
+    Shutdown(String),
+    /// The cluster rolls back: join again.
+    Rejoin(String),
+}
+
+/// After reporting a failed job: the coordinator's answer (its error
+/// reply, a rejoin, or the connection closing) means it has rolled the
+/// cluster back, so joining again is safe; a shutdown means the run is
+/// over (the restarts are spent).
+async fn answer_to_failure(rx: &mut FramedRecv, cfg: &Config) -> End {
+    let wait = Duration::from_secs_f64(2.0 * cfg.cluster.heartbeat_timeout);
+    let answer = async {
+        loop {
+            match rx.recv::<ControlMessage>().await {
+                Ok(Some(ControlMessage::Shutdown { reason })) => return End::Shutdown(reason),
+                Ok(Some(
+                    ControlMessage::Rejoin { reason } | ControlMessage::Error { message: reason },
+                )) => return End::Rejoin(reason),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => {
+                    return End::Rejoin("the coordinator closed the connection".into())
+                }
+            }
+        }
+    };
+    tokio::time::timeout(wait, answer)
+        .await
+        .unwrap_or_else(|_| End::Rejoin("the coordinator did not answer the error report".into()))
+}
+
+/// Longest wait for one peer's halo frame. A dead peer is noticed sooner,
+/// when its connection times out (`cluster.heartbeat_timeout`); this only
+/// bounds a peer that is connected but sends nothing (a slow iteration,
+/// or one still loading a checkpoint, must not fail the step).
+fn halo_wait_limit(cfg: &Config) -> Duration {
+    Duration::from_secs_f64((12.0 * cfg.cluster.heartbeat_timeout).max(60.0))
+}
+
+/// What the compute thread needs to build its trainer.
+struct Setup {
+    cfg: Config,
+    tile: crate::model::grid::Tile,
+    device: Device,
+    data: Arc<dyn Dataset>,
+    resume: Option<glom_protocol::message::ResumePoint>,
+    worker_id: u32,
+    name: String,
+}
+
+impl Setup {
+    /// The tile's nets (loaded from the resume point, if any) and the
+    /// sleep state.
+    fn build(&self) -> Result<(Trainer, SleepState)> {
+        let cfg = &self.cfg;
+        let model = Glom::new(cfg, self.tile.clone(), &self.device, DType::F32)?;
+        let sleep = SleepState {
+            replay: sleep::replay_for(cfg),
+            observe: if cfg.sleep.scheduled() {
+                sleep::observation_images(cfg, &*self.data)
+            } else {
+                Vec::new()
+            },
+        };
+        let mut trainer = Trainer::new(model, self.data.clone())?;
+        if let Some(resume) = &self.resume {
+            let dir = PathBuf::from(&resume.dir);
+            let manifest = checkpoint::load_into(&dir, &trainer.model, Some(&mut trainer.opt))?;
+            if manifest.step != resume.step {
+                return Err(Error::Runtime(format!(
+                    "asked to resume at step {} from {}, which holds step {}",
+                    resume.step,
+                    dir.display(),
+                    manifest.step
+                )));
+            }
+            trainer.step = resume.step;
+            tracing::info!(worker = self.worker_id, step = resume.step, dir = %dir.display(), "resumed");
+        }
+        Ok((trainer, sleep))
+    }
 }
 
 async fn send_heartbeat(tx: &mut SendStream, limits: &Limits) -> Result<()> {
@@ -319,6 +508,7 @@ fn unexpected(msg: &ControlMessage, wanted: &str) -> Error {
 /// job fails (the error is reported and ends the thread).
 fn compute_loop(
     worker_id: u32,
+    name: &str,
     mut trainer: Trainer,
     mut halo: QuicHalo,
     mut sleep: SleepState,
@@ -327,7 +517,8 @@ fn compute_loop(
 ) {
     while let Ok(job) = jobs.recv() {
         let result = match job {
-            Job::Step(step) => run_step(&mut trainer, &mut halo, &mut sleep, &step),
+            Job::Step(step) => fault::check(name, step.step)
+                .and_then(|()| run_step(&mut trainer, &mut halo, &mut sleep, &step)),
             Job::Checkpoint { step, dir } => save_shard(worker_id, &trainer, step, &dir),
             Job::Sleep(start) => sleep_job(&trainer, &sleep, &start),
         };

@@ -102,14 +102,15 @@ pub async fn send_to_peer(
 }
 
 /// Accept halo connections on `endpoint` for as long as it is open.
-pub async fn accept_peers(endpoint: Endpoint, routes: Routes, config_hash: String) {
+/// Hellos of another attempt of the cluster (`attempt`) are refused.
+pub async fn accept_peers(endpoint: Endpoint, routes: Routes, config_hash: String, attempt: u32) {
     while let Some(incoming) = endpoint.accept().await {
         let (routes, hash) = (routes.clone(), config_hash.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = serve_peer(&conn, &routes, &hash).await {
+                    if let Err(e) = serve_peer(&conn, &routes, &hash, attempt).await {
                         tracing::warn!(%remote, "halo connection: {e}");
                     }
                 }
@@ -119,7 +120,12 @@ pub async fn accept_peers(endpoint: Endpoint, routes: Routes, config_hash: Strin
     }
 }
 
-async fn serve_peer(conn: &Connection, routes: &Routes, config_hash: &str) -> Result<()> {
+async fn serve_peer(
+    conn: &Connection,
+    routes: &Routes,
+    config_hash: &str,
+    attempt: u32,
+) -> Result<()> {
     let limits = Limits::default();
     let stream = conn.accept_uni().await.map_err(glom_net::Error::from)?;
     let mut rx = FramedRecv::new(stream, limits);
@@ -133,7 +139,7 @@ async fn serve_peer(conn: &Connection, routes: &Routes, config_hash: &str) -> Re
         Ok(None) => return Err(refuse("the stream ended before a hello".into())),
         Err(e) => return Err(refuse(format!("unreadable hello: {e}"))),
     };
-    if let Err(reason) = check_peer_hello(&hello, config_hash) {
+    if let Err(reason) = check_peer_hello(&hello, config_hash, attempt) {
         return Err(refuse(reason.to_string()));
     }
     let id = hello.worker_id;
