@@ -179,7 +179,10 @@ async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Att
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     let welcome = loop {
         tokio::select! {
-            msg = next(&mut rx) => break msg?,
+            msg = next(&mut rx) => match msg? {
+                ControlMessage::Heartbeat { .. } => {}
+                msg => break msg,
+            },
             _ = heartbeat.tick() => send_heartbeat(&mut tx, &limits).await?,
         }
     };
