@@ -103,8 +103,9 @@ struct SleepState {
 
 /// Run one worker to the end of the run. `data` is the training split
 /// (shared by the in-process workers of `glom train`). When the cluster
-/// rolls back after a lost worker (DESIGN.md section 7), the worker drops
-/// its work and joins again, as often as the coordinator asks.
+/// rolls back after a lost worker (DESIGN.md section 7), or the
+/// coordinator itself is lost, the worker drops its work and joins again
+/// (waiting up to `patience` for a coordinator to answer).
 pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<WorkerExit> {
     let (mut rejoins, mut steps) = (0, 0);
     let mut busy_since = None;
@@ -333,8 +334,10 @@ async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Att
                 Ok(Some(other)) => {
                     break Err(unexpected(&other, "a step, checkpoint, sleep job or shutdown"))
                 }
-                Ok(None) => break Err(Error::Runtime("the coordinator closed the connection".into())),
-                Err(e) => break Err(Error::Runtime(format!("control stream: {e}"))),
+                // The coordinator is gone: a restarted one (`glom
+                // coordinator --resume`) takes this worker back.
+                Ok(None) => break Ok(End::Rejoin("the coordinator closed the connection".into())),
+                Err(e) => break Ok(End::Rejoin(format!("the coordinator was lost: {e}"))),
             },
             done = done_rx.recv() => match done {
                 Some(Ok(msg)) => {
@@ -342,7 +345,7 @@ async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Att
                         steps += 1;
                     }
                     if let Err(e) = glom_net::send(&mut tx, &msg, &limits).await {
-                        break Err(Error::Runtime(format!("cannot report to the coordinator: {e}")));
+                        break Ok(End::Rejoin(format!("cannot report to the coordinator: {e}")));
                     }
                 }
                 Some(Err(e)) => {
@@ -357,7 +360,7 @@ async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Att
             },
             _ = heartbeat.tick() => {
                 if let Err(e) = send_heartbeat(&mut tx, &limits).await {
-                    break Err(e);
+                    break Ok(End::Rejoin(e.to_string()));
                 }
             }
         }
