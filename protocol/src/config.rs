@@ -174,6 +174,10 @@ pub struct ModelConfig {
     /// Factor by which beta rises from the first to the last iteration.
     pub beta_rise: f64,
     pub schedule: ScheduleConfig,
+    /// Bottom-up nets of levels 1.. add their input to their output (a
+    /// residual connection, He et al. 2016): `BU(x) = x + MLP(x)`, so a
+    /// level starts as a copy of the one below plus a learned change.
+    pub bottom_up_skip: bool,
 }
 
 impl Default for ModelConfig {
@@ -196,6 +200,7 @@ impl Default for ModelConfig {
             beta: [4.0, 8.0],
             beta_rise: 2.0,
             schedule: ScheduleConfig::default(),
+            bottom_up_skip: false,
         }
     }
 }
@@ -1043,9 +1048,17 @@ impl Config {
                 }
             }
         }
+        let mut model = serde_json::json!(self.model);
+        if !self.model.bottom_up_skip {
+            // Off, it changes nothing: old checkpoints keep their hash.
+            model
+                .as_object_mut()
+                .expect("a struct serialises to an object")
+                .remove("bottom_up_skip");
+        }
         let mut identity = serde_json::json!({
             "seed": self.seed,
-            "model": self.model,
+            "model": model,
             "train": train,
             "data": data,
             "halo_precision": self.cluster.halo_precision,
@@ -1180,12 +1193,14 @@ mod tests {
             assert_eq!(off.hash(), b.hash(), "setting {i} of a term that is off");
         }
         // Once on, the term and its settings are hashed.
-        let weights: [fn(&mut Config); 5] = [
+        let weights: [fn(&mut Config); 6] = [
             |c| c.train.variance_weight = 1.0,
             |c| c.train.covariance_weight = 1.0,
             |c| c.train.contrastive_weight = 1.0,
             |c| c.train.autoencoder_weight = 1.0,
             |c| c.train.neighbour_distill_weight = 1.0,
+            // Likewise the residual bottom-up nets (off: not hashed).
+            |c| c.model.bottom_up_skip = true,
         ];
         for (i, on) in weights.iter().enumerate() {
             let mut b = off.clone();

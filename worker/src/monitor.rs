@@ -309,6 +309,7 @@ mod tests {
             b2: fill(1, o, 3),
             act: Activation::Gelu,
             sigmoid_out: false,
+            skip: false,
         }
     }
 

@@ -110,6 +110,7 @@ impl ParamBuilder<'_> {
             b2: self.tensor(&format!("{prefix}.b2"), 1, output, b2)?,
             act,
             sigmoid_out,
+            skip: false,
         })
     }
 }
@@ -125,6 +126,8 @@ pub struct Mlp {
     pub act: Activation,
     /// Squash the output into (0, 1) (the pixel decoder).
     pub sigmoid_out: bool,
+    /// Add the input to the output (`model.bottom_up_skip`; in = out).
+    pub skip: bool,
 }
 
 /// `x [P, B, in] @ w [S, in, out] + b [S, 1, out]`, S = P or 1.
@@ -152,6 +155,8 @@ impl Mlp {
         let y = affine(&h, &self.w2, &self.b2)?;
         Ok(if self.sigmoid_out {
             candle_nn::ops::sigmoid(&y)?
+        } else if self.skip {
+            (y + x)?
         } else {
             y
         })
@@ -194,13 +199,15 @@ impl Nets {
         let decoder = b.mlp("decoder", m.dim, pix, Activation::Gelu, true)?;
         let mut bottom_up = Vec::new();
         for l in 1..m.levels {
-            bottom_up.push(b.mlp(
+            let mut net = b.mlp(
                 &format!("bu.{l}"),
                 m.dim,
                 m.dim,
                 m.bottom_up_activation,
                 false,
-            )?);
+            )?;
+            net.skip = m.bottom_up_skip;
+            bottom_up.push(net);
         }
         let mut top_down = Vec::new();
         for l in 0..m.levels.saturating_sub(1) {
@@ -255,4 +262,43 @@ pub fn layer_norm(x: &Tensor) -> Result<Tensor> {
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     Ok(xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_net_adds_its_input_to_its_output() {
+        let mut cfg = Config::default();
+        cfg.model.dim = 4;
+        cfg.model.hidden = 8;
+        let locs = [0, 1];
+        let mut b = ParamBuilder {
+            cfg: &cfg,
+            locs: &locs,
+            device: &Device::Cpu,
+            dtype: DType::F32,
+            entries: Vec::new(),
+        };
+        let mut net = b.mlp("bu.1", 4, 4, Activation::Gelu, false).unwrap();
+        let x = Tensor::arange(0f32, 24.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let plain = net.forward(&x).unwrap();
+        net.skip = true;
+        let skip = net.forward(&x).unwrap();
+        let diff: Vec<f32> = (skip - plain)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(diff.len(), want.len());
+        for (d, w) in diff.iter().zip(&want) {
+            assert!((d - w).abs() < 1e-4, "{d} vs {w}");
+        }
+    }
 }
