@@ -198,7 +198,14 @@ fn chaos_three_kills_survived_with_the_same_bits() {
     let tmp = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("bash")
         .arg(support::root().join("scripts/chaos.sh"))
-        .args(["3", "--seed", "11", "--glom", env!("CARGO_BIN_EXE_glom"), "--out"])
+        .args([
+            "3",
+            "--seed",
+            "11",
+            "--glom",
+            env!("CARGO_BIN_EXE_glom"),
+            "--out",
+        ])
         .arg(tmp.path())
         .output()
         .unwrap();

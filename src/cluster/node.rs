@@ -63,8 +63,12 @@ pub(crate) fn worker(cfg: Config, args: WorkerArgs<'_>) -> Result<()> {
         };
         anyhow::Ok(run_worker(opts, data.train).await?)
     })?;
+    let rejoins = match exit.rejoins {
+        0 => String::new(),
+        n => format!(" (joined again after {n} rollbacks of the cluster)"),
+    };
     println!(
-        "worker {} ({}) trained {} steps: {}",
+        "worker {} ({}) trained {} steps{rejoins}: {}",
         exit.worker_id, args.name, exit.steps, exit.reason
     );
     Ok(())
