@@ -275,9 +275,9 @@ mod tests {
                 );
             }
             // The map says exactly which pixels are coloured, and with what.
-            for at in 0..n * n {
+            for (at, &id) in map.iter().enumerate() {
                 let rgb = [0, 1, 2].map(|c| image.pixels[c * n * n + at]);
-                match map[at] {
+                match id {
                     0 => assert_eq!(rgb, [0.0; 3], "image {i}: background is black"),
                     id => assert_eq!(rgb, COLOURS[pieces[usize::from(id) - 1].colour]),
                 }
