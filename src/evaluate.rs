@@ -70,6 +70,34 @@ pub(crate) fn print_table(e: &Evaluation) {
         t.fg_ari_object_k,
         b.fg_ari_object_k,
     );
+    row(
+        "pixel FG-ARI object (threshold)",
+        t.pixel_fg_ari_object,
+        b.pixel_fg_ari_object,
+    );
+    row(
+        "pixel FG-ARI object, true k",
+        t.pixel_fg_ari_object_k,
+        b.pixel_fg_ari_object_k,
+    );
+    if let Some(k) = &e.baseline.kmeans_colour {
+        row(
+            "k-means colour: ARI object",
+            None,
+            Some(k.island_ari_object_k),
+        );
+        row("k-means colour: FG ARI object", None, k.fg_ari_object_k);
+        row(
+            "k-means colour: pixel FG-ARI",
+            None,
+            k.pixel_fg_ari_object_k,
+        );
+    }
+    row(
+        "pixel FG-ARI ceiling (patches)",
+        None,
+        e.baseline.pixel_fg_ari_ceiling,
+    );
     row("linear probe accuracy", t.probe_accuracy, b.probe_accuracy);
     row(
         "raw-pixel probe accuracy",

@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device};
 use glom_protocol::config::{Config, DataSource};
-use glom_worker::data::{Dataset, FashionMnist, SceneParams, SyntheticScenes};
+use glom_worker::data::{
+    Dataset, FashionMnist, SceneParams, Sprites, SyntheticScenes, Tetrominoes,
+};
 use glom_worker::model::grid::{Grid, Tile};
 use glom_worker::model::Glom;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -22,6 +24,7 @@ pub(crate) struct Datasets {
 /// Open the configured data (synthetic scenes are generated on demand).
 pub(crate) fn datasets(cfg: &Config) -> Result<Datasets> {
     let d = &cfg.data;
+    let held = cfg.eval.images.max(cfg.eval.probe_images);
     Ok(match d.source {
         DataSource::Scenes => {
             let params = |n| SceneParams {
@@ -31,12 +34,23 @@ pub(crate) fn datasets(cfg: &Config) -> Result<Datasets> {
                 num_images: n,
                 ..SceneParams::default()
             };
-            let held = cfg.eval.images.max(cfg.eval.probe_images);
             Datasets {
                 train: Arc::new(SyntheticScenes::new(params(d.train_images), d.train_seed)),
                 held_out: Arc::new(SyntheticScenes::new(params(held), d.eval_seed)),
             }
         }
+        DataSource::Tetrominoes => Datasets {
+            train: Arc::new(Tetrominoes::new(
+                cfg.model.patch,
+                d.train_images,
+                d.train_seed,
+            )),
+            held_out: Arc::new(Tetrominoes::new(cfg.model.patch, held, d.eval_seed)),
+        },
+        DataSource::Sprites => Datasets {
+            train: Arc::new(Sprites::new(d.image_size, d.train_images, d.train_seed)),
+            held_out: Arc::new(Sprites::new(d.image_size, held, d.eval_seed)),
+        },
         DataSource::FashionMnist => {
             use glom_worker::data::idx::Split;
             let dir = Path::new(&d.path);

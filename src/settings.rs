@@ -5,8 +5,12 @@
 //!
 //! A bad value is refused with the layer it came from ([`Layer`]), its key
 //! and value, and what is accepted: "invalid configuration: data.source =
-//! "tetrominoes" (from --set data.source=tetrominoes): unknown variant
-//! `tetrominoes`, expected `scenes` or `fashion_mnist`".
+//! "cifar" (from --set data.source=cifar): unknown variant `cifar`,
+//! expected one of `scenes`, `fashion_mnist`, `tetrominoes`, `sprites`".
+//!
+//! One default depends on another key: `data.image_size` is 64 for
+//! `data.source = "sprites"` (the published Multi-dSprites size) unless a
+//! layer over the embedded default sets it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use config::builder::DefaultState;
 use config::{ConfigBuilder, Environment, File, FileFormat};
+use glom_protocol::config::DataSource;
 use glom_protocol::Config;
 
 /// `configs/default.toml`, built into the binary so `glom train` runs anywhere.
@@ -148,8 +153,16 @@ fn add(b: ConfigBuilder<DefaultState>, source: &Source) -> ConfigBuilder<Default
     }
 }
 
+/// Whether the layer `source` sets `key` (`data.image_size`).
+fn sets_key(source: &Source, key: &str) -> bool {
+    add(config::Config::builder(), source)
+        .build()
+        .is_ok_and(|c| c.get::<config::Value>(key).is_ok())
+}
+
 /// Read and validate the configuration of `layers`.
 pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
+    let base_is_default = layers.base.0 == DEFAULT_TOML;
     let mut all: Vec<(Layer, Source)> = vec![(
         Layer::Base(layers.base.1.to_string()),
         Source::Toml(layers.base.0.to_string()),
@@ -189,7 +202,7 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
             .map_or_else(|| "the configuration".to_string(), |(l, _)| l.to_string());
         anyhow!("reading {culprit}: {e}")
     })?;
-    let cfg: Config = match raw.clone().try_deserialize() {
+    let mut cfg: Config = match raw.clone().try_deserialize() {
         Ok(cfg) => cfg,
         Err(e) => {
             // The same value through serde alone names the path and, for an
@@ -205,6 +218,14 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
             });
         }
     };
+    // Sprites are 64 pixels a side unless a layer says otherwise (a
+    // checkpoint's configuration as the base always says).
+    if cfg.data.source == DataSource::Sprites
+        && base_is_default
+        && !all[1..].iter().any(|(_, s)| sets_key(s, "data.image_size"))
+    {
+        cfg.data.image_size = DataSource::SPRITES_DEFAULT_SIZE;
+    }
     if let Err(e) = cfg.validate() {
         return Err(match e {
             glom_protocol::Error::Config { key, message } => explain(&all, &raw, &key, &message),
@@ -249,15 +270,10 @@ fn explain(
     message: &str,
 ) -> anyhow::Error {
     let key = path.split('[').next().unwrap_or(path);
-    let sets_key = |s: &Source| {
-        add(config::Config::builder(), s)
-            .build()
-            .is_ok_and(|c| c.get::<config::Value>(key).is_ok())
-    };
     let layer = all
         .iter()
         .rev()
-        .find(|(_, s)| sets_key(s))
+        .find(|(_, s)| sets_key(s, key))
         .map(|(l, _)| l)
         .unwrap_or(&all[0].0);
     let value = raw
@@ -313,15 +329,14 @@ mod tests {
 
     #[test]
     fn a_bad_set_names_itself_the_key_the_value_and_what_is_accepted() {
-        let e = error_of(&["train.steps=5", "data.source=tetrominoes"]);
+        let e = error_of(&["train.steps=5", "data.source=cifar"]);
         assert!(
-            e.contains("data.source = \"tetrominoes\" (from --set data.source=tetrominoes)"),
+            e.contains("data.source = \"cifar\" (from --set data.source=cifar)"),
             "{e}"
         );
-        assert!(
-            e.contains("`scenes`") && e.contains("`fashion_mnist`"),
-            "{e}"
-        );
+        for source in ["scenes", "fashion_mnist", "tetrominoes", "sprites"] {
+            assert!(e.contains(&format!("`{source}`")), "{e}");
+        }
         assert!(!e.contains("default"), "{e}");
 
         let e = error_of(&["model.levels=0"]);
@@ -356,10 +371,36 @@ mod tests {
     }
 
     #[test]
+    fn sprites_default_to_64_pixels_unless_a_layer_sets_the_size() {
+        let cfg = with_sets(&["data.source=sprites"]).unwrap();
+        assert_eq!((cfg.data.image_size, cfg.grid_side()), (64, 16));
+        let cfg = with_sets(&["data.source=sprites", "data.image_size=32"]).unwrap();
+        assert_eq!(cfg.data.image_size, 32);
+        let cfg = with_sets(&["data.source=tetrominoes"]).unwrap();
+        assert_eq!((cfg.image_side(), cfg.grid_side()), (28, 7));
+        assert_eq!(
+            with_sets(&["data.source=scenes"]).unwrap().data.image_size,
+            32
+        );
+        // A checkpoint's configuration as the base keeps its size.
+        let base =
+            toml::to_string(&with_sets(&["data.source=sprites", "data.image_size=32"]).unwrap())
+                .unwrap();
+        let cfg = load_over(&base, "the checkpoint's configuration", None, &[]).unwrap();
+        assert_eq!(cfg.data.image_size, 32);
+        let e = error_of(&["data.source=sprites", "data.image_size=30"]);
+        assert!(
+            e.contains("data.image_size = 30 (from --set data.image_size=30)")
+                && e.contains("not a multiple of model.patch"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_bad_environment_variable_is_named() {
         let vars = vec![
             ("GLOM_TRAIN__STEPS".to_string(), "7".to_string()),
-            ("GLOM_DATA__SOURCE".to_string(), "tetrominoes".to_string()),
+            ("GLOM_DATA__SOURCE".to_string(), "cifar".to_string()),
         ];
         let layers = |vars| Layers {
             base: (DEFAULT_TOML, DEFAULT_NAME),
@@ -369,9 +410,7 @@ mod tests {
         };
         let e = format!("{:#}", load_layers(layers(vars.clone())).unwrap_err());
         assert!(
-            e.contains(
-                "data.source = \"tetrominoes\" (from environment variable GLOM_DATA__SOURCE)"
-            ),
+            e.contains("data.source = \"cifar\" (from environment variable GLOM_DATA__SOURCE)"),
             "{e}"
         );
         assert!(e.contains("`fashion_mnist`"), "{e}");

@@ -426,6 +426,8 @@ fn dataset_title(source: &str) -> String {
     match source {
         "scenes" => "Synthetic part-whole scenes".into(),
         "fashion_mnist" => "Fashion-MNIST".into(),
+        "tetrominoes" => "Tetrominoes-style data".into(),
+        "sprites" => "Multi-dSprites-style sprites".into(),
         other => other.into(),
     }
 }
@@ -493,7 +495,9 @@ pub(crate) fn markdown(runs: &[Run], command: Option<&str>, invocation: &str) ->
     let rank = |d: &str| match d {
         "scenes" => 0,
         "fashion_mnist" => 1,
-        _ => 2,
+        "tetrominoes" => 2,
+        "sprites" => 3,
+        _ => 4,
     };
     datasets.sort_by_key(|d| rank(d));
     for dataset in datasets {

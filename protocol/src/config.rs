@@ -99,6 +99,18 @@ pub enum DataSource {
     Scenes,
     /// Fashion-MNIST from IDX files on disk.
     FashionMnist,
+    /// Tetrominoes in the style of DeepMind's multi-object datasets: three
+    /// pieces on a black 7x7-block canvas, one block per patch.
+    Tetrominoes,
+    /// Multi-dSprites style: 2-5 occluding sprites on a grey background.
+    Sprites,
+}
+
+impl DataSource {
+    /// The side of a sprites image when `data.image_size` is not set.
+    pub const SPRITES_DEFAULT_SIZE: usize = 64;
+    /// Blocks per side of the Tetrominoes canvas.
+    pub const TETROMINO_BLOCKS: usize = 7;
 }
 
 /// Weight of one contribution at the first and at the last settling
@@ -303,10 +315,13 @@ pub struct DataConfig {
     pub source: DataSource,
     /// Directory of the Fashion-MNIST IDX files.
     pub path: String,
-    /// Side of a synthetic scene in pixels.
+    /// Side of a synthetic scene or sprites image in pixels (sprites: 64
+    /// unless set, see the binary's configuration loader; Tetrominoes and
+    /// Fashion-MNIST have fixed sizes and ignore it).
     pub image_size: usize,
-    /// Images in the synthetic training split.
+    /// Images in the synthetic training split (scenes, Tetrominoes, sprites).
     pub train_images: usize,
+    /// Objects per scene (scenes only: Tetrominoes have 3, sprites 2-5).
     pub min_objects: usize,
     pub max_objects: usize,
     /// Seeds of the training and held-out splits (fixed apart from the run
@@ -754,42 +769,61 @@ impl Config {
         })?;
 
         let d = &self.data;
-        if d.source == DataSource::Scenes {
-            check(d.image_size >= m.patch, "data.image_size", || {
-                format!("{} is smaller than model.patch = {}", d.image_size, m.patch)
-            })?;
-            check(d.image_size % m.patch == 0, "data.image_size", || {
-                format!(
-                    "{} is not a multiple of model.patch = {}",
-                    d.image_size, m.patch
-                )
-            })?;
+        match d.source {
+            DataSource::Scenes | DataSource::Sprites => {
+                let least = if d.source == DataSource::Sprites {
+                    16
+                } else {
+                    m.patch
+                };
+                check(d.image_size >= least, "data.image_size", || {
+                    format!(
+                        "{} is smaller than {least} pixels (model.patch = {})",
+                        d.image_size, m.patch
+                    )
+                })?;
+                check(d.image_size % m.patch == 0, "data.image_size", || {
+                    format!(
+                        "{} is not a multiple of model.patch = {}",
+                        d.image_size, m.patch
+                    )
+                })?;
+            }
+            DataSource::Tetrominoes | DataSource::FashionMnist => {}
+        }
+        if d.source != DataSource::FashionMnist {
             check(d.train_images >= 1, "data.train_images", || {
                 "must be positive".into()
             })?;
-            check(
-                d.min_objects >= 1 && d.min_objects <= d.max_objects,
-                "data.min_objects",
-                || {
+        }
+        match d.source {
+            DataSource::Scenes => {
+                check(
+                    d.min_objects >= 1 && d.min_objects <= d.max_objects,
+                    "data.min_objects",
+                    || {
+                        format!(
+                            "{} must be in 1..=data.max_objects ({})",
+                            d.min_objects, d.max_objects
+                        )
+                    },
+                )?;
+                check(d.max_objects <= 8, "data.max_objects", || {
+                    format!("{} is more than 8", d.max_objects)
+                })?;
+            }
+            DataSource::FashionMnist => {
+                check(28 % m.patch == 0, "model.patch", || {
                     format!(
-                        "{} must be in 1..=data.max_objects ({})",
-                        d.min_objects, d.max_objects
+                        "{} does not divide the 28-pixel Fashion-MNIST images",
+                        m.patch
                     )
-                },
-            )?;
-            check(d.max_objects <= 8, "data.max_objects", || {
-                format!("{} is more than 8", d.max_objects)
-            })?;
-        } else {
-            check(28 % m.patch == 0, "model.patch", || {
-                format!(
-                    "{} does not divide the 28-pixel Fashion-MNIST images",
-                    m.patch
-                )
-            })?;
-            check(!d.path.is_empty(), "data.path", || {
-                "must not be empty".into()
-            })?;
+                })?;
+                check(!d.path.is_empty(), "data.path", || {
+                    "must not be empty".into()
+                })?;
+            }
+            DataSource::Tetrominoes | DataSource::Sprites => {}
         }
         check(self.eval.images >= 1, "eval.images", || {
             "must be positive".into()
@@ -972,15 +1006,17 @@ impl Config {
     /// Side of the image in pixels for the configured data source.
     pub fn image_side(&self) -> usize {
         match self.data.source {
-            DataSource::Scenes => self.data.image_size,
+            DataSource::Scenes | DataSource::Sprites => self.data.image_size,
             DataSource::FashionMnist => 28,
+            // One block of the canvas per patch.
+            DataSource::Tetrominoes => DataSource::TETROMINO_BLOCKS * self.model.patch,
         }
     }
 
     /// Colour channels of the configured data source.
     pub fn channels(&self) -> usize {
         match self.data.source {
-            DataSource::Scenes => 3,
+            DataSource::Scenes | DataSource::Tetrominoes | DataSource::Sprites => 3,
             DataSource::FashionMnist => 1,
         }
     }
@@ -1128,6 +1164,28 @@ mod tests {
         let mut c = Config::default();
         c.metrics.every_steps = 0;
         assert_eq!(err_key(&c), "metrics.every_steps");
+    }
+
+    #[test]
+    fn tetrominoes_and_sprites_sizes() {
+        let mut c = Config::default();
+        c.data.source = DataSource::Tetrominoes;
+        c.data.image_size = 30; // ignored: the canvas is 7 blocks of one patch
+        c.validate().unwrap();
+        assert_eq!((c.image_side(), c.grid_side(), c.channels()), (28, 7, 3));
+        c.model.patch = 5;
+        assert_eq!(c.image_side(), 35);
+        let mut c = Config::default();
+        c.data.source = DataSource::Sprites;
+        c.data.image_size = 64;
+        c.validate().unwrap();
+        assert_eq!((c.image_side(), c.grid_side()), (64, 16));
+        c.data.image_size = 32;
+        c.validate().unwrap();
+        c.data.image_size = 8;
+        assert_eq!(err_key(&c), "data.image_size");
+        c.data.image_size = 34;
+        assert_eq!(err_key(&c), "data.image_size");
     }
 
     #[test]

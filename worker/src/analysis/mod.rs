@@ -22,6 +22,7 @@
 //! - [`collapse`]: RankMe [`effective_rank`], [`mean_dim_std`],
 //!   [`mean_pairwise_cosine`], bundled as [`CollapseStats`]; the Jacobi
 //!   eigenvalue routine [`symmetric_eigenvalues`] they rest on.
+//! - [`kmeans`](mod@kmeans): [`kmeans()`], the colour reference segmenter.
 //! - [`probe`]: [`LinearProbe`], a softmax regression on frozen embeddings,
 //!   and [`probe_accuracy`] for a train/test split.
 //! - [`psnr_db`] (here): reconstruction quality.
@@ -29,6 +30,7 @@
 pub mod ari;
 pub mod cluster;
 pub mod collapse;
+pub mod kmeans;
 pub mod probe;
 
 pub use ari::adjusted_rand_index;
@@ -37,6 +39,7 @@ pub use collapse::{
     collapse_stats, effective_rank, mean_dim_std, mean_pairwise_cosine, symmetric_eigenvalues,
     CollapseStats,
 };
+pub use kmeans::kmeans;
 pub use probe::{probe_accuracy, LinearProbe, ProbeOptions};
 
 /// The PSNR reported for a perfect (or better than 1e-10 MSE) reconstruction,

@@ -10,7 +10,11 @@
 //!   because they let us measure whether GLOM's islands of agreement match
 //!   parts at low levels and objects at high levels;
 //! - [`FashionMnist`] ([`idx`]): Fashion-MNIST read from the IDX files that the
-//!   Debian package `dataset-fashion-mnist` installs; labels only, no maps.
+//!   Debian package `dataset-fashion-mnist` installs; labels only, no maps;
+//! - [`Tetrominoes`] ([`tetrominoes`]) and [`Sprites`] ([`sprites`]):
+//!   generated data of the definitions of two standard object-discovery
+//!   benchmarks (Tetrominoes, Multi-dSprites) with exact object maps and no
+//!   parts, so that islands can be set beside published figures.
 //!
 //! The helpers [`patchify`], [`unpatchify`] and [`patch_majority`] map between
 //! pixel space and GLOM's grid of locations (one location per square patch).
@@ -19,9 +23,13 @@ use std::path::PathBuf;
 
 pub mod idx;
 pub mod scenes;
+pub mod sprites;
+pub mod tetrominoes;
 
 pub use idx::FashionMnist;
 pub use scenes::{SceneParams, SyntheticScenes};
+pub use sprites::Sprites;
+pub use tetrominoes::Tetrominoes;
 
 /// One image with its ground truth.
 #[derive(Debug, Clone, PartialEq)]

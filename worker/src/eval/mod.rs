@@ -12,17 +12,23 @@
 //!   are scored both with the threshold and with clustering told the true
 //!   number of segments, which still finds grouping carried by small
 //!   deviations around a common vector;
-//! - background dominates scenes, so foreground-only ARI is reported too;
+//! - background dominates scenes, so foreground-only ARI is reported too,
+//!   and, where the data has a pixel object map, the pixel-level
+//!   foreground ARI the object-discovery literature reports ([`pixel`]),
+//!   with its ceiling on a patch grid;
 //! - lateral smoothing plus colour already groups patches in a network that
 //!   never learned anything, so every number is reported next to the same
 //!   model at its random initialisation, computed by the same code in the
-//!   same run (and the probe next to a probe on raw pixels).
+//!   same run (and the probe next to a probe on raw pixels), and the
+//!   object scores next to k-means on raw patch colours told the true
+//!   number of segments.
 //!
 //! Reconstruction is scored on masked patches (the model must fill them in
 //! from context); islands and the probe use unmasked images. Everything is
 //! deterministic: fixed masks and neighbour draws ([`EVAL_KEY`]), fixed
 //! images (the first ones of each split) and a seeded probe.
 
+pub mod pixel;
 mod probe;
 mod score;
 #[cfg(test)]
@@ -37,10 +43,12 @@ use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
 use crate::learn::{make_batch, Batch, EVAL_KEY};
 use crate::model::{Glom, Mode, NoHalo, Settled};
+use pixel::ReferenceTotals;
+pub use pixel::{patch_ceiling, pixel_fg_ari, ReferenceReport};
 pub use probe::raw_pixel_probe;
 use probe::{probe_count, run_probe, ProbeSet};
 use score::{image_rows, score_levels, LevelTotals};
-pub use score::{score_image, threshold_islands, AriSet, ImageScores};
+pub use score::{score_image, threshold_islands, AriSet, ImageScores, PixelFg};
 
 /// Images settled together.
 const BATCH: usize = 32;
@@ -70,7 +78,7 @@ pub struct EvalReport {
     #[serde(default = "centred_before")]
     pub islands_centred: bool,
     /// Threshold-island ARI against parts, at the best level (None when
-    /// the data has no maps).
+    /// the data has no part map).
     pub island_ari_part: Option<f64>,
     /// Threshold-island ARI against objects, at the best level.
     pub island_ari_object: Option<f64>,
@@ -87,6 +95,16 @@ pub struct EvalReport {
     pub best_level_part: Option<usize>,
     /// The level of `island_ari_object_k`.
     pub best_level_object: Option<usize>,
+    /// Pixel FG-ARI of the threshold islands against objects, best level:
+    /// each location's island given to its patch's pixels, scored on the
+    /// foreground pixels ([`pixel`]). None without a pixel object map
+    /// (and in reports written before it existed).
+    #[serde(default)]
+    pub pixel_fg_ari_object: Option<f64>,
+    /// Pixel FG-ARI of the clustering told the true number of object
+    /// segments, best level.
+    #[serde(default)]
+    pub pixel_fg_ari_object_k: Option<f64>,
     /// Every score at every level (empty without maps).
     pub island_ari_by_level: Vec<LevelAri>,
     /// Linear-probe accuracy on the mean top-level embedding (None without labels).
@@ -116,19 +134,25 @@ fn centred_before() -> bool {
 }
 
 /// The island scores of one level, averaged over the held-out images.
-/// Foreground means are over images with at least two foreground locations.
+/// Foreground means are over images with at least two foreground locations;
+/// part scores are `None` for data without part maps, pixel scores for
+/// data without pixel object maps (and in reports from before them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LevelAri {
     pub level: usize,
-    pub part: f64,
+    pub part: Option<f64>,
     pub object: f64,
-    pub part_k: f64,
+    pub part_k: Option<f64>,
     pub object_k: f64,
-    pub fg_part: f64,
+    pub fg_part: Option<f64>,
     pub fg_object: f64,
-    pub fg_part_k: f64,
+    pub fg_part_k: Option<f64>,
     pub fg_object_k: f64,
     pub islands_per_image: f64,
+    #[serde(default)]
+    pub pixel_fg_object: Option<f64>,
+    #[serde(default)]
+    pub pixel_fg_object_k: Option<f64>,
 }
 
 /// The full evaluation: the trained model and its baselines.
@@ -147,6 +171,16 @@ pub struct Baseline {
     pub random_init: EvalReport,
     /// The same linear probe on the raw pixels.
     pub probe_accuracy_raw_pixels: Option<f64>,
+    /// k-means on each patch's mean colour told the true number of object
+    /// segments, scored like the model's true-k clusters ([`pixel`]);
+    /// None without object maps (and in reports from before it).
+    #[serde(default)]
+    pub kmeans_colour: Option<ReferenceReport>,
+    /// Pixel FG-ARI of every location labelled by the majority object of
+    /// its patch (background pixels not counted): what a labelling right
+    /// at every location scores, the cost of the patch grid alone.
+    #[serde(default)]
+    pub pixel_fg_ari_ceiling: Option<f64>,
 }
 
 /// Evaluate one model. `held_out` supplies the evaluation images (its
@@ -236,6 +270,8 @@ pub fn evaluate(
         fg_ari_part_k: None,
         best_level_part: None,
         best_level_object: None,
+        pixel_fg_ari_object: None,
+        pixel_fg_ari_object_k: None,
         island_ari_by_level: Vec::new(),
         probe_accuracy: None,
         probe_accuracy_by_level: None,
@@ -257,7 +293,8 @@ pub fn evaluate(
 
 /// The trained model, the same model at random initialisation (built here
 /// from the configuration and seed, so exactly the weights training started
-/// from) and the raw-pixel probe.
+/// from), the raw-pixel probe, the k-means reference and the patch-grid
+/// ceiling.
 pub fn evaluate_with_baseline(
     model: &Glom,
     held_out: &dyn Dataset,
@@ -276,11 +313,24 @@ pub fn evaluate_with_baseline(
     let random_init = evaluate(&init, held_out, probe_train, &mut |phase, done, total| {
         progress(&format!("random init: {phase}"), done, total)
     })?;
+    let cfg = &model.cfg;
+    let mut references = ReferenceTotals::default();
+    for i in 0..available(held_out, cfg.eval.images) {
+        references.add(
+            &held_out.get(i),
+            i,
+            cfg.channels(),
+            cfg.image_side(),
+            cfg.model.patch,
+        );
+    }
     Ok(Evaluation {
         trained,
         baseline: Baseline {
             random_init,
-            probe_accuracy_raw_pixels: raw_pixel_probe(&model.cfg, held_out, probe_train),
+            probe_accuracy_raw_pixels: raw_pixel_probe(cfg, held_out, probe_train),
+            kmeans_colour: references.kmeans(),
+            pixel_fg_ari_ceiling: references.ceiling(),
         },
     })
 }

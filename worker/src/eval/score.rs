@@ -18,11 +18,17 @@
 //! Foreground-only scores restrict the same clusterings to the locations
 //! whose object id is not background, because on scenes with a large
 //! background the ARI mostly measures foreground vs background.
+//!
+//! Data with an object map but no part map (Tetrominoes, sprites) is scored
+//! against objects only; the part figures are `None`. With the pixel object
+//! map at hand, both clusterings are also scored at the pixel level
+//! ([`super::pixel`]: pixel FG-ARI, as the literature reports).
 
 use std::collections::BTreeSet;
 
 use glom_protocol::config::Config;
 
+use super::pixel::pixel_fg_ari;
 use super::{EvalReport, LevelAri};
 use crate::analysis::{adjusted_rand_index, agglomerate, center_rows, Stop};
 use crate::data::{patch_majority, Image};
@@ -68,6 +74,51 @@ pub struct ImageScores {
     /// ARI over the foreground locations only; `None` when the image has
     /// fewer than two of them.
     pub fg: Option<AriSet>,
+    /// Whether the part fields mean anything (the image has a part map).
+    pub has_parts: bool,
+    /// Pixel FG-ARI of the threshold islands and of the true-k clusters
+    /// against objects; `None` without a pixel map or foreground.
+    pub pixel_fg: Option<PixelFg>,
+}
+
+/// Pixel FG-ARI of one image's clusterings ([`super::pixel`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PixelFg {
+    /// Threshold islands.
+    pub object: f64,
+    /// Clustering into the true number of object segments.
+    pub object_k: f64,
+}
+
+/// The clusterings of one image at one level.
+struct Labels {
+    islands: Vec<usize>,
+    /// Into the true number of parts (`None` without a part map).
+    by_parts: Option<Vec<usize>>,
+    by_objects: Vec<usize>,
+}
+
+/// Cluster one image's field both ways (see the module documentation).
+fn cluster(
+    vectors: &[f32],
+    dim: usize,
+    part_loc: Option<&[u16]>,
+    object_loc: &[u16],
+    threshold: f64,
+) -> Labels {
+    let centred = center_rows(vectors, dim);
+    let n = centred.len() / dim.max(1);
+    assert!(
+        part_loc.is_none_or(|p| p.len() == n) && object_loc.len() == n,
+        "score_image: {n} locations but maps of {:?} and {} ids",
+        part_loc.map(<[u16]>::len),
+        object_loc.len()
+    );
+    Labels {
+        islands: threshold_islands(vectors, dim, threshold),
+        by_parts: part_loc.map(|p| agglomerate(&centred, dim, Stop::Clusters(segments(p)))),
+        by_objects: agglomerate(&centred, dim, Stop::Clusters(segments(object_loc))),
+    }
 }
 
 /// Threshold islands of one image: labels `0..m`, one per location, for
@@ -88,38 +139,41 @@ pub fn score_image(
     object_loc: &[u16],
     threshold: f64,
 ) -> ImageScores {
-    let centred = center_rows(vectors, dim);
-    let n = centred.len() / dim.max(1);
-    assert!(
-        part_loc.len() == n && object_loc.len() == n,
-        "score_image: {n} locations but maps of {} and {} ids",
-        part_loc.len(),
-        object_loc.len()
-    );
-    let islands = threshold_islands(vectors, dim, threshold);
-    let by_parts = agglomerate(&centred, dim, Stop::Clusters(segments(part_loc)));
-    let by_objects = agglomerate(&centred, dim, Stop::Clusters(segments(object_loc)));
-    let part: Vec<usize> = part_loc.iter().map(|&id| usize::from(id)).collect();
-    let object: Vec<usize> = object_loc.iter().map(|&id| usize::from(id)).collect();
+    let labels = cluster(vectors, dim, Some(part_loc), object_loc, threshold);
+    score_labels(&labels, Some(part_loc), object_loc)
+}
 
+/// The location-level scores of `labels`; without a part map the part
+/// fields are 0 and `has_parts` is false.
+fn score_labels(labels: &Labels, part_loc: Option<&[u16]>, object_loc: &[u16]) -> ImageScores {
+    let n = object_loc.len();
+    let ids = |map: &[u16]| map.iter().map(|&id| usize::from(id)).collect::<Vec<_>>();
+    let object = ids(object_loc);
+    let part = part_loc.map(ids);
     let scores_on = |keep: &[usize]| {
         let ari = |found: &[usize], truth: &[usize]| {
             let pick = |labels: &[usize]| keep.iter().map(|&i| labels[i]).collect::<Vec<_>>();
             adjusted_rand_index(&pick(found), &pick(truth))
         };
+        let (part_ari, part_k) = match (&part, &labels.by_parts) {
+            (Some(part), Some(by_parts)) => (ari(&labels.islands, part), ari(by_parts, part)),
+            _ => (0.0, 0.0),
+        };
         AriSet {
-            part: ari(&islands, &part),
-            object: ari(&islands, &object),
-            part_k: ari(&by_parts, &part),
-            object_k: ari(&by_objects, &object),
+            part: part_ari,
+            object: ari(&labels.islands, &object),
+            part_k,
+            object_k: ari(&labels.by_objects, &object),
         }
     };
     let all: Vec<usize> = (0..n).collect();
     let foreground: Vec<usize> = (0..n).filter(|&i| object_loc[i] != 0).collect();
     ImageScores {
-        islands: count_labels(&islands),
+        islands: count_labels(&labels.islands),
         all: scores_on(&all),
         fg: (foreground.len() >= 2).then(|| scores_on(&foreground)),
+        has_parts: part.is_some(),
+        pixel_fg: None,
     }
 }
 
@@ -141,10 +195,16 @@ pub(crate) struct LevelTotals {
     islands: usize,
     /// Images scored against maps.
     scored: usize,
+    /// Of those, images with a part map (the part sums are over them).
+    part_scored: usize,
     all: AriSet,
     /// Images with a foreground score.
     fg_images: usize,
+    fg_part_images: usize,
     fg: AriSet,
+    /// Images with a pixel FG-ARI.
+    pixel_images: usize,
+    pixel: PixelFg,
 }
 
 impl LevelTotals {
@@ -158,10 +218,17 @@ impl LevelTotals {
     pub(crate) fn add(&mut self, s: &ImageScores) {
         self.add_islands(s.islands);
         self.scored += 1;
+        self.part_scored += usize::from(s.has_parts);
         self.all.add(&s.all);
         if let Some(fg) = &s.fg {
             self.fg_images += 1;
+            self.fg_part_images += usize::from(s.has_parts);
             self.fg.add(fg);
+        }
+        if let Some(p) = &s.pixel_fg {
+            self.pixel_images += 1;
+            self.pixel.object += p.object;
+            self.pixel.object_k += p.object_k;
         }
     }
 
@@ -169,21 +236,27 @@ impl LevelTotals {
         mean(self.islands as f64, self.images)
     }
 
-    /// Mean scores; foreground means are 0 when no image had a foreground.
+    /// Mean scores; foreground means are 0 when no image had a foreground;
+    /// part means `None` when no image had a part map, pixel means when no
+    /// image had a pixel score.
     fn level_ari(&self, level: usize) -> LevelAri {
         let all = self.all.scaled(mean(1.0, self.scored));
         let fg = self.fg.scaled(mean(1.0, self.fg_images));
+        let parts = |sum: f64, count: usize| (self.part_scored > 0).then(|| mean(sum, count));
+        let pixel = |sum: f64| (self.pixel_images > 0).then(|| mean(sum, self.pixel_images));
         LevelAri {
             level,
-            part: all.part,
+            part: parts(self.all.part, self.part_scored),
             object: all.object,
-            part_k: all.part_k,
+            part_k: parts(self.all.part_k, self.part_scored),
             object_k: all.object_k,
-            fg_part: fg.part,
+            fg_part: parts(self.fg.part, self.fg_part_images),
             fg_object: fg.object,
-            fg_part_k: fg.part_k,
+            fg_part_k: parts(self.fg.part_k, self.fg_part_images),
             fg_object_k: fg.object_k,
             islands_per_image: self.islands_per_image(),
+            pixel_fg_object: pixel(self.pixel.object),
+            pixel_fg_object_k: pixel(self.pixel.object_k),
         }
     }
 }
@@ -210,32 +283,40 @@ pub(crate) fn fill_islands(report: &mut EvalReport, totals: &[LevelTotals]) {
         .enumerate()
         .map(|(l, t)| t.level_ari(l))
         .collect();
-    let best = |f: fn(&LevelAri) -> f64| {
-        let mut arg = 0;
+    // The best level of a figure (ties: the lowest) and its value; `None`
+    // when the figure is missing.
+    let best = |f: fn(&LevelAri) -> Option<f64>| {
+        let mut arg: Option<(usize, f64)> = None;
         for (l, v) in levels.iter().enumerate() {
-            if f(v) > f(&levels[arg]) {
-                arg = l;
+            if let Some(x) = f(v) {
+                if arg.is_none_or(|(_, b)| x > b) {
+                    arg = Some((l, x));
+                }
             }
         }
-        (arg, f(&levels[arg]))
+        arg
     };
-    let (lp, part_k) = best(|v| v.part_k);
-    let (lo, object_k) = best(|v| v.object_k);
-    report.island_ari_part = Some(best(|v| v.part).1);
-    report.island_ari_object = Some(best(|v| v.object).1);
-    report.island_ari_part_k = Some(part_k);
+    let part_k = best(|v| v.part_k);
+    let (lo, object_k) = best(|v| Some(v.object_k)).expect("levels are not empty");
+    report.island_ari_part = best(|v| v.part).map(|b| b.1);
+    report.island_ari_object = best(|v| Some(v.object)).map(|b| b.1);
+    report.island_ari_part_k = part_k.map(|b| b.1);
     report.island_ari_object_k = Some(object_k);
-    report.best_level_part = Some(lp);
+    report.best_level_part = part_k.map(|b| b.0);
     report.best_level_object = Some(lo);
     if totals.iter().all(|t| t.fg_images > 0) {
-        report.fg_ari_part_k = Some(best(|v| v.fg_part_k).1);
-        report.fg_ari_object_k = Some(best(|v| v.fg_object_k).1);
+        report.fg_ari_part_k = best(|v| v.fg_part_k).map(|b| b.1);
+        report.fg_ari_object_k = best(|v| Some(v.fg_object_k)).map(|b| b.1);
     }
+    report.pixel_fg_ari_object = best(|v| v.pixel_fg_object).map(|b| b.1);
+    report.pixel_fg_ari_object_k = best(|v| v.pixel_fg_object_k).map(|b| b.1);
     report.island_ari_by_level = levels;
 }
 
 /// Add one image to the per-level totals: `fields` holds, per level, its
-/// vectors at every location ([`image_rows`]).
+/// vectors at every location ([`image_rows`]). An image with an object map
+/// is scored against it (and its part map when it has one), at the
+/// location and the pixel level; one without only has its islands counted.
 pub(crate) fn score_levels(
     cfg: &Config,
     fields: &[Vec<f32>],
@@ -243,23 +324,25 @@ pub(crate) fn score_levels(
     totals: &mut [LevelTotals],
 ) {
     let (side, patch, dim) = (cfg.image_side(), cfg.model.patch, cfg.model.dim);
-    let maps = match (&image.part_map, &image.object_map) {
-        (Some(p), Some(o)) => Some((
-            patch_majority(p, side, side, patch),
-            patch_majority(o, side, side, patch),
-        )),
-        _ => None,
-    };
     let threshold = cfg.eval.island_threshold;
-    for (level, vectors) in fields.iter().enumerate() {
-        match &maps {
-            Some((part, object)) => {
-                totals[level].add(&score_image(vectors, dim, part, object, threshold))
-            }
-            None => {
-                totals[level].add_islands(count_labels(&threshold_islands(vectors, dim, threshold)))
-            }
+    let Some(object_px) = &image.object_map else {
+        for (level, vectors) in fields.iter().enumerate() {
+            totals[level].add_islands(count_labels(&threshold_islands(vectors, dim, threshold)));
         }
+        return;
+    };
+    let object = patch_majority(object_px, side, side, patch);
+    let part = image
+        .part_map
+        .as_ref()
+        .map(|p| patch_majority(p, side, side, patch));
+    for (level, vectors) in fields.iter().enumerate() {
+        let labels = cluster(vectors, dim, part.as_deref(), &object, threshold);
+        let mut scores = score_labels(&labels, part.as_deref(), &object);
+        scores.pixel_fg = pixel_fg_ari(&labels.islands, object_px, side, patch)
+            .zip(pixel_fg_ari(&labels.by_objects, object_px, side, patch))
+            .map(|(object, object_k)| PixelFg { object, object_k });
+        totals[level].add(&scores);
     }
 }
 

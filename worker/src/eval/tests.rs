@@ -151,14 +151,16 @@ fn check_report(r: &EvalReport, levels: usize) {
     for (l, a) in r.island_ari_by_level.iter().enumerate() {
         assert_eq!(a.level, l);
         for v in [
-            a.part,
+            a.part.unwrap(),
             a.object,
-            a.part_k,
+            a.part_k.unwrap(),
             a.object_k,
-            a.fg_part,
+            a.fg_part.unwrap(),
             a.fg_object,
-            a.fg_part_k,
+            a.fg_part_k.unwrap(),
             a.fg_object_k,
+            a.pixel_fg_object.unwrap(),
+            a.pixel_fg_object_k.unwrap(),
         ] {
             assert!((-1.0..=1.0).contains(&v), "level {l}: {a:?}");
         }
@@ -318,4 +320,52 @@ fn the_inpainting_baseline_averages_the_visible_neighbours() {
         inpaint_neighbour_mean(&none, 3).is_err(),
         "grid of 9, batch of 4"
     );
+}
+
+#[test]
+fn tetrominoes_are_scored_on_objects_and_pixels_without_parts() {
+    use crate::data::Tetrominoes;
+    use glom_protocol::config::DataSource;
+    let mut cfg = tiny();
+    cfg.data.source = DataSource::Tetrominoes;
+    let m = model(&cfg);
+    let (held, train) = (Tetrominoes::new(4, 8, 2), Tetrominoes::new(4, 8, 1));
+    let e = evaluate_with_baseline(&m, &held, &train, &mut |_, _, _| {}).unwrap();
+    let r = &e.trained;
+    assert_eq!(
+        (r.island_ari_part, r.island_ari_part_k, r.fg_ari_part_k),
+        (None, None, None)
+    );
+    assert_eq!(r.best_level_part, None);
+    in_range(r.island_ari_object_k, -1.0, 1.0, "object_k");
+    in_range(r.pixel_fg_ari_object, -1.0, 1.0, "pixel fg");
+    in_range(r.pixel_fg_ari_object_k, -1.0, 1.0, "pixel fg k");
+    assert!(r.island_ari_by_level.iter().all(|a| a.part.is_none()));
+    // Blocks are patches: the grid costs nothing.
+    assert_eq!(e.baseline.pixel_fg_ari_ceiling, Some(1.0));
+    let k = e.baseline.kmeans_colour.as_ref().expect("object maps");
+    in_range(k.pixel_fg_ari_object_k, -1.0, 1.0, "k-means pixel fg");
+    in_range(k.fg_ari_object_k, -1.0, 1.0, "k-means fg");
+    let json = serde_json::to_value(&e).unwrap();
+    assert!(json["island_ari_part"].is_null());
+    assert!(json["pixel_fg_ari_object_k"].is_number());
+    assert!(json["baseline"]["pixel_fg_ari_object_k"].is_number());
+    assert!(json["baseline"]["kmeans_colour"]["pixel_fg_ari_object_k"].is_number());
+    assert_eq!(serde_json::from_value::<Evaluation>(json).unwrap(), e);
+}
+
+#[test]
+fn sprites_ceiling_is_below_one_on_a_patch_grid() {
+    use crate::data::Sprites;
+    use glom_protocol::config::DataSource;
+    let mut cfg = tiny();
+    cfg.data.source = DataSource::Sprites;
+    cfg.data.image_size = 32;
+    cfg.model.levels = 1;
+    let m = model(&cfg);
+    let held = Sprites::new(32, 8, 2);
+    let e = evaluate_with_baseline(&m, &held, &held, &mut |_, _, _| {}).unwrap();
+    let ceiling = e.baseline.pixel_fg_ari_ceiling.unwrap();
+    assert!(ceiling > 0.5 && ceiling < 1.0, "ceiling {ceiling}");
+    in_range(e.trained.pixel_fg_ari_object_k, -1.0, 1.0, "pixel fg k");
 }
