@@ -7,6 +7,10 @@
 //! and value, and what is accepted: "invalid configuration: data.source =
 //! "tetrominoes" (from --set data.source=tetrominoes): unknown variant
 //! `tetrominoes`, expected `scenes` or `fashion_mnist`".
+//!
+//! Self-contained (no `crate::` paths): the `settings` fuzz target (fuzz/)
+//! compiles this file on its own, and builds with `cfg(fuzzing)` may give
+//! the environment layer explicitly ([`Env::Vars`]) as tests do.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,11 +52,11 @@ impl fmt::Display for Layer {
 }
 
 /// The environment layer: the process's `GLOM_*` variables, none, or given
-/// ones (tests).
+/// ones (tests and fuzzing).
 pub(crate) enum Env {
     Process,
     Off,
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     Vars(Vec<(String, String)>),
 }
 
@@ -165,7 +169,7 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
         Env::Process => std::env::vars()
             .filter(|(k, _)| k.to_lowercase().starts_with("glom_"))
             .collect(),
-        #[cfg(test)]
+        #[cfg(any(test, fuzzing))]
         Env::Vars(vars) => vars,
     };
     for (var, value) in vars {

@@ -78,9 +78,34 @@ impl Manifest {
         }
     }
 
-    /// Number of locations of the grid.
+    /// Number of locations of the grid (saturating: a manifest's grid comes
+    /// from a file and [`Manifest::validate`] refuses one that does not fit).
     pub fn num_locations(&self) -> usize {
-        self.grid[0] * self.grid[1]
+        self.grid[0].saturating_mul(self.grid[1])
+    }
+
+    /// Parse and check the bytes of a `manifest.json`: JSON, a format
+    /// number this build reads (checked first, so a manifest of another
+    /// format is refused as such rather than as malformed), the fields of
+    /// [`Manifest`], then [`Manifest::validate`]. The checkpoint reader
+    /// calls this on the file's bytes; it does no I/O.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let err = |m: String| ManifestError(m);
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        match value.get("format").and_then(serde_json::Value::as_u64) {
+            None => return Err(err("no format number".into())),
+            Some(f) if f != u64::from(FORMAT) => {
+                return Err(err(format!(
+                    "format {f} is not supported (this build reads format {FORMAT})"
+                )));
+            }
+            Some(_) => {}
+        }
+        let manifest: Manifest = serde_json::from_value(value)
+            .map_err(|e| err(format!("malformed manifest: {e}")))?;
+        manifest.validate()?;
+        Ok(manifest)
     }
 
     /// Index into `shards` of the shard holding location `loc`.
