@@ -94,7 +94,11 @@ fuzz_target!(|data: &[u8]| {
         Limits::default()
     };
     let chunk = usize::from(head & 0x0f) + 1;
-    let chunk = if chunk == 16 { stream.len().max(1) } else { chunk };
+    let chunk = if chunk == 16 {
+        stream.len().max(1)
+    } else {
+        chunk
+    };
     let raw = head & 0x20 != 0;
     if head & 0x10 == 0 {
         run::<ControlMessage>(stream, chunk, limits, raw);

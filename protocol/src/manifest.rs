@@ -9,6 +9,8 @@
 //! worker has reported its shard entry; this module only defines and checks
 //! it (no I/O).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -140,8 +142,10 @@ impl Manifest {
         if self.shards.is_empty() {
             return err("no shards".into());
         }
+        // Owners by location, sized by the locations listed rather than by
+        // the grid, which the file may claim to be of any size.
         let n = self.num_locations();
-        let mut owner: Vec<Option<usize>> = vec![None; n];
+        let mut owner: HashMap<usize, usize> = HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
             let plain = !s.file.is_empty()
                 && s.file != "."
@@ -171,13 +175,13 @@ impl Manifest {
                 return err(format!("{} holds no location", s.file));
             }
             for &loc in &s.locations {
-                let Some(slot) = owner.get_mut(loc) else {
+                if loc >= n {
                     return err(format!(
                         "{} lists location {loc}, outside the {n}-location grid",
                         s.file
                     ));
-                };
-                if let Some(j) = slot.replace(i) {
+                }
+                if let Some(j) = owner.insert(loc, i) {
                     return err(format!(
                         "location {loc} is in both {} and {}",
                         self.shards[j].file, s.file
@@ -185,7 +189,9 @@ impl Manifest {
                 }
             }
         }
-        if let Some(loc) = owner.iter().position(Option::is_none) {
+        // Every listed location is below n, so if some are missing the
+        // first one is found among the first owner.len() + 1.
+        if let Some(loc) = (0..n).find(|loc| !owner.contains_key(loc)) {
             return err(format!("no shard holds location {loc}"));
         }
         Ok(())
@@ -272,5 +278,34 @@ mod tests {
         let mut m = two_shards();
         m.grid = [4, 16];
         assert!(reason(&m).contains("grid"));
+    }
+
+    /// A manifest whose (valid, correctly hashed) configuration claims a
+    /// grid of 2^40 or 2^64 locations: validation used to allocate one slot
+    /// per location of the grid (an abort), or overflow computing their
+    /// number. Now it costs what the listed locations cost.
+    #[test]
+    fn a_huge_claimed_grid_is_refused_without_allocating_it() {
+        for image_size in [1usize << 20, 1 << 40] {
+            let mut cfg = Config::default();
+            cfg.data.image_size = image_size;
+            cfg.model.patch = 1;
+            cfg.validate().unwrap();
+            let m = Manifest::new(1, 1, &cfg, vec![entry("shard-0.safetensors", vec![0, 1])]);
+            assert_eq!(m.grid, [image_size, image_size]);
+            assert_eq!(reason(&m), "no shard holds location 2");
+        }
+    }
+
+    #[test]
+    fn from_json_reads_what_is_written_and_names_what_is_wrong() {
+        let m = two_shards();
+        let json = serde_json::to_vec_pretty(&m).unwrap();
+        assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        let e = |text: &str| Manifest::from_json(text.as_bytes()).unwrap_err().0;
+        assert!(e("{").starts_with("not valid JSON"));
+        assert_eq!(e("{}"), "no format number");
+        assert!(e(r#"{"format": 2}"#).starts_with("format 2 is not supported"));
+        assert!(e(r#"{"format": 1}"#).starts_with("malformed manifest"));
     }
 }
