@@ -104,8 +104,8 @@ impl Manifest {
             }
             Some(_) => {}
         }
-        let manifest: Manifest = serde_json::from_value(value)
-            .map_err(|e| err(format!("malformed manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| err(format!("malformed manifest: {e}")))?;
         manifest.validate()?;
         Ok(manifest)
     }

@@ -32,8 +32,8 @@ use glom_worker::model::Glom;
 use glom_worker::parse::{build_tree, islands_per_level, ParseTree};
 
 use crate::picture::write_png;
-use png_input::decode_png;
 use crate::run::{datasets, whole_model};
+use png_input::decode_png;
 
 /// Which image to parse.
 #[derive(Args, Clone, Debug)]
@@ -133,7 +133,12 @@ fn held_out_image(cfg: &Config, n: usize) -> Result<Image> {
 fn read_png(path: &Path, cfg: &Config) -> Result<Image> {
     let name = path.display().to_string();
     let file = File::open(path).with_context(|| format!("cannot open --png {name}"))?;
-    let pixels = decode_png(BufReader::new(file), &name, cfg.image_side(), cfg.channels())?;
+    let pixels = decode_png(
+        BufReader::new(file),
+        &name,
+        cfg.image_side(),
+        cfg.channels(),
+    )?;
     Ok(Image {
         pixels,
         part_map: None,
