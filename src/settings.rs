@@ -11,6 +11,10 @@
 //! One default depends on another key: `data.image_size` is 64 for
 //! `data.source = "sprites"` (the published Multi-dSprites size) unless a
 //! layer over the embedded default sets it.
+//!
+//! Self-contained (no `crate::` paths): the `settings` fuzz target (fuzz/)
+//! compiles this file on its own, and builds with `cfg(fuzzing)` may give
+//! the environment layer explicitly ([`Env::Vars`]) as tests do.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,11 @@ use glom_protocol::Config;
 
 /// `configs/default.toml`, built into the binary so `glom train` runs anywhere.
 pub(crate) const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
+
+/// The fault injection of recovery tests (`glom_worker::runtime::fault`),
+/// the one `GLOM_*` variable that is not a configuration key (named here
+/// so that this file stays self-contained; a test ties the two).
+const FAULT_VAR: &str = "GLOM_FAIL_AT_STEP";
 
 /// What errors call the embedded default.
 pub(crate) const DEFAULT_NAME: &str = "the embedded default (configs/default.toml)";
@@ -53,11 +62,11 @@ impl fmt::Display for Layer {
 }
 
 /// The environment layer: the process's `GLOM_*` variables, none, or given
-/// ones (tests).
+/// ones (tests and fuzzing).
 pub(crate) enum Env {
     Process,
     Off,
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     Vars(Vec<(String, String)>),
 }
 
@@ -178,11 +187,9 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
         // Every `GLOM_*` variable is a key, but the fault injection of
         // recovery tests (`glom_worker::runtime::fault`).
         Env::Process => std::env::vars()
-            .filter(|(k, _)| {
-                k.to_lowercase().starts_with("glom_") && k != glom_worker::runtime::fault::VAR
-            })
+            .filter(|(k, _)| k.to_lowercase().starts_with("glom_") && k != FAULT_VAR)
             .collect(),
-        #[cfg(test)]
+        #[cfg(any(test, fuzzing))]
         Env::Vars(vars) => vars,
     };
     for (var, value) in vars {
@@ -292,6 +299,11 @@ fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fault_variable_is_the_workers() {
+        assert_eq!(FAULT_VAR, glom_worker::runtime::fault::VAR);
+    }
 
     fn with_sets(sets: &[&str]) -> Result<Config> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();

@@ -995,11 +995,11 @@ impl Config {
             },
         )?;
         let side = self.grid_side();
-        check(workers <= side * side, "cluster.workers", || {
-            format!(
-                "{workers} is more than the {side}x{side} = {} locations of the grid",
-                side * side
-            )
+        // Saturating: nothing bounds data.image_size, so the square may not
+        // fit a machine word.
+        let locations = side.saturating_mul(side);
+        check(workers <= locations, "cluster.workers", || {
+            format!("{workers} is more than the {side}x{side} = {locations} locations of the grid")
         })
     }
 
@@ -1321,6 +1321,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("8x8"), "{e}");
+        // A grid whose number of locations does not fit a machine word.
+        let mut c = Config::default();
+        (c.data.image_size, c.model.patch) = (1 << 40, 1);
+        c.validate_workers(2).unwrap();
     }
 
     #[test]

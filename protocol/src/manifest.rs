@@ -9,6 +9,8 @@
 //! worker has reported its shard entry; this module only defines and checks
 //! it (no I/O).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -78,9 +80,34 @@ impl Manifest {
         }
     }
 
-    /// Number of locations of the grid.
+    /// Number of locations of the grid (saturating: a manifest's grid comes
+    /// from a file and [`Manifest::validate`] refuses one that does not fit).
     pub fn num_locations(&self) -> usize {
-        self.grid[0] * self.grid[1]
+        self.grid[0].saturating_mul(self.grid[1])
+    }
+
+    /// Parse and check the bytes of a `manifest.json`: JSON, a format
+    /// number this build reads (checked first, so a manifest of another
+    /// format is refused as such rather than as malformed), the fields of
+    /// [`Manifest`], then [`Manifest::validate`]. The checkpoint reader
+    /// calls this on the file's bytes; it does no I/O.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let err = |m: String| ManifestError(m);
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        match value.get("format").and_then(serde_json::Value::as_u64) {
+            None => return Err(err("no format number".into())),
+            Some(f) if f != u64::from(FORMAT) => {
+                return Err(err(format!(
+                    "format {f} is not supported (this build reads format {FORMAT})"
+                )));
+            }
+            Some(_) => {}
+        }
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| err(format!("malformed manifest: {e}")))?;
+        manifest.validate()?;
+        Ok(manifest)
     }
 
     /// Index into `shards` of the shard holding location `loc`.
@@ -115,8 +142,10 @@ impl Manifest {
         if self.shards.is_empty() {
             return err("no shards".into());
         }
+        // Owners by location, sized by the locations listed rather than by
+        // the grid, which the file may claim to be of any size.
         let n = self.num_locations();
-        let mut owner: Vec<Option<usize>> = vec![None; n];
+        let mut owner: HashMap<usize, usize> = HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
             let plain = !s.file.is_empty()
                 && s.file != "."
@@ -146,13 +175,13 @@ impl Manifest {
                 return err(format!("{} holds no location", s.file));
             }
             for &loc in &s.locations {
-                let Some(slot) = owner.get_mut(loc) else {
+                if loc >= n {
                     return err(format!(
                         "{} lists location {loc}, outside the {n}-location grid",
                         s.file
                     ));
-                };
-                if let Some(j) = slot.replace(i) {
+                }
+                if let Some(j) = owner.insert(loc, i) {
                     return err(format!(
                         "location {loc} is in both {} and {}",
                         self.shards[j].file, s.file
@@ -160,7 +189,9 @@ impl Manifest {
                 }
             }
         }
-        if let Some(loc) = owner.iter().position(Option::is_none) {
+        // Every listed location is below n, so if some are missing the
+        // first one is found among the first owner.len() + 1.
+        if let Some(loc) = (0..n).find(|loc| !owner.contains_key(loc)) {
             return err(format!("no shard holds location {loc}"));
         }
         Ok(())
@@ -247,5 +278,34 @@ mod tests {
         let mut m = two_shards();
         m.grid = [4, 16];
         assert!(reason(&m).contains("grid"));
+    }
+
+    /// A manifest whose (valid, correctly hashed) configuration claims a
+    /// grid of 2^40 or 2^64 locations: validation used to allocate one slot
+    /// per location of the grid (an abort), or overflow computing their
+    /// number. Now it costs what the listed locations cost.
+    #[test]
+    fn a_huge_claimed_grid_is_refused_without_allocating_it() {
+        for image_size in [1usize << 20, 1 << 40] {
+            let mut cfg = Config::default();
+            cfg.data.image_size = image_size;
+            cfg.model.patch = 1;
+            cfg.validate().unwrap();
+            let m = Manifest::new(1, 1, &cfg, vec![entry("shard-0.safetensors", vec![0, 1])]);
+            assert_eq!(m.grid, [image_size, image_size]);
+            assert_eq!(reason(&m), "no shard holds location 2");
+        }
+    }
+
+    #[test]
+    fn from_json_reads_what_is_written_and_names_what_is_wrong() {
+        let m = two_shards();
+        let json = serde_json::to_vec_pretty(&m).unwrap();
+        assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        let e = |text: &str| Manifest::from_json(text.as_bytes()).unwrap_err().0;
+        assert!(e("{").starts_with("not valid JSON"));
+        assert_eq!(e("{}"), "no format number");
+        assert!(e(r#"{"format": 2}"#).starts_with("format 2 is not supported"));
+        assert!(e(r#"{"format": 1}"#).starts_with("malformed manifest"));
     }
 }

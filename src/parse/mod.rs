@@ -11,15 +11,17 @@
 //! wrote it and the number of islands per level.
 //!
 //! # Layout
+//! - [`png_input`]: the `--png` input, decoded and checked.
 //! - [`render`]: the picture's layout and drawing.
 
+pub(crate) mod png_input;
 pub(crate) mod render;
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use glom_protocol::config::Config;
@@ -31,6 +33,7 @@ use glom_worker::parse::{build_tree, islands_per_level, ParseTree};
 
 use crate::picture::write_png;
 use crate::run::{datasets, whole_model};
+use png_input::decode_png;
 
 /// Which image to parse.
 #[derive(Args, Clone, Debug)]
@@ -125,54 +128,17 @@ fn held_out_image(cfg: &Config, n: usize) -> Result<Image> {
     Ok(data.held_out.get(n))
 }
 
-/// Read a PNG as an image of the configured size and channels (pixels in
-/// [0, 1], channel-major; alpha is dropped; no ground-truth maps).
+/// Read a PNG as an image of the configured size and channels (see
+/// [`png_input::decode_png`]; no ground-truth maps).
 fn read_png(path: &Path, cfg: &Config) -> Result<Image> {
-    let name = path.display();
+    let name = path.display().to_string();
     let file = File::open(path).with_context(|| format!("cannot open --png {name}"))?;
-    let mut decoder = png::Decoder::new(BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .with_context(|| format!("--png {name} is not a readable PNG"))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| anyhow!("--png {name}: image too large"))?;
-    let mut buf = vec![0u8; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .with_context(|| format!("--png {name} is not a readable PNG"))?;
-    let side = cfg.image_side();
-    let (w, h) = (info.width as usize, info.height as usize);
-    if (w, h) != (side, side) {
-        bail!(
-            "--png {name} is {w}x{h} pixels but the model reads {side}x{side} images (data.image_size)"
-        );
-    }
-    let samples = info.color_type.samples();
-    let colours = match info.color_type {
-        png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => 1,
-        _ => 3,
-    };
-    let channels = cfg.channels();
-    if colours != channels {
-        let kind = |c: usize| if c == 1 { "grayscale" } else { "RGB" };
-        bail!(
-            "--png {name} is {} but the model reads {} images ({channels} channel{})",
-            kind(colours),
-            kind(channels),
-            if channels == 1 { "" } else { "s" }
-        );
-    }
-    let mut pixels = Vec::with_capacity(channels * side * side);
-    for c in 0..channels {
-        for y in 0..side {
-            for x in 0..side {
-                let v = buf[y * info.line_size + x * samples + c];
-                pixels.push(f32::from(v) / 255.0);
-            }
-        }
-    }
+    let pixels = decode_png(
+        BufReader::new(file),
+        &name,
+        cfg.image_side(),
+        cfg.channels(),
+    )?;
     Ok(Image {
         pixels,
         part_map: None,

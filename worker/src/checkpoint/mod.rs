@@ -27,7 +27,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use glom_protocol::config::WeightMode;
-use glom_protocol::manifest::{shard_file_name, FORMAT, MANIFEST_FILE};
+use glom_protocol::manifest::{shard_file_name, MANIFEST_FILE};
 pub use glom_protocol::manifest::{Manifest, ShardEntry};
 use sha2::{Digest, Sha256};
 
@@ -281,22 +281,5 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         }
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let value: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| Error::checkpoint(&path, format!("not valid JSON: {e}")))?;
-    match value.get("format").and_then(serde_json::Value::as_u64) {
-        None => return Err(Error::checkpoint(&path, "no format number")),
-        Some(f) if f != u64::from(FORMAT) => {
-            return Err(Error::checkpoint(
-                &path,
-                format!("format {f} is not supported (this build reads format {FORMAT})"),
-            ));
-        }
-        Some(_) => {}
-    }
-    let manifest: Manifest = serde_json::from_value(value)
-        .map_err(|e| Error::checkpoint(&path, format!("malformed manifest: {e}")))?;
-    manifest
-        .validate()
-        .map_err(|e| Error::checkpoint(&path, e.0))?;
-    Ok(manifest)
+    Manifest::from_json(&text).map_err(|e| Error::checkpoint(&path, e.0))
 }

@@ -112,19 +112,28 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// type, short or overlong payload, gzip errors) are [`DataError::Format`]
 /// naming the path and the problem.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let io_error = |source| DataError::Io {
+    let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = BufReader::new(File::open(path).map_err(io_error)?);
-    let gzip = file
+    })?;
+    read_idx_from(BufReader::new(file), path)
+}
+
+/// As [`read_idx`], from any byte source; `path` only names it in errors.
+/// Memory grows with the bytes that arrive, never with what the header
+/// claims.
+pub fn read_idx_from(mut source: impl BufRead, path: &Path) -> Result<IdxArray> {
+    let gzip = source
         .fill_buf()
-        .map_err(io_error)?
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .starts_with(&[0x1f, 0x8b]);
-    let mut reader: Box<dyn Read> = if gzip {
-        Box::new(MultiGzDecoder::new(file))
+    let mut reader: Box<dyn Read + '_> = if gzip {
+        Box::new(MultiGzDecoder::new(source))
     } else {
-        Box::new(file)
+        Box::new(source)
     };
     let reader = reader.as_mut();
     let read = |reader: &mut dyn Read, buf: &mut [u8]| {
