@@ -96,7 +96,7 @@ pub(crate) fn print_table(e: &Evaluation) {
     row(
         "pixel FG-ARI ceiling (patches)",
         None,
-        e.baseline.pixel_fg_ari_ceiling,
+        e.pixel_fg_ari_ceiling,
     );
     row("linear probe accuracy", t.probe_accuracy, b.probe_accuracy);
     row(

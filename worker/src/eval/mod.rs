@@ -160,6 +160,13 @@ pub struct LevelAri {
 pub struct Evaluation {
     #[serde(flatten)]
     pub trained: EvalReport,
+    /// Pixel FG-ARI of every location labelled by the majority object of
+    /// its patch (background pixels not counted): what a labelling right
+    /// at every location scores, the cost of the patch grid alone, beside
+    /// the `pixel_fg_ari_*` figures it bounds. None without object maps
+    /// (and in reports from before it).
+    #[serde(default)]
+    pub pixel_fg_ari_ceiling: Option<f64>,
     pub baseline: Baseline,
 }
 
@@ -176,11 +183,6 @@ pub struct Baseline {
     /// None without object maps (and in reports from before it).
     #[serde(default)]
     pub kmeans_colour: Option<ReferenceReport>,
-    /// Pixel FG-ARI of every location labelled by the majority object of
-    /// its patch (background pixels not counted): what a labelling right
-    /// at every location scores, the cost of the patch grid alone.
-    #[serde(default)]
-    pub pixel_fg_ari_ceiling: Option<f64>,
 }
 
 /// Evaluate one model. `held_out` supplies the evaluation images (its
@@ -326,11 +328,11 @@ pub fn evaluate_with_baseline(
     }
     Ok(Evaluation {
         trained,
+        pixel_fg_ari_ceiling: references.ceiling(),
         baseline: Baseline {
             random_init,
             probe_accuracy_raw_pixels: raw_pixel_probe(cfg, held_out, probe_train),
             kmeans_colour: references.kmeans(),
-            pixel_fg_ari_ceiling: references.ceiling(),
         },
     })
 }

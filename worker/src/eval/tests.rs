@@ -342,7 +342,7 @@ fn tetrominoes_are_scored_on_objects_and_pixels_without_parts() {
     in_range(r.pixel_fg_ari_object_k, -1.0, 1.0, "pixel fg k");
     assert!(r.island_ari_by_level.iter().all(|a| a.part.is_none()));
     // Blocks are patches: the grid costs nothing.
-    assert_eq!(e.baseline.pixel_fg_ari_ceiling, Some(1.0));
+    assert_eq!(e.pixel_fg_ari_ceiling, Some(1.0));
     let k = e.baseline.kmeans_colour.as_ref().expect("object maps");
     in_range(k.pixel_fg_ari_object_k, -1.0, 1.0, "k-means pixel fg");
     in_range(k.fg_ari_object_k, -1.0, 1.0, "k-means fg");
@@ -365,7 +365,7 @@ fn sprites_ceiling_is_below_one_on_a_patch_grid() {
     let m = model(&cfg);
     let held = Sprites::new(32, 8, 2);
     let e = evaluate_with_baseline(&m, &held, &held, &mut |_, _, _| {}).unwrap();
-    let ceiling = e.baseline.pixel_fg_ari_ceiling.unwrap();
+    let ceiling = e.pixel_fg_ari_ceiling.unwrap();
     assert!(ceiling > 0.5 && ceiling < 1.0, "ceiling {ceiling}");
     in_range(e.trained.pixel_fg_ari_object_k, -1.0, 1.0, "pixel fg k");
 }
