@@ -99,3 +99,59 @@ impl Cost {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use glom_coordinator::GridLevel;
+
+    use super::*;
+    use crate::metrics::{PromTelemetry, RunInfo, Telemetry};
+
+    /// Degenerate states (every vector zero, or every vector the same)
+    /// give defined, finite measures, and the exposition never holds NaN.
+    #[test]
+    fn degenerate_states_give_finite_measures_and_no_nan_is_exported() {
+        let cfg = Config::default();
+        let (p, b, d) = (4, 3, 8);
+        let info = RunInfo {
+            weights: "per_location",
+            learning: "local",
+            dim: d,
+            workers: 1,
+            levels: 2,
+        };
+        let t = PromTelemetry::new(&info).unwrap();
+        for value in [0.0f32, 0.5] {
+            let level = GridLevel {
+                embeddings: vec![value; p * b * d],
+                probe: vec![value; p * d],
+                agreement_bu: Some(0.0),
+                agreement_td: None,
+            };
+            let o = GridObservation {
+                images: b,
+                dim: d,
+                locations: p,
+                levels: vec![level.clone(), level],
+            };
+            let m = measure(&cfg, &o);
+            for r in &m.levels {
+                let values = [
+                    Some(r.effective_rank),
+                    Some(r.dim_std),
+                    r.mean_cosine,
+                    r.mean_cosine_within_image,
+                    Some(r.islands_per_image),
+                    Some(r.codistill_disagreement),
+                ];
+                for v in values {
+                    let v = v.expect("a batch of 3 images has every measure");
+                    assert!(v.is_finite(), "value {value}: {r:?}");
+                }
+            }
+            t.levels(&m.levels, m.seconds);
+            let text = t.encode();
+            assert!(!text.contains("NaN"), "value {value}: {text}");
+        }
+    }
+}
