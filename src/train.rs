@@ -520,6 +520,9 @@ pub(crate) fn run(
     cfg.validate()?;
     let n = cfg.cluster.workers;
     cfg.validate_workers(n)?;
+    if matches!(launch, Launch::Embedded) {
+        glom_worker::runtime::fault::validate()?;
+    }
     let resume = resume.map(|r| resume_point(&cfg, &r)).transpose()?;
     let dir = out.unwrap_or_else(default_run_dir);
     // Open the data, bind the endpoints first: a bad data path, a missing

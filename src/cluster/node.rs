@@ -33,6 +33,7 @@ pub(crate) struct WorkerArgs<'a> {
 /// Run one worker until the coordinator ends the run.
 pub(crate) fn worker(cfg: Config, args: WorkerArgs<'_>) -> Result<()> {
     cfg.validate()?;
+    glom_worker::runtime::fault::validate()?;
     let data = datasets(&cfg)?;
     let ca = load_ca(args.certs)?;
     let id = load_identity(args.certs, args.name).with_context(|| {

@@ -56,6 +56,14 @@ pub fn parse(value: &str) -> Result<Fault> {
     })
 }
 
+/// Check [`VAR`] if it is set: a malformed value is an error naming it.
+pub fn validate() -> Result<()> {
+    match std::env::var(VAR) {
+        Ok(value) => parse(&value).map(|_| ()),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Fail here if [`VAR`] names this worker and `step`, the first time only.
 pub fn check(worker: &str, step: u64) -> Result<()> {
     let Ok(value) = std::env::var(VAR) else {

@@ -107,6 +107,7 @@ struct SleepState {
 /// coordinator itself is lost, the worker drops its work and joins again
 /// (waiting up to `patience` for a coordinator to answer).
 pub async fn run_worker(opts: WorkerOptions, data: Arc<dyn Dataset>) -> Result<WorkerExit> {
+    fault::validate()?; // a malformed value is an error now, not at a step
     let (mut rejoins, mut steps) = (0, 0);
     let mut busy_since = None;
     loop {
@@ -161,7 +162,9 @@ async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Att
                 .local_addr()
                 .map_err(|e| Error::Runtime(format!("cannot read the endpoint's address: {e}")))?;
             let ip = if bound.ip().is_unspecified() {
-                conn.local_ip().unwrap_or(bound.ip())
+                conn.local_ip()
+                    .or_else(|| route_ip(conn.remote_address()))
+                    .unwrap_or(bound.ip())
             } else {
                 bound.ip()
             };
@@ -328,8 +331,10 @@ async fn run_attempt(opts: &WorkerOptions, data: Arc<dyn Dataset>) -> Result<Att
                 Ok(Some(ControlMessage::Heartbeat { .. })) => {}
                 Ok(Some(ControlMessage::Shutdown { reason })) => break Ok(End::Shutdown(reason)),
                 Ok(Some(ControlMessage::Rejoin { reason })) => break Ok(End::Rejoin(reason)),
+                // The coordinator dropped this worker (e.g. it was silent
+                // for too long, a stalled process): join again.
                 Ok(Some(ControlMessage::Error { message })) => {
-                    break Err(Error::Runtime(format!("the coordinator failed: {message}")))
+                    break Ok(End::Rejoin(format!("the coordinator dropped this worker: {message}")))
                 }
                 Ok(Some(other)) => {
                     break Err(unexpected(&other, "a step, checkpoint, sleep job or shutdown"))
@@ -490,6 +495,19 @@ async fn send_heartbeat(tx: &mut SendStream, limits: &Limits) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|e| Error::Runtime(format!("cannot reach the coordinator: {e}")))
+}
+
+/// The local IP this host sends from to reach `to` (the route the kernel
+/// picks for a UDP socket connected to it; nothing is sent).
+fn route_ip(to: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(to).ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
 /// The next control message, or an error saying why there is none.
