@@ -374,6 +374,32 @@ impl HaloExchange for QuicHalo {
     }
 }
 
+/// How often a wait for a frame looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// The next item of `inbound`, waiting up to `timeout`; a set `cancel`
+/// ends the wait early as [`RecvTimeoutError::Disconnected`].
+fn wait<T>(
+    inbound: &Receiver<T>,
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> std::result::Result<T, RecvTimeoutError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(RecvTimeoutError::Disconnected);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RecvTimeoutError::Timeout);
+        }
+        match inbound.recv_timeout(left.min(CANCEL_POLL)) {
+            Err(RecvTimeoutError::Timeout) => continue,
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,31 +434,5 @@ mod tests {
         let left = assignment((0, 4), (0, 2));
         let e = HaloPlan::new(&tile_of(grid, &left, 1), &[], 1).unwrap_err();
         assert!(e.to_string().contains("no owner"), "{e}");
-    }
-}
-
-/// How often a wait for a frame looks at its cancel flag.
-const CANCEL_POLL: Duration = Duration::from_millis(100);
-
-/// The next item of `inbound`, waiting up to `timeout`; a set `cancel`
-/// ends the wait early as [`RecvTimeoutError::Disconnected`].
-fn wait<T>(
-    inbound: &Receiver<T>,
-    timeout: Duration,
-    cancel: &AtomicBool,
-) -> std::result::Result<T, RecvTimeoutError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cancel.load(Ordering::SeqCst) {
-            return Err(RecvTimeoutError::Disconnected);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(RecvTimeoutError::Timeout);
-        }
-        match inbound.recv_timeout(left.min(CANCEL_POLL)) {
-            Err(RecvTimeoutError::Timeout) => continue,
-            other => return other,
-        }
     }
 }
