@@ -115,6 +115,19 @@ fn check_grid(height: usize, width: usize, patch: usize) {
 /// The output is row-major over the grid, `(height / patch) * (width / patch)`
 /// values. Panics when the sides are not multiples of `patch`.
 pub fn patch_majority(map: &[u16], height: usize, width: usize, patch: usize) -> Vec<u16> {
+    patch_majority_of(map, height, width, patch, |_| true)
+}
+
+/// [`patch_majority`] over the ids for which `counts` holds only; a patch
+/// with none of them gets 0 (e.g. the majority object of a patch, its
+/// background pixels left out).
+pub fn patch_majority_of(
+    map: &[u16],
+    height: usize,
+    width: usize,
+    patch: usize,
+    counts: impl Fn(u16) -> bool,
+) -> Vec<u16> {
     check_grid(height, width, patch);
     assert_eq!(
         map.len(),
@@ -129,25 +142,18 @@ pub fn patch_majority(map: &[u16], height: usize, width: usize, patch: usize) ->
             ids.clear();
             for py in 0..patch {
                 let start = (row * patch + py) * width + col * patch;
-                ids.extend_from_slice(&map[start..start + patch]);
+                ids.extend(map[start..start + patch].iter().filter(|&&id| counts(id)));
             }
             ids.sort_unstable();
             // Runs of equal ids in ascending order: a strictly longer run
             // replaces the best, so ties keep the smallest id.
-            let (mut best, mut best_count) = (ids[0], 0usize);
-            let mut i = 0;
-            while i < ids.len() {
-                let mut j = i;
-                while j < ids.len() && ids[j] == ids[i] {
-                    j += 1;
+            let mut best = (0usize, 0u16);
+            for run in ids.chunk_by(|a, b| a == b) {
+                if run.len() > best.0 {
+                    best = (run.len(), run[0]);
                 }
-                if j - i > best_count {
-                    best = ids[i];
-                    best_count = j - i;
-                }
-                i = j;
             }
-            out.push(best);
+            out.push(best.1);
         }
     }
     out

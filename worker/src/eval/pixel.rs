@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{adjusted_rand_index, kmeans};
-use crate::data::{patch_majority, Image};
+use crate::data::{patch_majority, patch_majority_of, Image};
 use crate::rng::Rng;
 
 /// k-means restarts per image.
@@ -67,29 +67,9 @@ pub fn patch_ceiling(object_px: &[u16], side: usize, patch: usize) -> Option<f64
 /// Per location, the most common non-background id among its patch's
 /// pixels (ties: the smallest id; 0 for a patch of background alone).
 fn majority_object(object_px: &[u16], side: usize, patch: usize) -> Vec<usize> {
-    let cols = side / patch;
-    let mut ids = Vec::with_capacity(patch * patch);
-    (0..cols * cols)
-        .map(|loc| {
-            let (row, col) = (loc / cols, loc % cols);
-            ids.clear();
-            for y in row * patch..(row + 1) * patch {
-                let start = y * side + col * patch;
-                ids.extend(
-                    object_px[start..start + patch]
-                        .iter()
-                        .filter(|&&id| id != 0),
-                );
-            }
-            ids.sort_unstable();
-            let mut best = (0usize, 0u16);
-            for run in ids.chunk_by(|a, b| a == b) {
-                if run.len() > best.0 {
-                    best = (run.len(), run[0]);
-                }
-            }
-            usize::from(best.1)
-        })
+    patch_majority_of(object_px, side, side, patch, |id| id != 0)
+        .into_iter()
+        .map(usize::from)
         .collect()
 }
 
