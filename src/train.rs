@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
 use glom_coordinator::sleep::{SleepSummary, SleepTrigger};
-use glom_coordinator::{Coordinator, GridObservation, Settings, StepSummary};
+use glom_coordinator::{Coordinator, GridObservation, Restart, Settings, StepSummary};
 use glom_net::certs::{worker_name, ClusterCa, COORDINATOR_NAME};
 use glom_net::tls::{client_config, server_config, server_endpoint, TransportTuning};
 use glom_protocol::message::{Assign, ResumePoint};
@@ -35,7 +35,7 @@ use glom_worker::runtime::{run_worker, HaloPlan, WorkerOptions};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::cluster::driver::{drive, Restart, RunObserver};
+use crate::cluster::driver::{drive, RunObserver};
 use crate::divergence::DivergenceGuard;
 use crate::metrics::server::Endpoint;
 use crate::metrics::{NoTelemetry, Phase, PromTelemetry, RunInfo, StepReport, Telemetry};

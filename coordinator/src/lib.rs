@@ -39,5 +39,6 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use metrics::{GridLevel, GridObservation, StepSummary, WorkerStep};
+pub use recovery::Restart;
 pub use sleep::{SleepSummary, SleepTrigger};
 pub use state::{Action, ConnId, Coordinator, LostReason, Phase, Settings};

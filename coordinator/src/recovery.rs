@@ -30,6 +30,21 @@ use crate::plan::plan;
 use crate::schedule::checkpoint_dir;
 use crate::state::{Action, Coordinator, LostReason, Stage};
 
+/// A restart of the cluster, as [`crate::Action::Restarted`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restart {
+    /// Restarts so far, this one included.
+    pub attempt: u32,
+    /// The step training went back to (its last complete checkpoint, or 0).
+    pub to_step: u64,
+    /// Which worker was lost and why.
+    pub reason: String,
+    /// The kind of loss ([`LostReason::label`]).
+    pub cause: &'static str,
+    pub workers_before: usize,
+    pub workers_after: usize,
+}
+
 /// A restart waiting for its workers.
 #[derive(Debug)]
 pub(crate) struct Rejoin {
@@ -155,14 +170,14 @@ impl Coordinator {
     /// Called by the start of the run: after a restart, say so first.
     pub(crate) fn restarted(&mut self) {
         if let Some(r) = self.rejoin.take() {
-            self.emit(Action::Restarted {
+            self.emit(Action::Restarted(Restart {
                 attempt: self.attempt,
                 to_step: self.completed,
                 reason: r.reason,
                 cause: r.cause,
                 workers_before: r.workers_before,
                 workers_after: self.tiles.len(),
-            });
+            }));
         }
     }
 }

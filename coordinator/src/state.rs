@@ -147,17 +147,9 @@ pub enum Action {
         workers: usize,
         rejoin_timeout: Duration,
     },
-    /// The cluster started again at `to_step` with `workers_after`
-    /// workers (it had `workers_before`); followed by [`Action::Started`].
-    /// `cause` is the [`LostReason::label`] of the loss.
-    Restarted {
-        attempt: u32,
-        to_step: u64,
-        reason: String,
-        cause: &'static str,
-        workers_before: usize,
-        workers_after: usize,
-    },
+    /// The cluster started again after a loss; followed by
+    /// [`Action::Started`].
+    Restarted(crate::recovery::Restart),
     /// The run cannot go on; the other workers were told to shut down.
     /// `last_checkpoint` is where a rerun would resume from.
     Abort {

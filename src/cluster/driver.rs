@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use glom_coordinator::sleep::{SleepSummary, SleepTrigger};
-use glom_coordinator::{Action, ConnId, Coordinator, StepSummary};
+use glom_coordinator::{Action, ConnId, Coordinator, Restart, StepSummary};
 use glom_net::FramedRecv;
 use glom_protocol::codec::{decode_body, hello_version, Limits};
 use glom_protocol::message::{Assign, ControlMessage, RefuseReason, PROTOCOL_VERSION};
@@ -49,21 +49,6 @@ pub(crate) trait RunObserver {
     fn restarted(&mut self, restart: &Restart) -> Result<()>;
     /// Whether the run should stop early (checked often).
     fn stop_requested(&self) -> bool;
-}
-
-/// A restart of the cluster, as the coordinator reported it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Restart {
-    /// Restarts so far, this one included.
-    pub(crate) attempt: u32,
-    /// The step training went back to (its last complete checkpoint, or 0).
-    pub(crate) to_step: u64,
-    /// Which worker was lost and why.
-    pub(crate) reason: String,
-    /// The kind of loss (`LostReason::label`).
-    pub(crate) cause: &'static str,
-    pub(crate) workers_before: usize,
-    pub(crate) workers_after: usize,
 }
 
 /// How the run ended.
@@ -232,21 +217,7 @@ fn handle(action: Action, observer: &mut dyn RunObserver) -> Result<Option<RunEn
                 rejoin_timeout.as_secs_f64()
             );
         }
-        Action::Restarted {
-            attempt,
-            to_step,
-            reason,
-            cause,
-            workers_before,
-            workers_after,
-        } => observer.restarted(&Restart {
-            attempt,
-            to_step,
-            reason,
-            cause,
-            workers_before,
-            workers_after,
-        })?,
+        Action::Restarted(restart) => observer.restarted(&restart)?,
         Action::Abort {
             reason,
             last_checkpoint,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use glom_protocol::message::{ControlMessage, Hello};
 
 use super::{config, Sim};
-use crate::{Action, LostReason, Phase, Settings};
+use crate::{Action, LostReason, Phase, Restart, Settings};
 
 fn settings(rejoin_secs: u64) -> Settings {
     Settings {
@@ -78,14 +78,14 @@ fn a_lost_worker_rolls_back_to_the_last_checkpoint_and_a_replacement_finishes_th
     sim.join(spare);
     assert!(sim.actions.iter().any(|a| matches!(
         a,
-        Action::Restarted {
+        Action::Restarted(Restart {
             attempt: 1,
             to_step: 2,
             cause: "disconnected",
             workers_before: 2,
             workers_after: 2,
             ..
-        }
+        })
     )));
     for i in [survivor, spare] {
         let a = sim.workers[i].assign.as_ref().expect("assigned");
@@ -145,13 +145,13 @@ fn without_a_replacement_the_survivors_take_over_the_grid_after_the_rejoin_timeo
     assert!(a.peers.is_empty());
     assert!(sim.actions.iter().any(|a| matches!(
         a,
-        Action::Restarted {
+        Action::Restarted(Restart {
             to_step: 2,
             cause: "silent",
             workers_before: 2,
             workers_after: 1,
             ..
-        }
+        })
     )));
     sim.run(10_000);
     assert_eq!(sim.coord.phase(), Phase::Finished);
