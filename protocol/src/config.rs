@@ -188,7 +188,10 @@ pub struct ModelConfig {
     pub schedule: ScheduleConfig,
     /// Bottom-up nets of levels 1.. add their input to their output (a
     /// residual connection, He et al. 2016): `BU(x) = x + MLP(x)`, so a
-    /// level starts as a copy of the one below plus a learned change.
+    /// level starts as a copy of the one below plus a learned change. A
+    /// config without the key (one stored before it existed) means off,
+    /// whatever the default, so older checkpoints keep their model.
+    #[serde(default)]
     pub bottom_up_skip: bool,
 }
 
@@ -1239,6 +1242,7 @@ mod tests {
         off.train.covariance_weight = 0.0;
         off.train.contrastive_weight = 0.0;
         off.train.autoencoder_weight = 0.0;
+        off.model.bottom_up_skip = false;
         let settings: [fn(&mut Config); 4] = [
             |c| c.train.variance_form = VarianceForm::Hinge,
             |c| c.train.variance_target = 0.5,
@@ -1276,6 +1280,22 @@ mod tests {
         let without = sleep.hash();
         sleep.sleep.variance_weight = 1.0;
         assert_ne!(without, sleep.hash());
+    }
+
+    #[test]
+    fn a_stored_config_without_the_skip_key_means_plain_bottom_up_nets() {
+        // Checkpoints written before `model.bottom_up_skip` existed lack
+        // the key: they must load as the model they were (off), not as
+        // a default that has it on.
+        let mut on = Config::default();
+        on.model.bottom_up_skip = true;
+        let mut stored = serde_json::json!(on);
+        stored["model"]
+            .as_object_mut()
+            .expect("model is an object")
+            .remove("bottom_up_skip");
+        let old: Config = serde_json::from_value(stored).expect("parses");
+        assert!(!old.model.bottom_up_skip);
     }
 
     #[test]
