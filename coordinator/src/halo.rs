@@ -60,11 +60,17 @@ mod tests {
 
     #[test]
     fn reach_of_the_default_config() {
-        // Default: 5 levels, sigma 1 -> 4, cutoff 2.5. Sigma per level is
+        // 5 levels, sigma 1 -> 4, cutoff 2.5. Sigma per level is
         // 4^(l/4) = 1, 1.414, 2, 2.828, 4; radius 2.5 sigma = 2.5, 3.54, 5,
         // 7.07, 10 (computed by hand, as the worker's neighbour_specs does).
-        let cfg = Config::default();
+        let mut cfg = Config::default();
+        cfg.model.neighbour_sigma = [1.0, 4.0];
         assert_eq!(level_reaches(&cfg), vec![2, 3, 5, 7, 10]);
+        // The default's [1, 1.5]: sigma 1, 1.107, 1.225, 1.355, 1.5;
+        // radius 2.5, 2.77, 3.06, 3.39, 3.75.
+        let default = Config::default();
+        assert_eq!(level_reaches(&default), vec![2, 2, 3, 3, 3]);
+        assert_eq!(halo_reach(&default), 3);
         assert_eq!(halo_reach(&cfg), 10);
     }
 

@@ -210,12 +210,12 @@ impl Default for ModelConfig {
             location_code: true,
             location_code_dim: 8,
             neighbours: 8,
-            neighbour_sigma: [1.0, 4.0],
+            neighbour_sigma: [1.0, 1.5],
             neighbour_cutoff: 2.5,
             beta: [4.0, 8.0],
             beta_rise: 2.0,
             schedule: ScheduleConfig::default(),
-            bottom_up_skip: false,
+            bottom_up_skip: true,
         }
     }
 }
@@ -295,7 +295,7 @@ impl Default for TrainConfig {
             distill_weight: 1.0,
             negative_weight: 0.0,
             negative_margin: 0.2,
-            variance_weight: 10.0,
+            variance_weight: 2.0,
             variance_form: VarianceForm::Log,
             variance_target: 1.0,
             covariance_weight: 10.0,

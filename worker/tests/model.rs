@@ -87,6 +87,7 @@ fn update_rule_matches_hand_computation() -> Result<()> {
     cfg.model.neighbour_cutoff = 1.0;
     cfg.model.beta = [1.0, 1.0];
     cfg.model.beta_rise = 3.0;
+    cfg.model.bottom_up_skip = false;
     cfg.model.schedule.bottom_up = Ramp(1.0, 0.0);
     cfg.model.schedule.top_down = Ramp(0.0, 1.0);
     cfg.model.schedule.previous = Ramp(1.0, 1.0);

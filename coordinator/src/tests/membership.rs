@@ -256,7 +256,9 @@ fn check_peers(cfg: Config, n: usize, reach: u32) {
 #[test]
 fn peers_of_four_workers_on_the_default_grid_intersect_the_halo() {
     // Reach 10 on an 8x8 grid: every tile is in every other's halo.
-    check_peers(config(3, 0), 4, 10);
+    let mut cfg = config(3, 0);
+    cfg.model.neighbour_sigma = [1.0, 4.0];
+    check_peers(cfg, 4, 10);
 }
 
 #[test]
