@@ -66,12 +66,12 @@ mod tests {
         let mut cfg = Config::default();
         cfg.model.neighbour_sigma = [1.0, 4.0];
         assert_eq!(level_reaches(&cfg), vec![2, 3, 5, 7, 10]);
+        assert_eq!(halo_reach(&cfg), 10);
         // The default's [1, 1.5]: sigma 1, 1.107, 1.225, 1.355, 1.5;
         // radius 2.5, 2.77, 3.06, 3.39, 3.75.
         let default = Config::default();
         assert_eq!(level_reaches(&default), vec![2, 2, 3, 3, 3]);
         assert_eq!(halo_reach(&default), 3);
-        assert_eq!(halo_reach(&cfg), 10);
     }
 
     #[test]
