@@ -67,9 +67,12 @@ fn an_in_process_worker_that_fails_or_panics_costs_a_rollback_and_no_bits() {
     let whole = tmp.path().join("whole");
     ok(&train(&whole, 2, &RUN));
     assert!(restarts(&whole).is_empty());
-    for (fault, cause) in [
-        ("worker-1:7", "reported_error"),
-        ("worker-0:6:panic", "disconnected"),
+    // A panicked worker's connection closes while its neighbour finds
+    // the halo stream from it ended: whichever the coordinator hears first
+    // is the recorded cause, and both name the panicked worker.
+    for (fault, causes) in [
+        ("worker-1:7", &["reported_error"][..]),
+        ("worker-0:6:panic", &["disconnected", "reported_error"][..]),
     ] {
         let dir = tmp.path().join(fault.replace(':', "-"));
         let mut cmd = glom();
@@ -82,10 +85,16 @@ fn an_in_process_worker_that_fails_or_panics_costs_a_rollback_and_no_bits() {
         let r = restarts(&dir);
         assert_eq!(r.len(), 1, "{fault}: {r:?}");
         assert_eq!(
-            (&r[0]["step"], &r[0]["cause"], &r[0]["attempt"]),
-            (&Value::from(5), &Value::from(cause), &Value::from(1)),
+            (&r[0]["step"], &r[0]["attempt"]),
+            (&Value::from(5), &Value::from(1)),
             "{fault}: {r:?}"
         );
+        let cause = r[0]["cause"].as_str().unwrap_or_default();
+        assert!(causes.contains(&cause), "{fault}: {r:?}");
+        if fault.ends_with("panic") && cause == "reported_error" {
+            let reason = r[0]["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("halo stream from worker"), "{r:?}");
+        }
         assert_eq!(
             (&r[0]["workers_before"], &r[0]["workers_after"]),
             (&Value::from(2), &Value::from(2))
