@@ -113,6 +113,18 @@ impl DataSource {
     pub const TETROMINO_BLOCKS: usize = 7;
 }
 
+/// Which locations lateral attention reads (see [`ModelConfig::attention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    /// `model.neighbours` drawn from the gaussian of each level (paper
+    /// section 6): the halo stays within the cutoff radius.
+    Sampled,
+    /// Every other location of the grid, at every level, as in the public
+    /// PyTorch port (lucidrains/glom-pytorch): the halo is the whole grid.
+    All,
+}
+
 /// Weight of one contribution at the first and at the last settling
 /// iteration; in between it is interpolated linearly (paper section 9.1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -173,7 +185,11 @@ pub struct ModelConfig {
     pub location_code: bool,
     /// Size of that code (a multiple of 4).
     pub location_code_dim: usize,
-    /// Neighbours each location attends to, at every level.
+    /// `"sampled"` neighbours (the three keys below) or `"all"` the other
+    /// locations of the grid: the comparison with implementations that
+    /// attend everywhere. Not hashed when `"sampled"`.
+    pub attention: Attention,
+    /// Neighbours each location attends to, at every level (sampled).
     pub neighbours: usize,
     /// Width (grid cells) of the neighbour-sampling gaussian at the bottom
     /// and top level; geometric in between (paper section 6).
@@ -206,6 +222,7 @@ impl Default for ModelConfig {
             top_down_activation: Activation::Gelu,
             location_code: true,
             location_code_dim: 8,
+            attention: Attention::Sampled,
             neighbours: 8,
             neighbour_sigma: [1.0, 4.0],
             neighbour_cutoff: 2.5,
@@ -1026,6 +1043,35 @@ impl Config {
         self.image_side() / self.model.patch
     }
 
+    /// Neighbours each location attends to at every level: `model.neighbours`,
+    /// or with `model.attention = "all"` every other location of the grid
+    /// (at least 1: a one-location grid attends to itself).
+    pub fn lateral_count(&self) -> usize {
+        match self.model.attention {
+            Attention::Sampled => self.model.neighbours,
+            Attention::All => {
+                let side = self.grid_side();
+                side.saturating_mul(side).saturating_sub(1).max(1)
+            }
+        }
+    }
+
+    /// Neighbours of a location at `level` lie within this euclidean
+    /// distance (cells): [`ModelConfig::neighbour_radius`], or with
+    /// `model.attention = "all"` more than the grid's diagonal. Workers
+    /// draw from it; the coordinator sizes halos from it.
+    pub fn lateral_radius(&self, level: usize) -> f64 {
+        match self.model.attention {
+            Attention::Sampled => self.model.neighbour_radius(level),
+            Attention::All => (2 * self.grid_side()).max(1) as f64,
+        }
+    }
+
+    /// Largest row or column offset of a neighbour at `level`: the halo width.
+    pub fn lateral_reach(&self, level: usize) -> usize {
+        self.lateral_radius(level).floor() as usize
+    }
+
     /// Stable hash of what the configuration computes (hex SHA-256 of the
     /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`,
     /// `rank_sample` and `divergence_factor`, `data` without `path`,
@@ -1085,12 +1131,15 @@ impl Config {
             }
         }
         let mut model = serde_json::json!(self.model);
+        // At their defaults these change nothing: old checkpoints keep their hash.
+        let fields = model
+            .as_object_mut()
+            .expect("a struct serialises to an object");
         if !self.model.bottom_up_skip {
-            // Off, it changes nothing: old checkpoints keep their hash.
-            model
-                .as_object_mut()
-                .expect("a struct serialises to an object")
-                .remove("bottom_up_skip");
+            fields.remove("bottom_up_skip");
+        }
+        if self.model.attention == Attention::Sampled {
+            fields.remove("attention");
         }
         let mut identity = serde_json::json!({
             "seed": self.seed,
@@ -1251,14 +1300,16 @@ mod tests {
             assert_eq!(off.hash(), b.hash(), "setting {i} of a term that is off");
         }
         // Once on, the term and its settings are hashed.
-        let weights: [fn(&mut Config); 6] = [
+        let weights: [fn(&mut Config); 7] = [
             |c| c.train.variance_weight = 1.0,
             |c| c.train.covariance_weight = 1.0,
             |c| c.train.contrastive_weight = 1.0,
             |c| c.train.autoencoder_weight = 1.0,
             |c| c.train.neighbour_distill_weight = 1.0,
-            // Likewise the residual bottom-up nets (off: not hashed).
+            // Likewise the residual bottom-up nets (off: not hashed) and
+            // attention over the whole grid (sampled: not hashed).
             |c| c.model.bottom_up_skip = true,
+            |c| c.model.attention = Attention::All,
         ];
         for (i, on) in weights.iter().enumerate() {
             let mut b = off.clone();

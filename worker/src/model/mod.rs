@@ -610,14 +610,16 @@ impl StudentTerms {
     }
 }
 
-/// The neighbour-sampling gaussian of every level: wider at higher levels.
+/// The neighbour-sampling gaussian of every level: wider at higher levels
+/// (with `model.attention = "all"`, a radius past the grid's diagonal and
+/// a count of every other location: the draw takes them all).
 pub fn neighbour_specs(cfg: &Config) -> Vec<NeighbourSpec> {
     let m = &cfg.model;
     (0..m.levels)
         .map(|l| NeighbourSpec {
-            count: m.neighbours,
+            count: cfg.lateral_count(),
             sigma: m.neighbour_sigma_at(l),
-            radius: m.neighbour_radius(l),
+            radius: cfg.lateral_radius(l),
         })
         .collect()
 }
