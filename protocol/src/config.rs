@@ -293,6 +293,11 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Embeddings per level sampled for the collapse measures.
     pub rank_sample: usize,
+    /// Where the model's tensors live: `"cpu"` or `"cuda:N"` (GPU N; the
+    /// binary must be built with the `cuda` feature). Not hashed: it
+    /// changes where the numbers are computed, not which (a GPU rounds
+    /// differently, so bits agree only among workers of one kind).
+    pub device: String,
 }
 
 impl Default for TrainConfig {
@@ -321,7 +326,36 @@ impl Default for TrainConfig {
             divergence_factor: 1000.0,
             log_every: 10,
             rank_sample: 256,
+            device: "cpu".into(),
         }
+    }
+}
+
+/// A device named by `train.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// The CUDA GPU of this index.
+    Cuda(usize),
+}
+
+impl TrainConfig {
+    /// `train.device` read: `"cpu"` or `"cuda:N"`.
+    pub fn device_spec(&self) -> Result<DeviceSpec> {
+        let d = self.device.as_str();
+        if d == "cpu" {
+            return Ok(DeviceSpec::Cpu);
+        }
+        d.strip_prefix("cuda:")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| {
+                Error::config(
+                    "train.device",
+                    format!("{d:?} must be \"cpu\" or \"cuda:N\" (N the index of a GPU, e.g. \"cuda:0\")"),
+                )
+            })
     }
 }
 
@@ -784,6 +818,7 @@ impl Config {
         check(t.rank_sample >= 2, "train.rank_sample", || {
             format!("{} must be at least 2", t.rank_sample)
         })?;
+        t.device_spec()?;
 
         let d = &self.data;
         match d.source {
@@ -1092,11 +1127,12 @@ impl Config {
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
         let mut train = serde_json::json!(train);
-        // Nor does the guard that stops a diverged run.
-        train
+        // Nor does the guard that stops a diverged run, nor the device.
+        let fields = train
             .as_object_mut()
-            .expect("a struct serialises to an object")
-            .remove("divergence_factor");
+            .expect("a struct serialises to an object");
+        fields.remove("divergence_factor");
+        fields.remove("device");
         // A term that is off changes nothing, nor do its settings: they stay
         // out, so a configuration without the anti-collapse terms keeps the
         // hash it had before they existed (and old checkpoints still load).
@@ -1216,6 +1252,39 @@ mod tests {
     }
 
     #[test]
+    fn the_device_is_cpu_or_a_numbered_gpu() {
+        let mut c = Config::default();
+        assert_eq!(c.train.device_spec().unwrap(), DeviceSpec::Cpu);
+        c.train.device = "cuda:0".into();
+        c.validate().unwrap();
+        assert_eq!(c.train.device_spec().unwrap(), DeviceSpec::Cuda(0));
+        c.train.device = "cuda:12".into();
+        assert_eq!(c.train.device_spec().unwrap(), DeviceSpec::Cuda(12));
+        for bad in [
+            "gpu", "cuda", "cuda:", "cuda:-1", "cuda:x", "CPU", " cpu", "cuda:+1",
+        ] {
+            c.train.device = bad.into();
+            assert_eq!(err_key(&c), "train.device", "{bad:?}");
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("\"cuda:N\"") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_is_sampled_or_all() {
+        let c: Config = serde_json::from_str(r#"{"model": {"attention": "all"}}"#).unwrap();
+        assert_eq!(c.model.attention, Attention::All);
+        c.validate().unwrap();
+        let e = serde_json::from_str::<Config>(r#"{"model": {"attention": "global"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global") && e.contains("sampled"), "{e}");
+    }
+
+    #[test]
     fn tetrominoes_and_sprites_sizes() {
         let mut c = Config::default();
         c.data.source = DataSource::Tetrominoes;
@@ -1263,7 +1332,7 @@ mod tests {
             change(&mut b);
             assert_ne!(a.hash(), b.hash(), "change {i}");
         }
-        let same: [fn(&mut Config); 9] = [
+        let same: [fn(&mut Config); 10] = [
             |c| c.sleep.margin = 0.5, // unscheduled: no job runs
             |c| c.sleep.observe_images = 1,
             |c| c.cluster.workers = 4,
@@ -1273,6 +1342,7 @@ mod tests {
             |c| c.metrics.every_steps = 3,
             |c| c.checkpoint.every_steps = 7,
             |c| c.eval.images = 5,
+            |c| c.train.device = "cuda:1".into(),
         ];
         for (i, change) in same.iter().enumerate() {
             let mut b = a.clone();
