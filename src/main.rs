@@ -200,6 +200,11 @@ enum Command {
         /// Also write the figures as JSON to this file.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Start from a named configuration instead of the embedded default
+        /// (`--config` and `--set` still apply over it): `peer`, the public
+        /// PyTorch port's benchmark (configs/peer.toml).
+        #[arg(long, value_enum, value_name = "NAME")]
+        preset: Option<bench::Preset>,
     },
     /// Manage the cluster's TLS certificates.
     Certs {
@@ -310,9 +315,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             config,
             repeats,
             json,
+            preset,
         } => {
-            let cfg = settings::load(config.config.as_deref(), &config.sets)?;
-            bench::run(&cfg, repeats as usize, json.as_deref())
+            let (file, sets) = (config.config.as_deref(), &config.sets);
+            let cfg = match preset {
+                Some(p) => p.load(file, sets)?,
+                None => settings::load(file, sets)?,
+            };
+            bench::run(&cfg, preset, repeats as usize, json.as_deref())
         }
         Command::Table { runs, out, command } => {
             table::run(&runs, out.as_deref(), command.as_deref())

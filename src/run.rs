@@ -63,10 +63,15 @@ pub(crate) fn datasets(cfg: &Config) -> Result<Datasets> {
     })
 }
 
-/// A freshly initialised model of the whole grid, on the CPU in f32.
+/// The device `train.device` names (the CPU unless built with `cuda`).
+pub(crate) fn device(cfg: &Config) -> Result<Device> {
+    Ok(glom_worker::device::device(cfg)?)
+}
+
+/// A freshly initialised model of the whole grid, on `train.device` in f32.
 pub(crate) fn whole_model(cfg: &Config) -> Result<Glom> {
     let tile = Tile::whole(Grid::square(cfg.grid_side()));
-    Ok(Glom::new(cfg, tile, &Device::Cpu, DType::F32)?)
+    Ok(Glom::new(cfg, tile, &device(cfg)?, DType::F32)?)
 }
 
 /// `runs/<UTC timestamp>`, e.g. `runs/20261126-071500`.

@@ -137,6 +137,22 @@ pub(crate) fn load_over(
     })
 }
 
+/// As [`load`], over the base document `base` called `name` in errors (a
+/// preset of `glom bench`; keys it leaves out keep the built-in defaults).
+pub(crate) fn load_with_base(
+    base: &str,
+    name: &str,
+    file: Option<&Path>,
+    sets: &[String],
+) -> Result<Config> {
+    load_layers(Layers {
+        base: (base, name),
+        file,
+        env: Env::Process,
+        sets,
+    })
+}
+
 /// What a layer holds, to be added to a `config` builder.
 enum Source {
     Toml(String),
@@ -380,6 +396,28 @@ mod tests {
         assert!(e.contains("expected a whole number >= 0"), "{e}");
         let e = error_of(&["train.learning_rate=fast"]);
         assert!(e.contains("expected a number") && !e.contains("f64"), "{e}");
+    }
+
+    #[test]
+    fn the_attention_and_device_keys_name_themselves_and_what_is_accepted() {
+        use glom_protocol::config::Attention;
+        let cfg = with_sets(&["model.attention=all", "train.device=cuda:1"]).unwrap();
+        assert_eq!(cfg.model.attention, Attention::All);
+        assert_eq!(cfg.train.device, "cuda:1");
+        let e = error_of(&["model.attention=global"]);
+        assert!(
+            e.contains("model.attention = \"global\" (from --set model.attention=global)"),
+            "{e}"
+        );
+        assert!(e.contains("`sampled`") && e.contains("`all`"), "{e}");
+        let e = error_of(&["train.device=gpu"]);
+        assert!(
+            e.contains("train.device = \"gpu\" (from --set train.device=gpu)")
+                && e.contains("\"cpu\" or \"cuda:N\""),
+            "{e}"
+        );
+        let e = error_of(&["train.device=cuda:x"]);
+        assert!(e.contains("train.device"), "{e}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::divergence::DivergenceGuard;
 use crate::metrics::server::Endpoint;
 use crate::metrics::{NoTelemetry, Phase, PromTelemetry, RunInfo, StepReport, Telemetry};
 use crate::observe::{measure, Cost};
-use crate::run::{create_run_dir, datasets, default_run_dir, progress, whole_model};
+use crate::run::{create_run_dir, datasets, default_run_dir, device, progress, whole_model};
 
 /// One line of `metrics.jsonl`.
 #[derive(Serialize)]
@@ -537,6 +537,12 @@ pub(crate) fn run(
     } else {
         None
     };
+    // An unusable `train.device` fails here too, before any worker starts.
+    let device = if embedded_run || eval {
+        device(&cfg)?
+    } else {
+        Device::Cpu
+    };
     let (telemetry, endpoint) = telemetry(&cfg)?;
     let rt = runtime()?;
     let remote = match &launch {
@@ -593,7 +599,7 @@ pub(crate) fn run(
                 .expect("loaded for an embedded run")
                 .train
                 .clone();
-            rt.block_on(embedded(&cfg, coordinator, train, &mut recorder))
+            rt.block_on(embedded(&cfg, coordinator, train, device, &mut recorder))
         }
         Some(ep) => rt.block_on(async { Ok(drive(coordinator, ep, &mut recorder).await?.steps) }),
     };
@@ -689,6 +695,7 @@ async fn embedded(
     cfg: &Config,
     coordinator: Coordinator,
     train: Arc<dyn glom_worker::data::Dataset>,
+    device: Device,
     recorder: &mut Recorder,
 ) -> Result<u64> {
     let n = coordinator.tiles().len();
@@ -712,7 +719,7 @@ async fn embedded(
             endpoint,
             advertise: None,
             patience: Duration::from_secs(10),
-            device: Device::Cpu,
+            device: device.clone(),
         })
     };
     let mut workers = tokio::task::JoinSet::new();

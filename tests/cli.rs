@@ -372,6 +372,64 @@ fn a_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint() {
     }
 }
 
+/// Where the time of each of `steps` training step rows went, and the
+/// halo wait of two in-process workers, in the JSON and the table.
+fn check_breakdown_and_halo(r: &Value, out: &str, steps: usize) {
+    let breakdown = r["breakdown"].as_array().unwrap();
+    assert_eq!(breakdown.len(), steps);
+    for b in breakdown {
+        let parts = b["parts"].as_array().unwrap();
+        let names: Vec<&str> = parts.iter().map(|p| p["part"].as_str().unwrap()).collect();
+        for part in [
+            "batch",
+            "front_end",
+            "bu_td_nets",
+            "neighbour_draw",
+            "lateral_attention",
+            "weighted_mean",
+            "layer_norm",
+            "loss_terms",
+            "halo_send",
+            "halo_wait",
+            "backward",
+            "optimiser",
+            "other",
+        ] {
+            assert!(names.contains(&part), "{part} missing from {names:?}");
+        }
+        let fraction = |p: &Value| p["fraction"].as_f64().unwrap();
+        let sum: f64 = parts.iter().map(fraction).sum();
+        assert!((sum - 1.0).abs() < 1e-6, "the parts add up to {sum}");
+        for p in parts {
+            let f = fraction(p);
+            assert!((0.0..=1.0).contains(&f), "{p}");
+            let busy = !["halo_send", "halo_wait", "other"].contains(&p["part"].as_str().unwrap());
+            assert!(!busy || f > 0.0, "{p} took no time");
+        }
+    }
+    assert!(out.contains("where a step's time goes"), "{out}");
+    for label in [
+        "lateral attention",
+        "layer norm",
+        "backward (autograd, all parts)",
+    ] {
+        assert!(
+            out.contains(label),
+            "{label} missing from the table:\n{out}"
+        );
+    }
+    let halo = &r["halo"];
+    assert_eq!(halo["workers"].as_u64(), Some(2), "{r}");
+    let wait = halo["wait_fraction"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&wait), "{halo}");
+    assert!(halo["seconds_per_step"].as_f64().unwrap() > 0.0, "{halo}");
+    assert!(halo["bytes_per_step"].as_f64().unwrap() > 0.0, "{halo}");
+    assert!(
+        out.contains("halo wait, step 1 on 2 in-process workers"),
+        "{out}"
+    );
+}
+
 /// `glom bench` measures every row on a tiny model and writes them as JSON:
 /// the GEMM reference at 100%, positive rates, and the exact FLOP counts.
 #[test]
@@ -421,10 +479,98 @@ fn bench_prints_and_writes_every_row() {
         "16-pixel images, patch 4"
     );
     assert!(out.contains("4x4 locations, d 8"), "{out}");
+    check_breakdown_and_halo(&r, &out, 3);
     // Bad input is refused before anything is measured.
     let err = failure(&glom(&["bench", "--repeats", "0"], TINY, &[]));
     assert!(err.contains("--repeats"), "{err}");
     let dir = tmp.path().to_str().unwrap();
     let err = failure(&glom(&["bench", "--json", dir], TINY, &[]));
     assert!(err.contains("--json") && err.contains(dir), "{err}");
+}
+
+/// `glom bench --preset peer`: the public PyTorch port's benchmark shapes
+/// (3x28x28 images, a 7x7 grid, attention over the other 48 locations),
+/// here with small nets and few iterations set over the preset, timed as
+/// the per-location local step beside the port's shared BPTT step.
+#[test]
+fn bench_preset_peer_times_the_ports_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("peer.json");
+    let small = [
+        "model.levels=3",
+        "model.dim=8",
+        "model.hidden=16",
+        "model.iterations=2",
+        "train.batch_size=4",
+    ];
+    let out = ok(&glom(
+        &[
+            "bench",
+            "--preset",
+            "peer",
+            "--repeats",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &small,
+        &[],
+    ));
+    let r = read_json(&json);
+    assert_eq!(r["preset"].as_str(), Some("peer"));
+    let s = &r["shape"];
+    for (key, want) in [
+        ("image_side", 28),
+        ("channels", 3),
+        ("grid_side", 7),
+        ("neighbours", 48),
+        ("dim", 8),
+    ] {
+        assert_eq!(s[key].as_u64(), Some(want), "{key} of {s}");
+    }
+    assert_eq!(s["attention"].as_str(), Some("all"));
+    assert!(out.contains("3x28x28 images, 7x7 locations"), "{out}");
+    assert!(
+        out.contains("attention over all 48 other locations"),
+        "{out}"
+    );
+    assert!(out.contains("scenes drawn at 28x28"), "{out}");
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "training step, local (per-location nets)",
+        "training step, peer (shared nets, BPTT, recon only)",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    assert!(r["per_location_over_shared_step_time"].as_f64().unwrap() > 0.0);
+    check_breakdown_and_halo(&r, &out, 2);
+    let err = failure(&glom(&["bench", "--preset", "pytorch"], &[], &[]));
+    assert!(err.contains("pytorch") && err.contains("peer"), "{err}");
+}
+
+/// A binary built without the `cuda` feature refuses `train.device =
+/// "cuda:0"` before anything starts, naming the key and the feature.
+#[test]
+fn a_cpu_build_refuses_a_gpu_device() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for out in [
+        glom(&["bench", "--repeats", "1"], &["train.device=cuda:0"], &[]),
+        train(&run, &["train.device=cuda:0", "train.steps=2"]),
+    ] {
+        let err = failure(&out);
+        assert!(
+            err.contains("train.device") && err.contains("without the `cuda` feature"),
+            "{err}"
+        );
+    }
+    assert!(!run.exists(), "no run directory is left behind");
 }

@@ -15,11 +15,12 @@ use glom_protocol::Config;
 use crate::plan::TileSpec;
 
 /// Halo width of every level, in grid cells: the largest row or column
-/// offset a sampled neighbour can have (`ModelConfig::neighbour_reach`, the
-/// same definition the workers draw neighbours from).
+/// offset a sampled neighbour can have (`Config::lateral_reach`, the same
+/// definition the workers draw neighbours from; the whole grid with
+/// `model.attention = "all"`).
 pub fn level_reaches(cfg: &Config) -> Vec<usize> {
     (0..cfg.model.levels)
-        .map(|l| cfg.model.neighbour_reach(l))
+        .map(|l| cfg.lateral_reach(l))
         .collect()
 }
 
@@ -72,6 +73,18 @@ mod tests {
         let default = Config::default();
         assert_eq!(level_reaches(&default), vec![2, 2, 3, 3, 3]);
         assert_eq!(halo_reach(&default), 3);
+    }
+
+    #[test]
+    fn attention_over_all_makes_every_tile_a_peer_of_every_other() {
+        let mut cfg = Config::default(); // an 8x8 grid
+        cfg.model.attention = glom_protocol::config::Attention::All;
+        assert!(level_reaches(&cfg).iter().all(|&r| r >= 7));
+        let tiles = plan(8, 8, 4).unwrap();
+        for i in 0..tiles.len() {
+            let others: Vec<usize> = (0..tiles.len()).filter(|&j| j != i).collect();
+            assert_eq!(peers_of(&tiles, i, halo_reach(&cfg)), others);
+        }
     }
 
     #[test]

@@ -113,6 +113,18 @@ impl DataSource {
     pub const TETROMINO_BLOCKS: usize = 7;
 }
 
+/// Which locations lateral attention reads (see [`ModelConfig::attention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    /// `model.neighbours` drawn from the gaussian of each level (paper
+    /// section 6): the halo stays within the cutoff radius.
+    Sampled,
+    /// Every other location of the grid, at every level, as in the public
+    /// PyTorch port (lucidrains/glom-pytorch): the halo is the whole grid.
+    All,
+}
+
 /// Weight of one contribution at the first and at the last settling
 /// iteration; in between it is interpolated linearly (paper section 9.1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -173,7 +185,11 @@ pub struct ModelConfig {
     pub location_code: bool,
     /// Size of that code (a multiple of 4).
     pub location_code_dim: usize,
-    /// Neighbours each location attends to, at every level.
+    /// `"sampled"` neighbours (the three keys below) or `"all"` the other
+    /// locations of the grid: the comparison with implementations that
+    /// attend everywhere. Not hashed when `"sampled"`.
+    pub attention: Attention,
+    /// Neighbours each location attends to, at every level (sampled).
     pub neighbours: usize,
     /// Width (grid cells) of the neighbour-sampling gaussian at the bottom
     /// and top level; geometric in between (paper section 6).
@@ -209,6 +225,7 @@ impl Default for ModelConfig {
             top_down_activation: Activation::Gelu,
             location_code: true,
             location_code_dim: 8,
+            attention: Attention::Sampled,
             neighbours: 8,
             neighbour_sigma: [1.0, 1.5],
             neighbour_cutoff: 2.5,
@@ -279,6 +296,11 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Embeddings per level sampled for the collapse measures.
     pub rank_sample: usize,
+    /// Where the model's tensors live: `"cpu"` or `"cuda:N"` (GPU N; the
+    /// binary must be built with the `cuda` feature). Not hashed: it
+    /// changes where the numbers are computed, not which (a GPU rounds
+    /// differently, so bits agree only among workers of one kind).
+    pub device: String,
 }
 
 impl Default for TrainConfig {
@@ -307,7 +329,36 @@ impl Default for TrainConfig {
             divergence_factor: 1000.0,
             log_every: 10,
             rank_sample: 256,
+            device: "cpu".into(),
         }
+    }
+}
+
+/// A device named by `train.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// The CUDA GPU of this index.
+    Cuda(usize),
+}
+
+impl TrainConfig {
+    /// `train.device` read: `"cpu"` or `"cuda:N"`.
+    pub fn device_spec(&self) -> Result<DeviceSpec> {
+        let d = self.device.as_str();
+        if d == "cpu" {
+            return Ok(DeviceSpec::Cpu);
+        }
+        d.strip_prefix("cuda:")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| {
+                Error::config(
+                    "train.device",
+                    format!("{d:?} must be \"cpu\" or \"cuda:N\" (N the index of a GPU, e.g. \"cuda:0\")"),
+                )
+            })
     }
 }
 
@@ -770,6 +821,7 @@ impl Config {
         check(t.rank_sample >= 2, "train.rank_sample", || {
             format!("{} must be at least 2", t.rank_sample)
         })?;
+        t.device_spec()?;
 
         let d = &self.data;
         match d.source {
@@ -1029,6 +1081,35 @@ impl Config {
         self.image_side() / self.model.patch
     }
 
+    /// Neighbours each location attends to at every level: `model.neighbours`,
+    /// or with `model.attention = "all"` every other location of the grid
+    /// (at least 1: a one-location grid attends to itself).
+    pub fn lateral_count(&self) -> usize {
+        match self.model.attention {
+            Attention::Sampled => self.model.neighbours,
+            Attention::All => {
+                let side = self.grid_side();
+                side.saturating_mul(side).saturating_sub(1).max(1)
+            }
+        }
+    }
+
+    /// Neighbours of a location at `level` lie within this euclidean
+    /// distance (cells): [`ModelConfig::neighbour_radius`], or with
+    /// `model.attention = "all"` more than the grid's diagonal. Workers
+    /// draw from it; the coordinator sizes halos from it.
+    pub fn lateral_radius(&self, level: usize) -> f64 {
+        match self.model.attention {
+            Attention::Sampled => self.model.neighbour_radius(level),
+            Attention::All => (2 * self.grid_side()).max(1) as f64,
+        }
+    }
+
+    /// Largest row or column offset of a neighbour at `level`: the halo width.
+    pub fn lateral_reach(&self, level: usize) -> usize {
+        self.lateral_radius(level).floor() as usize
+    }
+
     /// Stable hash of what the configuration computes (hex SHA-256 of the
     /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`,
     /// `rank_sample` and `divergence_factor`, `data` without `path`,
@@ -1049,11 +1130,12 @@ impl Config {
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
         let mut train = serde_json::json!(train);
-        // Nor does the guard that stops a diverged run.
-        train
+        // Nor does the guard that stops a diverged run, nor the device.
+        let fields = train
             .as_object_mut()
-            .expect("a struct serialises to an object")
-            .remove("divergence_factor");
+            .expect("a struct serialises to an object");
+        fields.remove("divergence_factor");
+        fields.remove("device");
         // A term that is off changes nothing, nor do its settings: they stay
         // out, so a configuration without the anti-collapse terms keeps the
         // hash it had before they existed (and old checkpoints still load).
@@ -1088,12 +1170,15 @@ impl Config {
             }
         }
         let mut model = serde_json::json!(self.model);
+        // At their defaults these change nothing: old checkpoints keep their hash.
+        let fields = model
+            .as_object_mut()
+            .expect("a struct serialises to an object");
         if !self.model.bottom_up_skip {
-            // Off, it changes nothing: old checkpoints keep their hash.
-            model
-                .as_object_mut()
-                .expect("a struct serialises to an object")
-                .remove("bottom_up_skip");
+            fields.remove("bottom_up_skip");
+        }
+        if self.model.attention == Attention::Sampled {
+            fields.remove("attention");
         }
         let mut identity = serde_json::json!({
             "seed": self.seed,
@@ -1170,6 +1255,39 @@ mod tests {
     }
 
     #[test]
+    fn the_device_is_cpu_or_a_numbered_gpu() {
+        let mut c = Config::default();
+        assert_eq!(c.train.device_spec().unwrap(), DeviceSpec::Cpu);
+        c.train.device = "cuda:0".into();
+        c.validate().unwrap();
+        assert_eq!(c.train.device_spec().unwrap(), DeviceSpec::Cuda(0));
+        c.train.device = "cuda:12".into();
+        assert_eq!(c.train.device_spec().unwrap(), DeviceSpec::Cuda(12));
+        for bad in [
+            "gpu", "cuda", "cuda:", "cuda:-1", "cuda:x", "CPU", " cpu", "cuda:+1",
+        ] {
+            c.train.device = bad.into();
+            assert_eq!(err_key(&c), "train.device", "{bad:?}");
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("\"cuda:N\"") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_is_sampled_or_all() {
+        let c: Config = serde_json::from_str(r#"{"model": {"attention": "all"}}"#).unwrap();
+        assert_eq!(c.model.attention, Attention::All);
+        c.validate().unwrap();
+        let e = serde_json::from_str::<Config>(r#"{"model": {"attention": "global"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("global") && e.contains("sampled"), "{e}");
+    }
+
+    #[test]
     fn tetrominoes_and_sprites_sizes() {
         let mut c = Config::default();
         c.data.source = DataSource::Tetrominoes;
@@ -1217,7 +1335,7 @@ mod tests {
             change(&mut b);
             assert_ne!(a.hash(), b.hash(), "change {i}");
         }
-        let same: [fn(&mut Config); 9] = [
+        let same: [fn(&mut Config); 10] = [
             |c| c.sleep.margin = 0.5, // unscheduled: no job runs
             |c| c.sleep.observe_images = 1,
             |c| c.cluster.workers = 4,
@@ -1227,6 +1345,7 @@ mod tests {
             |c| c.metrics.every_steps = 3,
             |c| c.checkpoint.every_steps = 7,
             |c| c.eval.images = 5,
+            |c| c.train.device = "cuda:1".into(),
         ];
         for (i, change) in same.iter().enumerate() {
             let mut b = a.clone();
@@ -1255,14 +1374,16 @@ mod tests {
             assert_eq!(off.hash(), b.hash(), "setting {i} of a term that is off");
         }
         // Once on, the term and its settings are hashed.
-        let weights: [fn(&mut Config); 6] = [
+        let weights: [fn(&mut Config); 7] = [
             |c| c.train.variance_weight = 1.0,
             |c| c.train.covariance_weight = 1.0,
             |c| c.train.contrastive_weight = 1.0,
             |c| c.train.autoencoder_weight = 1.0,
             |c| c.train.neighbour_distill_weight = 1.0,
-            // Likewise the residual bottom-up nets (off: not hashed).
+            // Likewise the residual bottom-up nets (off: not hashed) and
+            // attention over the whole grid (sampled: not hashed).
             |c| c.model.bottom_up_skip = true,
+            |c| c.model.attention = Attention::All,
         ];
         for (i, on) in weights.iter().enumerate() {
             let mut b = off.clone();

@@ -9,13 +9,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use glom_net::certs::{load_ca, load_identity};
 use glom_net::tls::{client_config, server_config, server_endpoint};
 use glom_protocol::Config;
 use glom_worker::runtime::{run_worker, WorkerOptions};
 
-use crate::run::datasets;
+use crate::run::{datasets, device};
 use crate::train::{runtime, tuning};
 
 /// How `glom worker` was asked to run.
@@ -34,6 +33,7 @@ pub(crate) struct WorkerArgs<'a> {
 pub(crate) fn worker(cfg: Config, args: WorkerArgs<'_>) -> Result<()> {
     cfg.validate()?;
     glom_worker::runtime::fault::validate()?;
+    let device = device(&cfg)?;
     let data = datasets(&cfg)?;
     let ca = load_ca(args.certs)?;
     let id = load_identity(args.certs, args.name).with_context(|| {
@@ -60,7 +60,7 @@ pub(crate) fn worker(cfg: Config, args: WorkerArgs<'_>) -> Result<()> {
             endpoint,
             advertise: args.advertise.clone(),
             patience: args.patience,
-            device: Device::Cpu,
+            device,
         };
         anyhow::Ok(run_worker(opts, data.train).await?)
     })?;

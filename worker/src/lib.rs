@@ -15,6 +15,7 @@
 //! - [`monitor`]: cheap per-level measures for dashboards (co-distillation
 //!   disagreement, prediction agreement, cosines, islands).
 //! - [`rng`]: keyed deterministic random streams.
+//! - [`device`]: the CPU or a CUDA GPU, from `train.device`.
 //! - [`sleep`]: the offline sleep job: replay buffer, dreams, negative and
 //!   positive phases.
 //! - [`runtime`]: the networked worker: joins the coordinator, exchanges
@@ -23,6 +24,7 @@
 pub mod analysis;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod learn;

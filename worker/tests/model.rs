@@ -551,3 +551,63 @@ fn neighbour_codistillation_makes_the_nets_of_different_locations_alike() -> Res
     }
     Ok(())
 }
+
+/// The step profile (`glom bench`'s breakdown) only reads the clock: two
+/// steps with it on train the same weights and losses, to the bit, as with
+/// it off, in local and BPTT learning with every optional term on, and it
+/// times every part a step on one machine has.
+#[test]
+fn profiling_a_step_changes_no_bit() -> Result<()> {
+    use glom_worker::data::{SceneParams, SyntheticScenes};
+    use glom_worker::learn::Trainer;
+    use glom_worker::model::Part;
+    use std::sync::Arc;
+    for learning in [Learning::Local, Learning::Bptt] {
+        let mut cfg = small_cfg();
+        cfg.train.learning = learning;
+        cfg.train.contrastive_weight = 1.0;
+        cfg.train.autoencoder_weight = 1.0;
+        cfg.train.neighbour_distill_weight = 1.0;
+        let run = |on: bool| -> Result<(Vec<Vec<u32>>, Vec<f64>, Trainer)> {
+            let grid = Grid::square(cfg.grid_side());
+            let mut model = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+            model.profile.set_on(on);
+            let data = SyntheticScenes::new(
+                SceneParams {
+                    size: cfg.data.image_size,
+                    ..Default::default()
+                },
+                5,
+            );
+            let mut trainer = Trainer::new(model, Arc::new(data))?;
+            let mut losses = Vec::new();
+            for _ in 0..2 {
+                losses.push(trainer.train_step()?.losses.loss_total);
+            }
+            let weights = trainer
+                .model
+                .params
+                .vars()
+                .iter()
+                .map(|v| {
+                    let x: Vec<f32> = v.as_tensor().flatten_all()?.to_vec1()?;
+                    Ok(x.iter().map(|f| f.to_bits()).collect())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((weights, losses, trainer))
+        };
+        let (w_off, l_off, off) = run(false)?;
+        let (w_on, l_on, on) = run(true)?;
+        assert_eq!(w_off, w_on, "{learning:?}: weights");
+        assert_eq!(l_off, l_on, "{learning:?}: losses");
+        for part in Part::ALL {
+            assert_eq!(off.model.profile.seconds(part), 0.0, "{}", part.name());
+            // Without a halo exchange its two parts may take no time.
+            if !matches!(part, Part::HaloSend | Part::HaloWait) {
+                let timed = on.model.profile.seconds(part) > 0.0;
+                assert!(timed, "{learning:?}: {} was not timed", part.name());
+            }
+        }
+    }
+    Ok(())
+}

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{patchify, Dataset, Image};
 use crate::error::Result;
-use crate::model::{Glom, HaloExchange, Mode, NoHalo};
+use crate::model::{Glom, HaloExchange, Mode, NoHalo, Part};
 use crate::rng::Rng;
 pub use adam::{Adam, AdamParams};
 
@@ -292,24 +292,28 @@ impl Trainer {
     /// Run training step `self.step` with the given halo exchange, then advance.
     pub fn step_with(&mut self, halo: &mut dyn HaloExchange) -> Result<StepOutput> {
         let cfg = &self.model.cfg;
-        let idx = batch_indices(cfg, self.step, self.data.len());
-        let images: Vec<Image> = idx.iter().map(|&i| self.data.get(i)).collect();
-        let batch = make_batch(
-            cfg,
-            &images,
-            &self.model.tile.locs,
-            self.step,
-            cfg.train.mask_fraction,
-            self.model.device(),
-            self.model.dtype(),
-        )?;
+        let prof = &self.model.profile;
+        let batch = prof.time(Part::Batch, || {
+            let idx = batch_indices(cfg, self.step, self.data.len());
+            let images: Vec<Image> = idx.iter().map(|&i| self.data.get(i)).collect();
+            make_batch(
+                cfg,
+                &images,
+                &self.model.tile.locs,
+                self.step,
+                cfg.train.mask_fraction,
+                self.model.device(),
+                self.model.dtype(),
+            )
+        })?;
         let mode = Mode::from(cfg.train.learning);
         let settled = self
             .model
             .settle(&batch.input, self.step, mode, halo, false)?;
-        let (loss, losses, loss_shares) = objective(&self.model, &batch, &settled)?;
-        let grads = loss.backward()?;
-        self.opt.step(&grads)?;
+        let (loss, losses, loss_shares) =
+            prof.time(Part::Loss, || objective(&self.model, &batch, &settled))?;
+        let grads = prof.time(Part::Backward, || loss.backward())?;
+        prof.time(Part::Optimiser, || self.opt.step(&grads))?;
         self.step += 1;
         Ok(StepOutput {
             losses,

@@ -48,7 +48,7 @@ pub fn flops(cfg: &Config) -> Flops {
     let td = mlp(d + code, d);
     let decoder = mlp(d, pix);
     // Scores and the weighted sum over n neighbours, per level.
-    let lateral = 4.0 * rows * m.neighbours as f64 * d;
+    let lateral = 4.0 * rows * cfg.lateral_count() as f64 * d;
 
     let initial = front + (k - 1.0) * bu;
     let students = front + (k - 1.0) * (bu + td);
@@ -148,5 +148,12 @@ mod tests {
         shared.model.location_code_dim = 2;
         let td = 2.0 * 20.0 * (6.0 * 8.0 + 8.0 * 4.0);
         assert_eq!(flops(&shared).settle - base.settle, td - 2560.0);
+        // Attention over every other location of the 2x2 grid: 3, as many
+        // as the tiny configuration samples.
+        let mut all = c.clone();
+        all.model.attention = glom_protocol::config::Attention::All;
+        assert_eq!(flops(&all), base);
+        all.model.neighbours = 1;
+        assert_eq!(flops(&all), base);
     }
 }

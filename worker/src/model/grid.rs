@@ -95,6 +95,12 @@ pub fn sample_neighbours(
             cands.push((r as usize * grid.cols + c as usize, w));
         }
     }
+    if spec.count >= cands.len() {
+        // Every candidate is drawn: the set needs no random numbers.
+        let mut out: Vec<usize> = cands.into_iter().map(|c| c.0).collect();
+        out.sort_unstable();
+        return out;
+    }
     let mut rng = Rng::from_key(&[seed, NEIGHBOUR_STREAM, step_key, level as u64, loc as u64]);
     let mut out = Vec::with_capacity(spec.count.min(cands.len()));
     while out.len() < spec.count && !cands.is_empty() {
@@ -238,6 +244,23 @@ mod tests {
                         "neighbour {n} of {loc} outside tile + halo"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_over_all_reads_every_other_location() {
+        use glom_protocol::config::{Attention, Config};
+        let mut cfg = Config::default(); // an 8x8 grid
+        cfg.model.attention = Attention::All;
+        let g = Grid::square(cfg.grid_side());
+        let specs = crate::model::neighbour_specs(&cfg);
+        assert_eq!(specs.len(), cfg.model.levels);
+        for (level, spec) in specs.iter().enumerate() {
+            assert!(spec.reach() >= g.rows - 1, "level {level}: the whole grid");
+            for loc in [0, 9, 63] {
+                let want: Vec<usize> = (0..g.len()).filter(|&y| y != loc).collect();
+                assert_eq!(sample_neighbours(g, loc, spec, 0, 3, level), want);
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod flops;
 pub mod grid;
 mod locmm;
 pub mod nets;
+pub mod profile;
 pub mod terms;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -24,6 +25,7 @@ use glom_protocol::config::{across_levels, Config, ContrastivePositive, Learning
 use crate::error::{Error, Result};
 use grid::{sample_neighbours, NeighbourSpec, Tile};
 pub use nets::{layer_norm, Mlp, Nets, ParamSet};
+pub use profile::{Part, Profile};
 
 /// How a settle is differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,8 @@ pub struct Glom {
     pub tile: Tile,
     pub nets: Nets,
     pub params: ParamSet,
+    /// Time per part of the computation, when switched on (`glom bench`).
+    pub profile: Profile,
     device: Device,
     dtype: DType,
     /// `[P, 1, code]` location code of the shared top-down net, if used.
@@ -222,6 +226,7 @@ impl Glom {
             tile,
             nets,
             params,
+            profile: Profile::new(device),
             device: device.clone(),
             dtype,
             code,
@@ -301,24 +306,29 @@ impl Glom {
     ) -> Result<Settled> {
         let m = &self.cfg.model;
         let k = m.levels;
-        let nb = self.neighbour_tensors(step_key)?;
+        let prof = &self.profile;
+        let nb = prof.time(Part::NeighbourDraw, || self.neighbour_tensors(step_key))?;
         let local = mode != Mode::Bptt;
         let learn = mode != Mode::Inference;
         let detach = |t: Tensor| if local { t.detach() } else { t };
-        let mut acc = StudentTerms::new(
-            &self.cfg,
-            learn,
-            self.tile.locs.len(),
-            self.dtype,
-            &self.device,
-        )?;
+        let mut acc = prof.time(Part::Loss, || {
+            StudentTerms::new(
+                &self.cfg,
+                learn,
+                self.tile.locs.len(),
+                self.dtype,
+                &self.device,
+            )
+        })?;
+        let norm = |x: &Tensor| prof.time(Part::LayerNorm, || layer_norm(x));
 
         // Initial state: one bottom-up pass.
         let mut e = Vec::with_capacity(k);
-        e.push(detach(layer_norm(&self.nets.front.forward(patches)?)?));
+        let front = prof.time(Part::FrontEnd, || self.nets.front.forward(patches))?;
+        e.push(detach(norm(&front)?));
         for l in 1..k {
-            let up = self.nets.bottom_up[l - 1].forward(&e[l - 1])?;
-            e.push(detach(layer_norm(&up)?));
+            let up = prof.time(Part::Nets, || self.nets.bottom_up[l - 1].forward(&e[l - 1]))?;
+            e.push(detach(norm(&up)?));
         }
 
         let mut recon_src = None;
@@ -326,17 +336,17 @@ impl Glom {
         let mut prev_srcs: Option<Vec<Tensor>> = None;
         for t in 0..m.iterations {
             let w = MixWeights::at(&self.cfg, t);
-            halo.send(t, &e)?;
+            prof.time(Part::HaloSend, || halo.send(t, &e))?;
             // Everything that needs no halo, while the exchange is in flight.
             let mut predictions = Vec::with_capacity(k);
             for l in 0..k {
                 let bu = if l == 0 {
-                    self.nets.front.forward(patches)?
+                    prof.time(Part::FrontEnd, || self.nets.front.forward(patches))?
                 } else {
-                    self.nets.bottom_up[l - 1].forward(&e[l - 1])?
+                    prof.time(Part::Nets, || self.nets.bottom_up[l - 1].forward(&e[l - 1]))?
                 };
                 let td = if l + 1 < k {
-                    Some(self.top_down(l, &e[l + 1])?)
+                    Some(prof.time(Part::Nets, || self.top_down(l, &e[l + 1]))?)
                 } else {
                     None
                 };
@@ -347,29 +357,36 @@ impl Glom {
                 // level with its own bottom-up net, back down with the
                 // top-down net of the level.
                 for l in 0..k - 1 {
-                    let back = self.top_down(l, &predictions[l + 1].0)?;
-                    let err = (back - e[l].detach())?.sqr()?;
-                    acc.autoencoder = (&acc.autoencoder + terms::per_location_sum(&err)?)?;
+                    let back = prof.time(Part::Nets, || self.top_down(l, &predictions[l + 1].0))?;
+                    prof.time(Part::Loss, || -> Result<()> {
+                        let err = (back - e[l].detach())?.sqr()?;
+                        acc.autoencoder = (&acc.autoencoder + terms::per_location_sum(&err)?)?;
+                        Ok(())
+                    })?;
                 }
             }
-            let halo_e = halo.receive(t)?;
+            let halo_e = prof.time(Part::HaloWait, || halo.receive(t))?;
             // Every level's state at the tile's locations, then its halo's.
-            let srcs = (0..k)
-                .map(|l| match halo_e.get(l) {
-                    Some(h) if h.dim(0)? > 0 => Ok(Tensor::cat(&[&e[l], h], 0)?),
-                    _ => Ok(e[l].clone()),
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let srcs = prof.time(Part::Lateral, || {
+                (0..k)
+                    .map(|l| match halo_e.get(l) {
+                        Some(h) if h.dim(0)? > 0 => Ok(Tensor::cat(&[&e[l], h], 0)?),
+                        _ => Ok(e[l].clone()),
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?;
             if acc.neighbour_on {
                 let before = prev_srcs.as_ref().unwrap_or(&srcs);
-                acc.neighbour =
-                    (&acc.neighbour + self.neighbour_distill(before, &srcs, &nb, t)?)?;
+                let term = self.neighbour_distill(before, &srcs, &nb, t)?;
+                acc.neighbour = prof.time(Part::Loss, || &acc.neighbour + term)?;
             }
             let mut new = Vec::with_capacity(k);
             let mut step_trace = Vec::new();
             for (l, (bu, td)) in predictions.into_iter().enumerate() {
                 let src = &srcs[l];
-                let lat = lateral(&e[l], src, &nb.idx[l], &nb.pad[l], self.beta(l, t))?;
+                let lat = prof.time(Part::Lateral, || {
+                    lateral(&e[l], src, &nb.idx[l], &nb.pad[l], self.beta(l, t))
+                })?;
                 // In local mode only the bottom-up prediction carries a
                 // gradient into the mean: at level 0 of the last iteration
                 // that is the one step through which reconstruction trains
@@ -379,10 +396,12 @@ impl Glom {
                 } else {
                     td.clone()
                 };
-                let mixed = mix(&bu, td_mix.as_ref(), &e[l], &lat, w)?;
-                let settled = layer_norm(&mixed)?;
+                let mixed = prof.time(Part::Mix, || mix(&bu, td_mix.as_ref(), &e[l], &lat, w))?;
+                let settled = norm(&mixed)?;
                 if learn {
-                    acc.add(&bu, td.as_ref(), &settled.detach(), &lat)?;
+                    prof.time(Part::Loss, || {
+                        acc.add(&bu, td.as_ref(), &settled.detach(), &lat)
+                    })?;
                 }
                 if want_trace {
                     step_trace.push((mixed.detach(), settled.detach()));
@@ -400,9 +419,9 @@ impl Glom {
             }
             e = new;
         }
-        acc.finish()?;
+        prof.time(Part::Loss, || acc.finish())?;
         let recon_src = recon_src.expect("at least one iteration (validated)");
-        let recon = self.nets.decoder.forward(&recon_src)?;
+        let recon = prof.time(Part::FrontEnd, || self.nets.decoder.forward(&recon_src))?;
         Ok(Settled {
             levels: e,
             recon,
@@ -437,17 +456,23 @@ impl Glom {
         t: usize,
     ) -> Result<Tensor> {
         let p = self.tile.locs.len();
+        let prof = &self.profile;
         let mut sum = Tensor::zeros(p, self.dtype, &self.device)?;
         for l in 1..self.cfg.model.levels {
-            let n = nb.idx[l].dim(0)? / p.max(1);
-            let ids = nb.idx[l]
-                .reshape((p, n))?
-                .narrow(1, t % n, 1)?
-                .flatten_all()?;
-            let input = before[l - 1].index_select(&ids, 0)?.detach();
-            let target = now[l].index_select(&ids, 0)?.detach();
-            let pred = self.nets.bottom_up[l - 1].forward(&input)?;
-            sum = (sum + terms::per_location_sum(&(pred - target)?.sqr()?)?)?;
+            let (input, target) = prof.time(Part::Loss, || -> Result<_> {
+                let n = nb.idx[l].dim(0)? / p.max(1);
+                let ids = nb.idx[l]
+                    .reshape((p, n))?
+                    .narrow(1, t % n, 1)?
+                    .flatten_all()?;
+                let input = before[l - 1].index_select(&ids, 0)?.detach();
+                let target = now[l].index_select(&ids, 0)?.detach();
+                Ok((input, target))
+            })?;
+            let pred = prof.time(Part::Nets, || self.nets.bottom_up[l - 1].forward(&input))?;
+            sum = prof.time(Part::Loss, || -> Result<_> {
+                Ok((sum + terms::per_location_sum(&(pred - target)?.sqr()?)?)?)
+            })?;
         }
         Ok(sum)
     }
@@ -585,14 +610,16 @@ impl StudentTerms {
     }
 }
 
-/// The neighbour-sampling gaussian of every level: wider at higher levels.
+/// The neighbour-sampling gaussian of every level: wider at higher levels
+/// (with `model.attention = "all"`, a radius past the grid's diagonal and
+/// a count of every other location: the draw takes them all).
 pub fn neighbour_specs(cfg: &Config) -> Vec<NeighbourSpec> {
     let m = &cfg.model;
     (0..m.levels)
         .map(|l| NeighbourSpec {
-            count: m.neighbours,
+            count: cfg.lateral_count(),
             sigma: m.neighbour_sigma_at(l),
-            radius: m.neighbour_radius(l),
+            radius: cfg.lateral_radius(l),
         })
         .collect()
 }

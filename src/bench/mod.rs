@@ -13,20 +13,36 @@
 //!   step with per-location weights (whatever `model.weights` says: they
 //!   are the design's nets), and a local step with shared weights:
 //!   images/s, and GFLOP/s from the exact count of
-//!   [`glom_worker::model::flops`].
+//!   [`glom_worker::model::flops`] (with `--preset peer`, the per-location
+//!   local step and the public PyTorch port's training: [`preset`]);
+//! - where each training step's time goes, part by part ([`parts`]), and
+//!   the halo wait of the per-location local step on two in-process
+//!   workers ([`halo`]).
+//!
+//! # Layout
+//! - [`preset`]: `--preset peer` and the training steps of each preset.
+//! - [`parts`]: the step profile as fractions of the step.
+//! - [`halo`]: the halo wait, from a two-worker `glom train`.
+//! - [`table`]: the report as text.
+
+mod halo;
+mod parts;
+mod preset;
+mod table;
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use glom_protocol::config::{Config, Learning, WeightMode};
+use candle_core::{DType, Tensor};
+use glom_protocol::config::{Attention, Config, WeightMode};
 use glom_worker::learn::{make_batch, Trainer, EVAL_KEY};
 use glom_worker::model::flops::flops;
 use glom_worker::model::{Mode, NoHalo};
 use serde::Serialize;
 
-use crate::run::{datasets, whole_model};
+use crate::run::{datasets, device, whole_model};
+pub(crate) use preset::Preset;
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +63,8 @@ pub(crate) struct Row {
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) config_hash: String,
+    /// `--preset`, if any.
+    pub(crate) preset: Option<&'static str>,
     /// What was timed: grid side, d, hidden, levels, iterations, batch.
     pub(crate) shape: Shape,
     pub(crate) threads: usize,
@@ -55,27 +73,39 @@ pub(crate) struct Report {
     pub(crate) gemm_gflop_per_s: f64,
     /// The local training step's rate as a percentage of it.
     pub(crate) local_step_percent_of_gemm: f64,
-    /// Per-location local step time over the shared local step's, per FLOP.
+    /// Per-location local step time over the shared step's (the local
+    /// one; with `--preset peer` the port's BPTT one), per FLOP and as is.
     pub(crate) per_location_over_shared_step: f64,
+    pub(crate) per_location_over_shared_step_time: f64,
     /// Per-location MLP time over shared MLP time at equal FLOPs.
     pub(crate) per_location_over_shared_mlp: f64,
     pub(crate) rows: Vec<Row>,
+    /// Where each training step row's time goes, in the order of the rows.
+    pub(crate) breakdown: Vec<parts::Breakdown>,
+    /// The per-location local step's halo wait on two in-process workers.
+    pub(crate) halo: Option<halo::HaloWait>,
+    /// Why `halo` is missing, when it is.
+    pub(crate) halo_skipped: Option<String>,
 }
 
 /// The configuration's sizes, as the report shows them.
 #[derive(Debug, Serialize)]
 pub(crate) struct Shape {
+    pub(crate) image_side: usize,
+    pub(crate) channels: usize,
     pub(crate) grid_side: usize,
     pub(crate) dim: usize,
     pub(crate) hidden: usize,
     pub(crate) levels: usize,
     pub(crate) iterations: usize,
     pub(crate) batch_size: usize,
+    /// `"sampled"` or `"all"`, and the neighbours each location attends to.
+    pub(crate) attention: Attention,
+    pub(crate) neighbours: usize,
 }
 
-/// Median seconds of `repeats` calls of `f`, after one untimed call.
-fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
+/// Seconds of each of `repeats` calls of `f`, sorted.
+fn timed(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     let mut s = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let t = Instant::now();
@@ -83,23 +113,38 @@ fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         s.push(t.elapsed().as_secs_f64());
     }
     s.sort_by(f64::total_cmp);
+    Ok(s)
+}
+
+/// Median seconds of `repeats` calls of `f`, after one untimed call.
+fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let s = timed(repeats, f)?;
     Ok(s[s.len() / 2])
 }
 
-/// Seconds of one training step of `cfg` (a fresh model).
-fn step_seconds(cfg: &Config, repeats: usize) -> Result<f64> {
+/// Median seconds of one training step of `cfg` (a fresh model, after one
+/// untimed step), and where the time of the timed steps went.
+fn step_seconds(name: &str, cfg: &Config, repeats: usize) -> Result<(f64, parts::Breakdown)> {
     let data = datasets(cfg)?.train;
-    let mut trainer = Trainer::new(whole_model(cfg)?, data)?;
-    time(repeats, || {
+    let mut model = whole_model(cfg)?;
+    model.profile.set_on(true);
+    let mut trainer = Trainer::new(model, data)?;
+    trainer.train_step()?;
+    trainer.model.profile.reset();
+    let s = timed(repeats, || {
         trainer.train_step()?;
         Ok(())
-    })
+    })?;
+    let total = s.iter().sum();
+    let b = parts::breakdown(name, &trainer.model.profile, repeats, total);
+    Ok((s[s.len() / 2], b))
 }
 
-/// Run every row for `cfg` and return the report.
-pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
+/// Run every row for `cfg` (with `preset`'s steps) and return the report.
+pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> Result<Report> {
     let repeats = repeats.max(1);
-    let dev = Device::Cpu;
+    let dev = device(cfg)?;
     let n = 1024;
     let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
@@ -178,20 +223,12 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
         flops(&per).settle,
     );
 
-    let mut local = per.clone();
-    local.train.learning = Learning::Local;
-    let mut bptt = per.clone();
-    bptt.train.learning = Learning::Bptt;
-    let mut shared_local = local.clone();
-    shared_local.model.weights = WeightMode::Shared;
     let mut steps = Vec::new();
+    let mut breakdown = Vec::new();
     let mut local_step_percent_of_gemm = 0.0;
-    for (name, c) in [
-        ("training step, local", &local),
-        ("training step, BPTT", &bptt),
-        ("training step, local, shared weights", &shared_local),
-    ] {
-        let s = step_seconds(c, repeats)?;
+    let cases = preset::steps(cfg, preset);
+    for (name, c) in &cases {
+        let (s, b) = step_seconds(name, c, repeats)?;
         let f = flops(c).train_step;
         let percent = add(name, s, Some(batch as f64), f);
         // The first of these rows is the per-location local step.
@@ -199,79 +236,58 @@ pub(crate) fn measure(cfg: &Config, repeats: usize) -> Result<Report> {
             local_step_percent_of_gemm = percent;
         }
         steps.push((s, f));
+        breakdown.push(b);
     }
+    let (halo, halo_skipped) = match halo::unsplittable(&cases[0].1) {
+        Some(why) => (None, Some(why)),
+        None => (Some(halo::measure(&cases[0].1, repeats as u64 + 2)?), None),
+    };
     let per_flop = |(s, f): (f64, f64)| s / f;
+    let (first, last) = (steps[0], steps[steps.len() - 1]);
     let m = &cfg.model;
     Ok(Report {
         config_hash: cfg.hash(),
+        preset: preset.map(Preset::name),
         shape: Shape {
+            image_side: cfg.image_side(),
+            channels: cfg.channels(),
             grid_side: cfg.grid_side(),
             dim: m.dim,
             hidden: m.hidden,
             levels: m.levels,
             iterations: m.iterations,
             batch_size: cfg.train.batch_size,
+            attention: m.attention,
+            neighbours: cfg.lateral_count(),
         },
         threads: candle_core::utils::get_num_threads(),
         repeats,
         gemm_gflop_per_s: gemm_rate,
         local_step_percent_of_gemm,
-        per_location_over_shared_step: per_flop(steps[0]) / per_flop(steps[2]),
+        per_location_over_shared_step: per_flop(first) / per_flop(last),
+        per_location_over_shared_step_time: first.0 / last.0,
         per_location_over_shared_mlp: mlp_per / mlp_shared,
         rows,
+        breakdown,
+        halo,
+        halo_skipped,
     })
 }
 
-/// The report as a table.
-pub(crate) fn table(r: &Report) -> String {
-    let s = &r.shape;
-    let mut out = format!(
-        "glom bench: {0}x{0} locations, d {1}, hidden {2}, {3} levels, {4} iterations, batch {5}; \
-         {6} threads, median of {7} timed calls (config {8})\n\n",
-        s.grid_side,
-        s.dim,
-        s.hidden,
-        s.levels,
-        s.iterations,
-        s.batch_size,
-        r.threads,
-        r.repeats,
-        &r.config_hash[..12.min(r.config_hash.len())]
-    );
-    out.push_str(&format!(
-        "{:<40} {:>10} {:>10} {:>9} {:>8}\n",
-        "row", "ms", "images/s", "GFLOP/s", "% GEMM"
-    ));
-    for row in &r.rows {
-        let images = row
-            .images_per_s
-            .map_or("-".to_string(), |v| format!("{v:.1}"));
-        out.push_str(&format!(
-            "{:<40} {:>10.2} {:>10} {:>9.2} {:>8.1}\n",
-            row.name,
-            row.seconds * 1e3,
-            images,
-            row.gflop_per_s,
-            row.percent_of_gemm
-        ));
-    }
-    out.push_str(&format!(
-        "\nper-location / shared, one MLP at equal FLOPs: {:.2}x the time\n\
-         per-location / shared, local training step per FLOP: {:.2}x the time\n",
-        r.per_location_over_shared_mlp, r.per_location_over_shared_step
-    ));
-    out
-}
-
 /// `glom bench`: measure, print the table, write `json` if asked.
-pub(crate) fn run(cfg: &Config, repeats: usize, json: Option<&Path>) -> Result<()> {
+pub(crate) fn run(
+    cfg: &Config,
+    preset: Option<Preset>,
+    repeats: usize,
+    json: Option<&Path>,
+) -> Result<()> {
     // Open the JSON file first: a path that cannot be written fails now,
     // not after the measuring.
     let file = json
         .map(|p| std::fs::File::create(p).with_context(|| format!("--json {}", p.display())))
         .transpose()?;
-    let report = measure(cfg, repeats)?;
-    print!("{}", table(&report));
+    let report = measure(cfg, preset, repeats)?;
+    print!("{}", table::table(&report));
     if let (Some(mut f), Some(path)) = (file, json) {
         use std::io::Write;
         serde_json::to_writer_pretty(&mut f, &report)?;
