@@ -13,8 +13,13 @@
 //! - [`picture`]: the bundled font and PNG writer both pictures use.
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
+//! - [`bench`]: `glom bench`; [`bench_scale`] its `--scale` figures, with
+//!   [`bench_coordinator`] (simulated workers) and [`bench_halo`].
 
 mod bench;
+mod bench_coordinator;
+mod bench_halo;
+mod bench_scale;
 mod cluster;
 mod divergence;
 mod evaluate;
@@ -200,6 +205,8 @@ enum Command {
         /// Also write the figures as JSON to this file.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        #[command(flatten)]
+        scale: bench_scale::ScaleArgs,
     },
     /// Manage the cluster's TLS certificates.
     Certs {
@@ -310,7 +317,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             config,
             repeats,
             json,
+            scale,
         } => {
+            if scale.scale.is_some() || scale.scale_case.is_some() {
+                return bench_scale::run(&scale, &config, repeats as usize, json.as_deref());
+            }
             let cfg = settings::load(config.config.as_deref(), &config.sets)?;
             bench::run(&cfg, repeats as usize, json.as_deref())
         }
