@@ -13,8 +13,13 @@
 //! - [`picture`]: the bundled font and PNG writer both pictures use.
 //! - [`metrics`]: the Prometheus metrics and their endpoint (all of it).
 //! - [`observe`]: the per-level measures behind them, and their cost.
+//! - [`bench`]: `glom bench`; [`bench_scale`] its `--scale` figures, with
+//!   [`bench_coordinator`] (simulated workers) and [`bench_halo`].
 
 mod bench;
+mod bench_coordinator;
+mod bench_halo;
+mod bench_scale;
 mod cluster;
 mod divergence;
 mod evaluate;
@@ -205,6 +210,8 @@ enum Command {
         /// PyTorch port's benchmark (configs/peer.toml).
         #[arg(long, value_enum, value_name = "NAME")]
         preset: Option<bench::Preset>,
+        #[command(flatten)]
+        scale: bench_scale::ScaleArgs,
     },
     /// Manage the cluster's TLS certificates.
     Certs {
@@ -316,7 +323,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             repeats,
             json,
             preset,
+            scale,
         } => {
+            if scale.scale.is_some() || scale.scale_case.is_some() {
+                if preset.is_some() {
+                    anyhow::bail!("glom bench: --preset and --scale measure different things; give one");
+                }
+                return bench_scale::run(&scale, &config, repeats as usize, json.as_deref());
+            }
             let (file, sets) = (config.config.as_deref(), &config.sets);
             let cfg = match preset {
                 Some(p) => p.load(file, sets)?,

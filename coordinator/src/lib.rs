@@ -13,6 +13,7 @@
 //! - [`halo`]: halo width from the neighbour-sampling radius; peers of a tile.
 //! - [`state`]: [`Coordinator`], its inputs and outputs ([`Action`]), liveness.
 //! - [`membership`]: hellos, admission, the start of the run, departures.
+//! - `conns`: the open connections, by id and by when last heard from.
 //! - [`liveness`]: heartbeats, silent connections, lost workers, abort.
 //! - [`recovery`]: rolling the cluster back to its last checkpoint after a
 //!   lost worker, with a replacement or with the survivors.
@@ -23,6 +24,7 @@
 //! - [`error`]: [`Error`] and [`Result`].
 //! - `tests`: a fake cluster driving the state machine without sockets.
 
+mod conns;
 pub mod error;
 pub mod halo;
 pub mod liveness;

@@ -9,11 +9,12 @@
 //! [`Action::Abort`] and tells the others to shut down
 //! (`Abort::last_checkpoint` says where a rerun would resume).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use glom_protocol::message::ControlMessage;
 
-use crate::state::{Action, ConnId, Coordinator, LostReason, Role, Stage};
+use crate::conns::Role;
+use crate::state::{Action, ConnId, Coordinator, LostReason, Stage};
 
 impl Coordinator {
     /// When [`Coordinator::handle_timeout`] must be called next: the
@@ -23,11 +24,12 @@ impl Coordinator {
         if self.is_over() {
             return None;
         }
-        let deadlines = self
+        let deadline = self
             .conns
-            .values()
-            .map(|c| c.last_seen + self.settings.heartbeat_timeout);
-        deadlines
+            .oldest()
+            .map(|seen| seen + self.settings.heartbeat_timeout);
+        deadline
+            .into_iter()
             .chain([self.next_heartbeat])
             .chain(self.sleep_deadline())
             .chain(self.rejoin_deadline())
@@ -40,13 +42,7 @@ impl Coordinator {
         if self.is_over() {
             return;
         }
-        let timeout = self.settings.heartbeat_timeout;
-        let silent: Vec<(ConnId, Duration)> = self
-            .conns
-            .iter()
-            .map(|(&id, c)| (id, now.saturating_duration_since(c.last_seen)))
-            .filter(|(_, silent)| *silent > timeout)
-            .collect();
+        let silent = self.conns.silent(now, self.settings.heartbeat_timeout);
         for (conn, silent) in silent {
             self.drop_conn(conn, LostReason::Silent { silent }, now);
         }
@@ -56,7 +52,7 @@ impl Coordinator {
                 .conns
                 .iter()
                 .filter(|(_, c)| !matches!(c.role, Role::New))
-                .map(|(&id, _)| id)
+                .map(|(id, _)| id)
                 .collect();
             for conn in members {
                 self.send(conn, ControlMessage::Heartbeat { now_ms });
@@ -75,7 +71,7 @@ impl Coordinator {
     /// End a connection that misbehaved or went silent: a cluster member is
     /// lost, anyone else is told why and closed.
     pub(crate) fn drop_conn(&mut self, conn: ConnId, reason: LostReason, now: Instant) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get(conn) else {
             return;
         };
         match c.role {

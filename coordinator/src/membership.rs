@@ -13,25 +13,20 @@ use std::time::Instant;
 
 use glom_protocol::message::{check_hello, Assign, ControlMessage, Hello, PeerInfo, RefuseReason};
 
+use crate::conns::Role;
 use crate::halo::{peers_of, tile_assignment};
-use crate::state::{Action, Conn, ConnId, Coordinator, LostReason, Role, Stage, Worker};
+use crate::state::{Action, ConnId, Coordinator, LostReason, Stage, Worker};
 
 impl Coordinator {
     /// A connection was opened (its TLS handshake already passed).
     pub fn handle_connect(&mut self, conn: ConnId, now: Instant) {
-        self.conns.insert(
-            conn,
-            Conn {
-                last_seen: now,
-                role: Role::New,
-            },
-        );
+        self.conns.insert(conn, now);
     }
 
     /// A connection was closed or failed. A member of the running cluster
     /// is lost; anyone else simply leaves.
     pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(c) = self.conns.remove(conn) else {
             return;
         };
         self.waiting.retain(|&c| c != conn);
@@ -43,10 +38,9 @@ impl Coordinator {
 
     /// A message arrived on `conn`. Any message counts as proof of life.
     pub fn handle_message(&mut self, conn: ConnId, msg: ControlMessage, now: Instant) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.touch(conn, now) else {
             return; // already closed by us: late traffic
         };
-        c.last_seen = now;
         match (&c.role, msg) {
             (_, ControlMessage::Heartbeat { .. }) => {}
             (Role::New, ControlMessage::Hello(hello)) => self.on_hello(conn, hello, now),
@@ -111,8 +105,8 @@ impl Coordinator {
             };
             return self.refuse(conn, reason);
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.role = Role::Waiting(hello);
+        if let Some(role) = self.conns.role_mut(conn) {
+            *role = Role::Waiting(hello);
         }
         self.waiting.push(conn);
         if self.waiting.len() == self.tiles.len() {
@@ -126,12 +120,11 @@ impl Coordinator {
         self.restarted();
         let mut hellos = Vec::new();
         for (id, conn) in std::mem::take(&mut self.waiting).into_iter().enumerate() {
-            let c = self
+            let role = self
                 .conns
-                .get_mut(&conn)
+                .role_mut(conn)
                 .expect("waiting connections are open");
-            let Role::Waiting(hello) = std::mem::replace(&mut c.role, Role::Worker(id as u32))
-            else {
+            let Role::Waiting(hello) = std::mem::replace(role, Role::Worker(id as u32)) else {
                 unreachable!("only admitted connections wait");
             };
             self.workers.push(Worker {

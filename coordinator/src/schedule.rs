@@ -133,13 +133,19 @@ impl Coordinator {
         self.stage = Stage::Checkpointing {
             step,
             acks: vec![None; self.workers.len()],
+            missing: self.workers.len(),
         };
         let dir = checkpoint_dir(&self.settings.checkpoint_root, step);
         self.broadcast(ControlMessage::CheckpointSave { step, dir });
     }
 
     pub(crate) fn on_checkpoint_ack(&mut self, id: u32, step: u64, shard: ShardAck, now: Instant) {
-        let Stage::Checkpointing { step: saving, acks } = &mut self.stage else {
+        let Stage::Checkpointing {
+            step: saving,
+            acks,
+            missing,
+        } = &mut self.stage
+        else {
             let message =
                 format!("CheckpointAck for step {step} while no checkpoint is in progress");
             return self.lose(id, LostReason::ProtocolViolation { message }, now);
@@ -153,7 +159,8 @@ impl Coordinator {
             return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         *slot = Some(shard);
-        if acks.iter().any(Option::is_none) {
+        *missing -= 1;
+        if *missing > 0 {
             return;
         }
         let shards: Vec<ShardEntry> = std::mem::take(acks)

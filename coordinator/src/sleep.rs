@@ -78,6 +78,8 @@ pub(crate) struct SleepJob {
     pub(crate) after_step: u64,
     /// Per worker id: its report, once in.
     reports: Vec<Option<SleepDone>>,
+    /// Reports still to come (the `None`s of `reports`).
+    missing: usize,
 }
 
 /// The schedule's state.
@@ -212,6 +214,7 @@ impl Coordinator {
             job,
             after_step,
             reports: vec![None; self.workers.len()],
+            missing: self.workers.len(),
         });
         self.broadcast(ControlMessage::SleepStart(SleepStart {
             job,
@@ -247,7 +250,8 @@ impl Coordinator {
             return self.lose(id, LostReason::ProtocolViolation { message }, now);
         }
         *slot = Some(done);
-        if current.reports.iter().any(Option::is_none) {
+        current.missing -= 1;
+        if current.missing > 0 {
             return;
         }
         let Some(current) = self.sleep.current.take() else {

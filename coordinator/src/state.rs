@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 
 use glom_protocol::manifest::Manifest;
 use glom_protocol::message::{
-    Assign, ControlMessage, Hello, RefuseReason, ResumePoint, ShardAck, TileAssignment,
+    Assign, ControlMessage, RefuseReason, ResumePoint, ShardAck, TileAssignment,
 };
 use glom_protocol::Config;
 use serde::{Deserialize, Serialize};
 
+use crate::conns::Conns;
 use crate::error::{Error, Result};
 use crate::halo::halo_reach;
 use crate::metrics::{StepAccumulator, StepSummary};
@@ -215,23 +216,6 @@ pub enum Phase {
     Aborted,
 }
 
-/// One connection and what we know of its peer.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    pub(crate) last_seen: Instant,
-    pub(crate) role: Role,
-}
-
-#[derive(Debug)]
-pub(crate) enum Role {
-    /// Connected, no hello yet.
-    New,
-    /// Admitted, waiting for the other workers to join.
-    Waiting(Hello),
-    /// A worker of the running cluster.
-    Worker(u32),
-}
-
 /// A member of the running cluster; index = worker id = tile index.
 #[derive(Debug)]
 pub(crate) struct Worker {
@@ -250,6 +234,9 @@ pub(crate) enum Stage {
     Checkpointing {
         step: u64,
         acks: Vec<Option<ShardAck>>,
+        /// Acks still to come (the `None`s of `acks`, counted, so that an
+        /// ack costs the same whatever the number of workers).
+        missing: usize,
     },
     Finished,
     Aborted,
@@ -264,7 +251,7 @@ pub struct Coordinator {
     pub(crate) tiles: Vec<TileSpec>,
     pub(crate) reach: usize,
     pub(crate) started_at: Instant,
-    pub(crate) conns: BTreeMap<ConnId, Conn>,
+    pub(crate) conns: Conns,
     /// Admitted connections in join order, before the start.
     pub(crate) waiting: Vec<ConnId>,
     pub(crate) workers: Vec<Worker>,
@@ -372,7 +359,7 @@ impl Coordinator {
             settings,
             tiles,
             started_at: now,
-            conns: BTreeMap::new(),
+            conns: Conns::default(),
             waiting: Vec::new(),
             workers: Vec::new(),
             stage: Stage::Joining,
@@ -447,7 +434,7 @@ impl Coordinator {
 
     /// Forget `conn` and ask the driver to close it.
     pub(crate) fn close(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
+        self.conns.remove(conn);
         self.waiting.retain(|&c| c != conn);
         self.closes.push_back(conn);
     }
