@@ -1196,6 +1196,18 @@ mod tests {
         assert!(e.to_string().contains("sharded"), "{e}");
     }
 
+    /// The default configuration's hash is pinned: a key added later must
+    /// leave it as it is while the key holds its default (old checkpoints
+    /// and running clusters keep agreeing). Computed before the video keys
+    /// (`data.frames`, `model.iterations_per_frame`) existed.
+    #[test]
+    fn the_default_hash_is_pinned() {
+        assert_eq!(
+            Config::default().hash(),
+            "f93504e3b97265e6edea36eb21a1873dec2e1247aef003247e57c041d254e731"
+        );
+    }
+
     #[test]
     fn hash_changes_with_what_is_computed_only() {
         let a = Config::default();
