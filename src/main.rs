@@ -327,7 +327,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => {
             if scale.scale.is_some() || scale.scale_case.is_some() {
                 if preset.is_some() {
-                    anyhow::bail!("glom bench: --preset and --scale measure different things; give one");
+                    anyhow::bail!(
+                        "glom bench: --preset and --scale measure different things; give one"
+                    );
                 }
                 return bench_scale::run(&scale, &config, repeats as usize, json.as_deref());
             }

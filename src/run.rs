@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device};
 use glom_protocol::config::{Config, DataSource};
 use glom_worker::data::{
-    Dataset, FashionMnist, SceneParams, Sprites, SyntheticScenes, Tetrominoes,
+    Dataset, FashionMnist, MovingScenes, SceneParams, Sprites, SyntheticScenes, Tetrominoes,
 };
 use glom_worker::model::grid::{Grid, Tile};
 use glom_worker::model::Glom;
@@ -25,20 +25,26 @@ pub(crate) struct Datasets {
 pub(crate) fn datasets(cfg: &Config) -> Result<Datasets> {
     let d = &cfg.data;
     let held = cfg.eval.images.max(cfg.eval.probe_images);
+    let params = |n| SceneParams {
+        size: d.image_size,
+        min_objects: d.min_objects,
+        max_objects: d.max_objects,
+        num_images: n,
+        ..SceneParams::default()
+    };
     Ok(match d.source {
-        DataSource::Scenes => {
-            let params = |n| SceneParams {
-                size: d.image_size,
-                min_objects: d.min_objects,
-                max_objects: d.max_objects,
-                num_images: n,
-                ..SceneParams::default()
-            };
-            Datasets {
-                train: Arc::new(SyntheticScenes::new(params(d.train_images), d.train_seed)),
-                held_out: Arc::new(SyntheticScenes::new(params(held), d.eval_seed)),
-            }
-        }
+        DataSource::Scenes => Datasets {
+            train: Arc::new(SyntheticScenes::new(params(d.train_images), d.train_seed)),
+            held_out: Arc::new(SyntheticScenes::new(params(held), d.eval_seed)),
+        },
+        DataSource::MovingScenes => Datasets {
+            train: Arc::new(MovingScenes::new(
+                params(d.train_images),
+                d.frames,
+                d.train_seed,
+            )),
+            held_out: Arc::new(MovingScenes::new(params(held), d.frames, d.eval_seed)),
+        },
         DataSource::Tetrominoes => Datasets {
             train: Arc::new(Tetrominoes::new(
                 cfg.model.patch,

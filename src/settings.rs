@@ -6,7 +6,8 @@
 //! A bad value is refused with the layer it came from ([`Layer`]), its key
 //! and value, and what is accepted: "invalid configuration: data.source =
 //! "cifar" (from --set data.source=cifar): unknown variant `cifar`,
-//! expected one of `scenes`, `fashion_mnist`, `tetrominoes`, `sprites`".
+//! expected one of `scenes`, `fashion_mnist`, `tetrominoes`, `sprites`,
+//! `moving_scenes`".
 //!
 //! One default depends on another key: `data.image_size` is 64 for
 //! `data.source = "sprites"` (the published Multi-dSprites size) unless a

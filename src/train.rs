@@ -238,7 +238,7 @@ impl RunObserver for Recorder {
             payload += HaloPlan::new(&tile, &peers, a.reach as usize)?.payload_bytes_per_step(
                 m.levels,
                 m.dim,
-                m.iterations,
+                self.cfg.settle_iterations(),
                 self.cfg.train.batch_size,
                 self.cfg.cluster.halo_precision,
             );

@@ -110,6 +110,8 @@ fn train_writes_a_complete_run_that_eval_reads() {
         assert!(summary["baseline"][key].is_number(), "baseline.{key}");
     }
     assert_eq!(summary["island_ari_by_level"].as_array().unwrap().len(), 3);
+    // Video figures only for video.
+    assert!(summary.get("temporal_stability_by_level").is_none());
     assert!(summary["baseline"]["probe_accuracy_raw_pixels"].is_number());
 
     // `glom eval` on the final checkpoint reproduces the training run's evaluation.
@@ -133,6 +135,48 @@ fn train_writes_a_complete_run_that_eval_reads() {
             "baseline.{key}"
         );
     }
+}
+
+/// A video source trains and evaluates end to end: the report scores the
+/// last frame as usual and adds, per level, the island ARI over every
+/// frame and the temporal stability of the islands.
+#[test]
+fn moving_scenes_train_and_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(&train(
+        &run,
+        &[
+            "data.source=\"moving_scenes\"",
+            "data.frames=3",
+            "model.iterations_per_frame=2",
+            "train.steps=2",
+        ],
+    ));
+    let summary = read_json(&run.join("summary.json"));
+    for key in ["island_ari_object", "probe_accuracy", "recon_psnr_db"] {
+        assert!(summary[key].is_number(), "summary.{key} = {}", summary[key]);
+    }
+    for key in [
+        "island_ari_object_over_frames_by_level",
+        "temporal_stability_by_level",
+    ] {
+        let by_level = summary[key].as_array().unwrap_or_else(|| panic!("{key}"));
+        assert_eq!(by_level.len(), 3, "{key}");
+        for v in by_level {
+            let v = v.as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&v), "{key}: {v}");
+        }
+        assert!(summary["baseline"][key].is_array(), "baseline.{key}");
+    }
+    let stability = summary["temporal_stability_by_level"].as_array().unwrap();
+    assert!(stability.iter().all(|v| v.as_f64().unwrap() >= 0.0));
+    // A bad frame count names its key.
+    let err = failure(&train(
+        &tmp.path().join("bad"),
+        &["data.source=\"moving_scenes\"", "data.frames=0"],
+    ));
+    assert!(err.contains("data.frames"), "{err}");
 }
 
 #[test]

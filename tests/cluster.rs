@@ -64,6 +64,39 @@ fn one_two_and_four_workers_train_the_same_bits() {
     }
 }
 
+/// Videos (paper section 11) train the same bits on 1 and 2 workers: the
+/// halo of every iteration of every frame gives each tile what the whole
+/// grid would.
+#[test]
+fn moving_scenes_train_the_same_bits_on_one_and_two_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = [
+        "data.source=\"moving_scenes\"",
+        "data.frames=3",
+        "model.iterations_per_frame=2",
+        "train.steps=6",
+        "train.log_every=2",
+    ];
+    let runs: Vec<_> = [1, 2]
+        .iter()
+        .map(|&workers| {
+            let dir = tmp.path().join(format!("w{workers}"));
+            ok(&train(&dir, workers, &extra));
+            dir
+        })
+        .collect();
+    let (a, b) = (
+        tensors(&runs[0].join("checkpoints/final")),
+        tensors(&runs[1].join("checkpoints/final")),
+    );
+    assert!(a.len() > 50, "only {} tensors", a.len());
+    assert!(a == b, "the checkpoints of 1 and 2 workers differ");
+    let records = records(&runs[0]);
+    assert_eq!(records.len(), 4, "steps 1, 2, 4, 6");
+    assert_eq!(records, support::cluster::records(&runs[1]));
+    assert!(halo(&runs[1], "bytes_per_step") > 0.0);
+}
+
 /// bf16 halo frames carry half the payload of f32 ones.
 #[test]
 fn bf16_halos_halve_the_payload() {

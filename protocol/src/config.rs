@@ -104,6 +104,9 @@ pub enum DataSource {
     Tetrominoes,
     /// Multi-dSprites style: 2-5 occluding sprites on a grey background.
     Sprites,
+    /// Videos of the synthetic scenes: `data.frames` frames in which every
+    /// object moves rigidly with its own velocity and spin (paper section 11).
+    MovingScenes,
 }
 
 impl DataSource {
@@ -111,6 +114,16 @@ impl DataSource {
     pub const SPRITES_DEFAULT_SIZE: usize = 64;
     /// Blocks per side of the Tetrominoes canvas.
     pub const TETROMINO_BLOCKS: usize = 7;
+
+    /// Whether an item of this source is a sequence of frames.
+    pub fn is_video(self) -> bool {
+        self == DataSource::MovingScenes
+    }
+
+    /// Whether its images are the synthetic part-whole scenes (still or moving).
+    pub fn is_scenes(self) -> bool {
+        matches!(self, DataSource::Scenes | DataSource::MovingScenes)
+    }
 }
 
 /// Which locations lateral attention reads (see [`ModelConfig::attention`]).
@@ -174,8 +187,12 @@ pub struct ModelConfig {
     pub hidden: usize,
     /// Side of the square patch each location sees, in pixels.
     pub patch: usize,
-    /// Settling iterations T per image.
+    /// Settling iterations T per image; of a video, the iterations on its
+    /// first frame (see [`Config::settle_iterations`]).
     pub iterations: usize,
+    /// Of a video: settling iterations on each frame after the first, the
+    /// state carried over from frame to frame (paper section 11).
+    pub iterations_per_frame: usize,
     pub weights: WeightMode,
     pub init: InitMode,
     pub bottom_up_activation: Activation,
@@ -219,6 +236,7 @@ impl Default for ModelConfig {
             hidden: 64,
             patch: 4,
             iterations: 6,
+            iterations_per_frame: 1,
             weights: WeightMode::PerLocation,
             init: InitMode::Common,
             bottom_up_activation: Activation::Gelu,
@@ -373,9 +391,13 @@ pub struct DataConfig {
     /// unless set, see the binary's configuration loader; Tetrominoes and
     /// Fashion-MNIST have fixed sizes and ignore it).
     pub image_size: usize,
-    /// Images in the synthetic training split (scenes, Tetrominoes, sprites).
+    /// Images in the synthetic training split (scenes, Tetrominoes, sprites;
+    /// of moving scenes, sequences).
     pub train_images: usize,
-    /// Objects per scene (scenes only: Tetrominoes have 3, sprites 2-5).
+    /// Frames of every sequence of a video source (moving scenes only).
+    pub frames: usize,
+    /// Objects per scene (scenes and moving scenes only: Tetrominoes have
+    /// 3, sprites 2-5).
     pub min_objects: usize,
     pub max_objects: usize,
     /// Seeds of the training and held-out splits (fixed apart from the run
@@ -393,6 +415,7 @@ impl Default for DataConfig {
             path: "/usr/share/datasets/fashion-mnist".into(),
             image_size: 32,
             train_images: 20_000,
+            frames: 8,
             min_objects: 1,
             max_objects: 3,
             train_seed: 1,
@@ -631,6 +654,11 @@ fn parse_time_of_day(s: &str) -> Option<u32> {
     (h < 24 && m < 60).then_some(h * 3600 + m * 60)
 }
 
+/// Most frames of a sequence (`data.frames`).
+pub const MAX_FRAMES: usize = 256;
+/// Most settling iterations per frame (`model.iterations_per_frame`).
+pub const MAX_ITERATIONS_PER_FRAME: usize = 256;
+
 fn check(ok: bool, key: &str, message: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -705,6 +733,21 @@ impl Config {
         check(m.iterations >= 1, "model.iterations", || {
             format!("{} must be at least 1", m.iterations)
         })?;
+        check(
+            m.iterations_per_frame >= 1,
+            "model.iterations_per_frame",
+            || format!("{} must be at least 1", m.iterations_per_frame),
+        )?;
+        check(
+            m.iterations_per_frame <= MAX_ITERATIONS_PER_FRAME,
+            "model.iterations_per_frame",
+            || {
+                format!(
+                    "{} is more than {MAX_ITERATIONS_PER_FRAME}",
+                    m.iterations_per_frame
+                )
+            },
+        )?;
         check(
             m.location_code_dim % 4 == 0,
             "model.location_code_dim",
@@ -825,7 +868,7 @@ impl Config {
 
         let d = &self.data;
         match d.source {
-            DataSource::Scenes | DataSource::Sprites => {
+            DataSource::Scenes | DataSource::MovingScenes | DataSource::Sprites => {
                 let least = if d.source == DataSource::Sprites {
                     16
                 } else {
@@ -852,7 +895,7 @@ impl Config {
             })?;
         }
         match d.source {
-            DataSource::Scenes => {
+            DataSource::Scenes | DataSource::MovingScenes => {
                 check(
                     d.min_objects >= 1 && d.min_objects <= d.max_objects,
                     "data.min_objects",
@@ -879,6 +922,11 @@ impl Config {
                 })?;
             }
             DataSource::Tetrominoes | DataSource::Sprites => {}
+        }
+        if d.source.is_video() {
+            check((1..=MAX_FRAMES).contains(&d.frames), "data.frames", || {
+                format!("{} must be between 1 and {MAX_FRAMES}", d.frames)
+            })?;
         }
         check(self.eval.images >= 1, "eval.images", || {
             "must be positive".into()
@@ -1061,7 +1109,9 @@ impl Config {
     /// Side of the image in pixels for the configured data source.
     pub fn image_side(&self) -> usize {
         match self.data.source {
-            DataSource::Scenes | DataSource::Sprites => self.data.image_size,
+            DataSource::Scenes | DataSource::MovingScenes | DataSource::Sprites => {
+                self.data.image_size
+            }
             DataSource::FashionMnist => 28,
             // One block of the canvas per patch.
             DataSource::Tetrominoes => DataSource::TETROMINO_BLOCKS * self.model.patch,
@@ -1071,7 +1121,10 @@ impl Config {
     /// Colour channels of the configured data source.
     pub fn channels(&self) -> usize {
         match self.data.source {
-            DataSource::Scenes | DataSource::Tetrominoes | DataSource::Sprites => 3,
+            DataSource::Scenes
+            | DataSource::MovingScenes
+            | DataSource::Tetrominoes
+            | DataSource::Sprites => 3,
             DataSource::FashionMnist => 1,
         }
     }
@@ -1110,9 +1163,42 @@ impl Config {
         self.lateral_radius(level).floor() as usize
     }
 
+    /// Frames of every item of the training data: `data.frames` for a
+    /// video source, 1 for still images.
+    pub fn frames(&self) -> usize {
+        if self.data.source.is_video() {
+            self.data.frames
+        } else {
+            1
+        }
+    }
+
+    /// Settling iterations of one item: `model.iterations` on the first
+    /// frame (settling after a change of fixation, paper section 11), then
+    /// `model.iterations_per_frame` on each further frame, the state
+    /// carried over: `iterations + (frames - 1) * iterations_per_frame`.
+    /// A still image (one frame) settles for `model.iterations`.
+    pub fn settle_iterations(&self) -> usize {
+        let m = &self.model;
+        m.iterations + (self.frames() - 1) * m.iterations_per_frame
+    }
+
+    /// The frame that settling iteration `t` reads (see
+    /// [`Self::settle_iterations`]); iterations past the end read the last.
+    pub fn frame_of_iteration(&self, t: usize) -> usize {
+        let m = &self.model;
+        if t < m.iterations {
+            0
+        } else {
+            (1 + (t - m.iterations) / m.iterations_per_frame).min(self.frames() - 1)
+        }
+    }
+
     /// Stable hash of what the configuration computes (hex SHA-256 of the
     /// JSON form of `seed`, `model`, `train` without `steps`, `log_every`,
-    /// `rank_sample` and `divergence_factor`, `data` without `path`,
+    /// `rank_sample` and `divergence_factor`, `data` without `path`
+    /// (`data.frames` and `model.iterations_per_frame` only where the data
+    /// has more than one frame),
     /// `cluster.halo_precision`, and, when sleep is scheduled, `sleep`
     /// without `timetable` and `observe_images`). Two processes agree on a
     /// run only when
@@ -1126,6 +1212,14 @@ impl Config {
     pub fn hash(&self) -> String {
         let mut data = self.data.clone();
         data.path.clear();
+        let mut data = serde_json::json!(data);
+        if !self.data.source.is_video() {
+            // Only a video has frames: elsewhere the key changes nothing
+            // (and configurations from before it keep their hash).
+            data.as_object_mut()
+                .expect("a struct serialises to an object")
+                .remove("frames");
+        }
         // How long to train and how often to log change no step's numbers.
         let mut train = self.train.clone();
         (train.steps, train.log_every, train.rank_sample) = (0, 0, 0);
@@ -1179,6 +1273,10 @@ impl Config {
         }
         if self.model.attention == Attention::Sampled {
             fields.remove("attention");
+        }
+        if self.frames() == 1 {
+            // Nor do the iterations per frame of a still image.
+            fields.remove("iterations_per_frame");
         }
         let mut identity = serde_json::json!({
             "seed": self.seed,
@@ -1315,6 +1413,18 @@ mod tests {
         assert!(e.to_string().contains("levelz"), "{e}");
         let e = serde_json::from_str::<Config>(r#"{"model": {"weights": "sharded"}}"#).unwrap_err();
         assert!(e.to_string().contains("sharded"), "{e}");
+    }
+
+    /// The default configuration's hash is pinned: a key added later must
+    /// leave it as it is while the key holds its default (old checkpoints
+    /// and running clusters keep agreeing). Computed before the video keys
+    /// (`data.frames`, `model.iterations_per_frame`) existed.
+    #[test]
+    fn the_default_hash_is_pinned() {
+        assert_eq!(
+            Config::default().hash(),
+            "f93504e3b97265e6edea36eb21a1873dec2e1247aef003247e57c041d254e731"
+        );
     }
 
     #[test]
@@ -1580,6 +1690,83 @@ mod tests {
         assert_eq!(c.timetable_seconds().unwrap(), vec![0, 9000, 86_340]);
         assert!(c.scheduled());
         assert!(!SleepConfig::default().scheduled());
+    }
+
+    #[test]
+    fn video_keys_name_their_key_and_count_the_iterations() {
+        let mut c = Config::default();
+        c.data.source = DataSource::MovingScenes;
+        c.validate().unwrap();
+        assert_eq!((c.image_side(), c.channels(), c.frames()), (32, 3, 8));
+        // 6 iterations on the first frame, 1 on each of the 7 others.
+        assert_eq!(c.settle_iterations(), 13);
+        let frames: Vec<usize> = (0..14).map(|t| c.frame_of_iteration(t)).collect();
+        assert_eq!(frames, [0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 7]);
+        c.model.iterations_per_frame = 2;
+        c.data.frames = 3;
+        assert_eq!(c.settle_iterations(), 10);
+        let frames: Vec<usize> = (0..10).map(|t| c.frame_of_iteration(t)).collect();
+        assert_eq!(frames, [0, 0, 0, 0, 0, 0, 1, 1, 2, 2]);
+        // A still source has one frame whatever data.frames says.
+        let mut still = c.clone();
+        still.data.source = DataSource::Scenes;
+        assert_eq!((still.frames(), still.settle_iterations()), (1, 6));
+        assert!((0..6).all(|t| still.frame_of_iteration(t) == 0));
+
+        let cases: [BadValue; 5] = [
+            (|c| c.data.frames = 0, "data.frames"),
+            (|c| c.data.frames = MAX_FRAMES + 1, "data.frames"),
+            (
+                |c| c.model.iterations_per_frame = 0,
+                "model.iterations_per_frame",
+            ),
+            (
+                |c| c.model.iterations_per_frame = MAX_ITERATIONS_PER_FRAME + 1,
+                "model.iterations_per_frame",
+            ),
+            (|c| c.data.max_objects = 9, "data.max_objects"),
+        ];
+        for (change, key) in cases {
+            let mut bad = c.clone();
+            change(&mut bad);
+            assert_eq!(err_key(&bad), key);
+        }
+        let mut bad = c.clone();
+        bad.data.image_size = 30;
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("data.image_size") && e.contains("30"), "{e}");
+    }
+
+    /// The video keys enter the hash only where they change the numbers:
+    /// never for still data (whose hash they leave as it was), always for
+    /// video.
+    #[test]
+    fn video_keys_are_hashed_only_for_video() {
+        let still = Config::default();
+        for change in [
+            (|c: &mut Config| c.data.frames = 3) as fn(&mut Config),
+            |c| c.model.iterations_per_frame = 4,
+        ] {
+            let mut b = still.clone();
+            change(&mut b);
+            assert_eq!(still.hash(), b.hash());
+        }
+        let mut video = Config::default();
+        video.data.source = DataSource::MovingScenes;
+        assert_ne!(video.hash(), still.hash());
+        for change in [
+            (|c: &mut Config| c.data.frames = 3) as fn(&mut Config),
+            |c| c.model.iterations_per_frame = 4,
+        ] {
+            let mut b = video.clone();
+            change(&mut b);
+            assert_ne!(video.hash(), b.hash());
+        }
+        // One frame: the iterations per frame change nothing.
+        video.data.frames = 1;
+        let mut b = video.clone();
+        b.model.iterations_per_frame = 4;
+        assert_eq!(video.hash(), b.hash());
     }
 
     #[test]

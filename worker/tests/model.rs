@@ -6,8 +6,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use glom_protocol::config::{Config, ContrastivePositive, InitMode, Learning, Ramp, WeightMode};
 use glom_worker::learn::{make_batch, objective};
 use glom_worker::model::grid::{Grid, Tile};
-use glom_worker::model::{Glom, HaloExchange, MixWeights, Mode, NoHalo};
+use glom_worker::model::{Glom, MixWeights, Mode, NoHalo};
 use glom_worker::Result;
+use support::{Record, Replay};
+
+mod support;
 
 fn set(model: &Glom, name: &str, values: &[f64]) {
     let var = model
@@ -394,44 +397,6 @@ fn bptt_gradients_match_finite_differences() -> Result<()> {
         "only {sizeable} gradients are large enough to test anything"
     );
     Ok(())
-}
-
-/// Replays the whole grid's states as the halo of a tile.
-struct Replay {
-    /// Per iteration, per level: the whole grid's `[N, B, d]` state.
-    states: Vec<Vec<Tensor>>,
-    halo: Vec<usize>,
-}
-
-impl HaloExchange for Replay {
-    fn send(&mut self, _iteration: usize, _own: &[Tensor]) -> Result<()> {
-        Ok(())
-    }
-
-    fn receive(&mut self, iteration: usize) -> Result<Vec<Tensor>> {
-        let idx = Tensor::new(
-            self.halo.iter().map(|&g| g as u32).collect::<Vec<_>>(),
-            &Device::Cpu,
-        )?;
-        self.states[iteration]
-            .iter()
-            .map(|s| Ok(s.index_select(&idx, 0)?))
-            .collect()
-    }
-}
-
-/// Records the whole grid's states at the start of every iteration.
-struct Record(Vec<Vec<Tensor>>);
-
-impl HaloExchange for Record {
-    fn send(&mut self, _iteration: usize, own: &[Tensor]) -> Result<()> {
-        self.0.push(own.to_vec());
-        Ok(())
-    }
-
-    fn receive(&mut self, _iteration: usize) -> Result<Vec<Tensor>> {
-        Ok(Vec::new())
-    }
 }
 
 /// A tile given its halo computes exactly what the whole grid computes for

@@ -14,7 +14,12 @@
 //! - [`Tetrominoes`] ([`tetrominoes`]) and [`Sprites`] ([`sprites`]):
 //!   generated data of the definitions of two standard object-discovery
 //!   benchmarks (Tetrominoes, Multi-dSprites) with exact object maps and no
-//!   parts, so that islands can be set beside published figures.
+//!   parts, so that islands can be set beside published figures;
+//! - [`MovingScenes`] ([`moving`]): short videos of the synthetic scenes,
+//!   every object moving rigidly, with exact maps in every frame (paper
+//!   section 11). A dataset of sequences says so with
+//!   [`Dataset::frames`] and hands them out with [`Dataset::sequence`];
+//!   every other source is a sequence of one frame.
 //!
 //! The helpers [`patchify`], [`unpatchify`] and [`patch_majority`] map between
 //! pixel space and GLOM's grid of locations (one location per square patch).
@@ -22,11 +27,13 @@
 use std::path::PathBuf;
 
 pub mod idx;
+pub mod moving;
 pub mod scenes;
 pub mod sprites;
 pub mod tetrominoes;
 
 pub use idx::FashionMnist;
+pub use moving::MovingScenes;
 pub use scenes::{SceneParams, SyntheticScenes};
 pub use sprites::Sprites;
 pub use tetrominoes::Tetrominoes;
@@ -74,6 +81,16 @@ pub trait Dataset: Send + Sync {
     fn get(&self, index: usize) -> Image;
     /// Number of classes when images carry labels.
     fn num_classes(&self) -> Option<usize>;
+    /// Frames of every item: 1 for still images, more for video, whose
+    /// `get(i)` is the last frame of sequence `i`.
+    fn frames(&self) -> usize {
+        1
+    }
+    /// The frames of item `index % len()`, oldest first: `frames()`
+    /// images, the last of which is `get(index)`.
+    fn sequence(&self, index: usize) -> Vec<Image> {
+        vec![self.get(index)]
+    }
 }
 
 /// Why a dataset could not be read.

@@ -213,13 +213,75 @@ impl SyntheticScenes {
         &self.params
     }
 
+    /// The scene with key `[seed, index]`, drawn but not rendered; the rest
+    /// of the stream is the caller's (the moving scenes draw the motion
+    /// from it).
+    pub(crate) fn layout(&self, index: u64) -> (Layout, Rng) {
+        let mut rng = Rng::from_key(&[self.seed, index]);
+        let layout = Layout::draw(&self.params, &mut rng);
+        (layout, rng)
+    }
+
     /// Draws the scene with key `[seed, index]`.
     fn render(&self, index: u64) -> Image {
-        let p = &self.params;
+        let (layout, _) = self.layout(index);
+        let mut image = layout.render(&vec![Pose::REST; layout.objects.len()]);
+        image.label = Some(layout.label_of(&image));
+        image
+    }
+}
+
+/// Where an object is drawn in one frame, relative to where the scene
+/// placed it: shifted by `(dx, dy)` pixels and turned by `angle` radians
+/// (clockwise on screen) about the centre of its box.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Pose {
+    pub(crate) dx: f32,
+    pub(crate) dy: f32,
+    pub(crate) angle: f32,
+}
+
+impl Pose {
+    /// Where the scene placed it.
+    pub(crate) const REST: Pose = Pose {
+        dx: 0.0,
+        dy: 0.0,
+        angle: 0.0,
+    };
+}
+
+/// One object of a scene: its type, box and part colours.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Placed {
+    ty: usize,
+    /// Width and height of its box in pixels.
+    w: f32,
+    h: f32,
+    /// Top-left corner of its box.
+    x0: f32,
+    y0: f32,
+    /// Colour of each part (jittered).
+    colours: Vec<[f32; 3]>,
+}
+
+/// Everything random about a scene, drawn in the order the scenes have
+/// always been drawn in (so the stream, hence every image, is unchanged):
+/// background ends and direction, the noise of every pixel, then the
+/// objects back to front.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Layout {
+    size: usize,
+    ends: [[f32; 3]; 2],
+    dir: (f32, f32),
+    /// Background noise, channel-major like the pixels.
+    noise: Vec<f32>,
+    pub(crate) objects: Vec<Placed>,
+}
+
+impl Layout {
+    fn draw(p: &SceneParams, rng: &mut Rng) -> Self {
         let n = p.size;
         let nf = n as f32;
-        let mut rng = Rng::from_key(&[self.seed, index]);
-
         // Background: gradient between two tinted greys, plus noise.
         let mut ends = [[0.0f32; 3]; 2];
         for end in &mut ends {
@@ -229,41 +291,126 @@ impl SyntheticScenes {
             }
         }
         let angle = rng.uniform_range(0.0, std::f64::consts::TAU) as f32;
-        let (dir_x, dir_y) = (angle.cos(), angle.sin());
+        let mut noise = vec![0.0f32; 3 * n * n];
+        for y in 0..n {
+            for x in 0..n {
+                for c in 0..3 {
+                    noise[c * n * n + y * n + x] = p.noise * rng.normal() as f32;
+                }
+            }
+        }
+        let count = p.min_objects + rng.below((p.max_objects - p.min_objects + 1) as u64) as usize;
+        let unit = nf / 32.0;
+        let objects = (0..count)
+            .map(|_| {
+                let ty = rng.below(NUM_TYPES as u64) as usize;
+                let spec = &OBJECT_TYPES[ty];
+                let scale = rng.uniform_range(8.0, 20.0) as f32 * unit;
+                let (w, h) = (scale * spec.aspect.0, scale * spec.aspect.1);
+                let x0 = rng.uniform_range(0.0, f64::from((nf - w).max(0.0))) as f32;
+                let y0 = rng.uniform_range(0.0, f64::from((nf - h).max(0.0))) as f32;
+                let colours = spec
+                    .parts
+                    .iter()
+                    .map(|part| {
+                        part.colour
+                            .map(|v| v + rng.uniform_range(-0.05, 0.05) as f32)
+                    })
+                    .collect();
+                Placed {
+                    ty,
+                    w,
+                    h,
+                    x0,
+                    y0,
+                    colours,
+                }
+            })
+            .collect();
+        Self {
+            size: n,
+            ends,
+            dir: (angle.cos(), angle.sin()),
+            noise,
+            objects,
+        }
+    }
+
+    /// The image with every object at its pose (one per object), back to
+    /// front, with its part and object maps; no label.
+    pub(crate) fn render(&self, poses: &[Pose]) -> Image {
+        assert_eq!(poses.len(), self.objects.len(), "one pose per object");
+        let n = self.size;
+        let nf = n as f32;
+        let (dir_x, dir_y) = self.dir;
         let mut pixels = vec![0.0f32; 3 * n * n];
         for y in 0..n {
             for x in 0..n {
                 let (fx, fy) = ((x as f32 + 0.5) / nf - 0.5, (y as f32 + 0.5) / nf - 0.5);
                 let t = (fx * dir_x + fy * dir_y + 0.5).clamp(0.0, 1.0);
                 for c in 0..3 {
-                    let noise = p.noise * rng.normal() as f32;
-                    pixels[c * n * n + y * n + x] = ends[0][c] * (1.0 - t) + ends[1][c] * t + noise;
+                    let at = c * n * n + y * n + x;
+                    let (a, b) = (self.ends[0][c], self.ends[1][c]);
+                    pixels[at] = a * (1.0 - t) + b * t + self.noise[at];
                 }
             }
         }
-
-        // Objects, back to front.
-        let count = p.min_objects + rng.below((p.max_objects - p.min_objects + 1) as u64) as usize;
         let mut part_map = vec![0u16; n * n];
         let mut object_map = vec![0u16; n * n];
-        let mut types = Vec::with_capacity(count);
-        let unit = nf / 32.0;
-        for obj in 0..count {
-            let ty_index = rng.below(NUM_TYPES as u64) as usize;
-            let ty = &OBJECT_TYPES[ty_index];
-            types.push(ty_index);
-            let scale = rng.uniform_range(8.0, 20.0) as f32 * unit;
-            let (w, h) = (scale * ty.aspect.0, scale * ty.aspect.1);
-            let x0 = rng.uniform_range(0.0, f64::from((nf - w).max(0.0))) as f32;
-            let y0 = rng.uniform_range(0.0, f64::from((nf - h).max(0.0))) as f32;
-            let colours: Vec<[f32; 3]> = ty
-                .parts
-                .iter()
-                .map(|part| {
-                    part.colour
-                        .map(|v| v + rng.uniform_range(-0.05, 0.05) as f32)
-                })
-                .collect();
+        for (obj, (placed, pose)) in self.objects.iter().zip(poses).enumerate() {
+            let ty = &OBJECT_TYPES[placed.ty];
+            placed.cover(pose, n, |x, y, u, v| {
+                // The last part containing the point is the visible one.
+                let Some(k) = ty.parts.iter().rposition(|part| part.contains(u, v)) else {
+                    return;
+                };
+                let at = y * n + x;
+                object_map[at] = 1 + obj as u16;
+                part_map[at] = 1 + (obj * MAX_PARTS + k) as u16;
+                for c in 0..3 {
+                    pixels[c * n * n + at] = placed.colours[k][c];
+                }
+            });
+        }
+        for v in &mut pixels {
+            *v = v.clamp(0.0, 1.0);
+        }
+        Image {
+            pixels,
+            part_map: Some(part_map),
+            object_map: Some(object_map),
+            label: None,
+        }
+    }
+
+    /// The class of a rendered frame: the type of the object with the most
+    /// visible pixels (ties: the earliest object).
+    pub(crate) fn label_of(&self, image: &Image) -> u32 {
+        let count = self.objects.len();
+        let mut visible = vec![0usize; count + 1];
+        for &id in image.object_map.iter().flatten() {
+            visible[id as usize] += 1;
+        }
+        let largest = (1..=count).fold(1, |best, id| {
+            if visible[id] > visible[best] {
+                id
+            } else {
+                best
+            }
+        });
+        self.objects[largest - 1].ty as u32
+    }
+}
+
+impl Placed {
+    /// Call `at(x, y, u, v)` for every pixel `(x, y)` of an `n x n` image
+    /// whose centre may fall in the object's box at `pose`, with `(u, v)`
+    /// that centre in the box's unit coordinates.
+    fn cover(&self, pose: &Pose, n: usize, mut at: impl FnMut(usize, usize, f32, f32)) {
+        let (w, h) = (self.w, self.h);
+        let (x0, y0) = (self.x0 + pose.dx, self.y0 + pose.dy);
+        if pose.angle == 0.0 {
+            // Unrotated: exactly the arithmetic the still scenes always used.
             let (xs, xe) = (
                 (x0.floor() as usize).min(n),
                 ((x0 + w).ceil() as usize).min(n),
@@ -274,43 +421,23 @@ impl SyntheticScenes {
             );
             for y in ys..ye {
                 for x in xs..xe {
-                    let u = (x as f32 + 0.5 - x0) / w;
-                    let v = (y as f32 + 0.5 - y0) / h;
-                    // The last part containing the point is the visible one.
-                    let Some(k) = ty.parts.iter().rposition(|part| part.contains(u, v)) else {
-                        continue;
-                    };
-                    let at = y * n + x;
-                    object_map[at] = 1 + obj as u16;
-                    part_map[at] = 1 + (obj * MAX_PARTS + k) as u16;
-                    for c in 0..3 {
-                        pixels[c * n * n + at] = colours[k][c];
-                    }
+                    at(x, y, (x as f32 + 0.5 - x0) / w, (y as f32 + 0.5 - y0) / h);
                 }
             }
+            return;
         }
-        for v in &mut pixels {
-            *v = v.clamp(0.0, 1.0);
-        }
-
-        // Label: the type of the object with the most visible pixels
-        // (ties: the earliest object).
-        let mut visible = vec![0usize; count + 1];
-        for &id in &object_map {
-            visible[id as usize] += 1;
-        }
-        let largest = (1..=count).fold(1, |best, id| {
-            if visible[id] > visible[best] {
-                id
-            } else {
-                best
+        // Rotated about the box centre: every pixel within the box's
+        // circumscribed circle, mapped back by the inverse rotation.
+        let (cx, cy) = (x0 + w / 2.0, y0 + h / 2.0);
+        let r = (w * w + h * h).sqrt() / 2.0;
+        let span = |c: f32| ((c - r).floor() as usize).min(n)..((c + r).ceil() as usize).min(n);
+        let (sin, cos) = pose.angle.sin_cos();
+        for y in span(cy) {
+            for x in span(cx) {
+                let (rx, ry) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                let (qx, qy) = (cos * rx + sin * ry, cos * ry - sin * rx);
+                at(x, y, qx / w + 0.5, qy / h + 0.5);
             }
-        });
-        Image {
-            pixels,
-            part_map: Some(part_map),
-            object_map: Some(object_map),
-            label: Some(types[largest - 1] as u32),
         }
     }
 }

@@ -24,13 +24,18 @@
 //!   number of segments.
 //!
 //! Reconstruction is scored on masked patches (the model must fill them in
-//! from context); islands and the probe use unmasked images. Everything is
+//! from context); islands and the probe use unmasked images. A video is
+//! settled over all its frames and scored on its last (reconstruction,
+//! islands, probe, references: `Dataset::get` is the last frame); its
+//! islands are also scored in every frame and followed from frame to
+//! frame ([`temporal`]). Everything is
 //! deterministic: fixed masks and neighbour draws ([`EVAL_KEY`]), fixed
 //! images (the first ones of each split) and a seeded probe.
 
 pub mod pixel;
 mod probe;
 mod score;
+pub mod temporal;
 #[cfg(test)]
 mod tests;
 
@@ -39,9 +44,10 @@ use glom_protocol::config::Config;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{collapse_stats, psnr_db};
+use crate::data::patch_majority;
 use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
-use crate::learn::{make_batch, Batch, EVAL_KEY};
+use crate::learn::{make_sequence_batch, Batch, EVAL_KEY};
 use crate::model::{Glom, Mode, NoHalo, Settled};
 use pixel::ReferenceTotals;
 pub use pixel::{patch_ceiling, pixel_fg_ari, ReferenceReport};
@@ -126,6 +132,18 @@ pub struct EvalReport {
     pub dim_std_by_level: Vec<f64>,
     #[serde(default)]
     pub mean_cosine_by_level: Vec<f64>,
+    /// Of a video with object maps, per level: the threshold islands'
+    /// object ARI in every frame, averaged over the frames and the
+    /// sequences (the headline figures are of the last frame). Absent for
+    /// still images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub island_ari_object_over_frames_by_level: Option<Vec<f64>>,
+    /// Of a video with object maps, per level: the temporal stability of
+    /// the threshold islands ([`temporal::stability`]), `None` at a level
+    /// where no location was covered by one object in two frames. Absent
+    /// for still images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_stability_by_level: Option<Vec<Option<f64>>>,
 }
 
 /// Reports without `islands_centred` were scored on centred vectors.
@@ -214,14 +232,21 @@ pub fn evaluate(
     let mut totals = vec![LevelTotals::default(); levels];
     let mut collapse_rows = vec![Vec::new(); levels];
     let mut test: Vec<ProbeSet> = (0..levels).map(|_| ProbeSet::default()).collect();
+    let mut video = (held_out.frames() > 1).then(|| VideoTotals::new(levels));
     batches(
         model,
         held_out,
         n_eval.max(n_test),
         "held-out embeddings",
         progress,
-        |start, images, settled| {
-            let rows = level_rows(settled)?;
+        |start, sequences, settled| {
+            let images: Vec<Image> = sequences.iter().map(|s| s[s.len() - 1].clone()).collect();
+            let images = &images[..];
+            let rows = level_rows(&settled.levels)?;
+            if let Some(v) = video.as_mut() {
+                let scored = n_eval.saturating_sub(start).min(sequences.len());
+                v.add(cfg, &sequences[..scored], settled)?;
+            }
             for (b, image) in images.iter().enumerate() {
                 if start + b < n_eval {
                     let fields: Vec<Vec<f32>> = rows
@@ -248,9 +273,10 @@ pub fn evaluate(
         n_train,
         "probe training embeddings",
         progress,
-        |_, images, settled| {
+        |_, sequences, settled| {
+            let images: Vec<Image> = sequences.iter().map(|s| s[s.len() - 1].clone()).collect();
             for (level, set) in train.iter_mut().enumerate() {
-                set.extend(settled, level, images, images.len())?;
+                set.extend(settled, level, &images, images.len())?;
             }
             Ok(())
         },
@@ -281,7 +307,19 @@ pub fn evaluate(
         effective_rank_by_level: collapse.iter().map(|c| c.effective_rank).collect(),
         dim_std_by_level: collapse.iter().map(|c| c.mean_dim_std).collect(),
         mean_cosine_by_level: collapse.iter().map(|c| c.mean_cosine).collect(),
+        island_ari_object_over_frames_by_level: None,
+        temporal_stability_by_level: None,
     };
+    if let Some(v) = video.filter(|v| v.sequences > 0) {
+        report.island_ari_object_over_frames_by_level = Some(
+            v.frame_ari
+                .iter()
+                .map(|sum| sum / v.frames_scored as f64)
+                .collect(),
+        );
+        report.temporal_stability_by_level =
+            Some(v.stability.iter().map(temporal::Stability::rate).collect());
+    }
     score::fill_islands(&mut report, &totals);
     let by_level: Vec<Option<f64>> = train
         .iter()
@@ -375,23 +413,24 @@ fn available(data: &dyn Dataset, want: usize) -> usize {
     }
 }
 
-/// Settle `count` images of `data` (unmasked) in batches and hand each
-/// batch to `each(first index, images, settled)`.
+/// Settle the first `count` items of `data` (unmasked; every frame of a
+/// video) in batches and hand each batch to `each(first index,
+/// sequences, settled)`.
 fn batches(
     model: &Glom,
     data: &dyn Dataset,
     count: usize,
     phase: &str,
     progress: &mut dyn FnMut(&str, usize, usize),
-    mut each: impl FnMut(usize, &[Image], &Settled) -> Result<()>,
+    mut each: impl FnMut(usize, &[Vec<Image>], &Settled) -> Result<()>,
 ) -> Result<()> {
     for start in (0..count).step_by(BATCH) {
-        let images: Vec<Image> = (start..count.min(start + BATCH))
-            .map(|i| data.get(i))
+        let sequences: Vec<Vec<Image>> = (start..count.min(start + BATCH))
+            .map(|i| data.sequence(i))
             .collect();
-        let settled = settle_unmasked(model, &images, false)?;
-        each(start, &images, &settled)?;
-        progress(phase, start + images.len(), count);
+        let settled = settle_sequences(model, &sequences, false)?;
+        each(start, &sequences, &settled)?;
+        progress(phase, start + sequences.len(), count);
     }
     Ok(())
 }
@@ -404,17 +443,112 @@ pub fn settle_unmasked(model: &Glom, images: &[Image], trace: bool) -> Result<Se
     model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, trace)
 }
 
+/// [`settle_unmasked`] of sequences (every one of the same number of
+/// frames, oldest first).
+pub fn settle_sequences(model: &Glom, sequences: &[Vec<Image>], trace: bool) -> Result<Settled> {
+    let batch = make_sequence_batch(
+        &model.cfg,
+        sequences,
+        &model.tile.locs,
+        EVAL_KEY,
+        0.0,
+        model.device(),
+        model.dtype(),
+    )?;
+    model.settle_frames(
+        &batch.frames(),
+        EVAL_KEY,
+        Mode::Inference,
+        &mut NoHalo,
+        trace,
+    )
+}
+
 /// `images` cut into the patches of the model's tile, nothing hidden.
 pub fn unmasked_batch(model: &Glom, images: &[Image]) -> Result<Batch> {
-    make_batch(
+    let sequences: Vec<&[Image]> = images.iter().map(std::slice::from_ref).collect();
+    make_sequence_batch(
         &model.cfg,
-        images,
+        &sequences,
         &model.tile.locs,
         EVAL_KEY,
         0.0,
         model.device(),
         model.dtype(),
     )
+}
+
+/// The islands of every frame of the scored sequences of a video, per
+/// level: their object ARI and their temporal stability.
+struct VideoTotals {
+    /// Sequences with object maps scored.
+    sequences: usize,
+    /// Frames scored (over all sequences).
+    frames_scored: usize,
+    /// Per level: the sum over frames of the threshold islands' object ARI.
+    frame_ari: Vec<f64>,
+    stability: Vec<temporal::Stability>,
+}
+
+impl VideoTotals {
+    fn new(levels: usize) -> Self {
+        Self {
+            sequences: 0,
+            frames_scored: 0,
+            frame_ari: vec![0.0; levels],
+            stability: vec![temporal::Stability::default(); levels],
+        }
+    }
+
+    /// Add `sequences` (the first ones of the batch `settled`), those with
+    /// object maps in every frame.
+    fn add(&mut self, cfg: &Config, sequences: &[Vec<Image>], settled: &Settled) -> Result<()> {
+        let (side, patch, dim) = (cfg.image_side(), cfg.model.patch, cfg.model.dim);
+        let threshold = cfg.eval.island_threshold;
+        // Per frame, per level: the values of the whole batch.
+        let frames = settled
+            .frames
+            .iter()
+            .map(|levels| level_rows(levels))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = settled.levels.first().map_or(Ok(0), |t| t.dim(1))?;
+        for (b, seq) in sequences.iter().enumerate() {
+            if seq.len() != frames.len() {
+                return Err(Error::Shape(format!(
+                    "{} frames settled for a sequence of {}",
+                    frames.len(),
+                    seq.len()
+                )));
+            }
+            let Some(objects) = seq
+                .iter()
+                .map(|im| {
+                    im.object_map
+                        .as_ref()
+                        .map(|m| patch_majority(m, side, side, patch))
+                })
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            self.sequences += 1;
+            self.frames_scored += seq.len();
+            for level in 0..self.frame_ari.len() {
+                let islands: Vec<Vec<usize>> = frames
+                    .iter()
+                    .map(|rows| {
+                        let field = image_rows(&rows[level], b, batch, dim);
+                        score::threshold_islands(&field, dim, threshold)
+                    })
+                    .collect();
+                for (labels, truth) in islands.iter().zip(&objects) {
+                    self.frame_ari[level] += temporal::frame_island_ari(labels, truth);
+                }
+                self.stability[level].add(temporal::stability(&islands, &objects));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// PSNR of the reconstruction of the hidden patches of the first `count`
@@ -437,19 +571,25 @@ fn reconstruction_psnr(
     let side = cfg.grid_side();
     let scalar = |t: Tensor| -> Result<f64> { Ok(t.to_scalar::<f64>()?) };
     for start in (0..count).step_by(BATCH) {
-        let images: Vec<Image> = (start..count.min(start + BATCH))
-            .map(|i| data.get(i))
+        let sequences: Vec<Vec<Image>> = (start..count.min(start + BATCH))
+            .map(|i| data.sequence(i))
             .collect();
-        let batch = make_batch(
+        let batch = make_sequence_batch(
             cfg,
-            &images,
+            &sequences,
             &model.tile.locs,
             EVAL_KEY,
             fraction,
             model.device(),
             model.dtype(),
         )?;
-        let settled = model.settle(&batch.input, EVAL_KEY, Mode::Inference, &mut NoHalo, false)?;
+        let settled = model.settle_frames(
+            &batch.frames(),
+            EVAL_KEY,
+            Mode::Inference,
+            &mut NoHalo,
+            false,
+        )?;
         let sq = (&settled.recon - &batch.target)?
             .sqr()?
             .to_dtype(DType::F64)?;
@@ -462,7 +602,7 @@ fn reconstruction_psnr(
         let tsq = (trivial - &batch.target)?.sqr()?.to_dtype(DType::F64)?;
         trivial_hidden_sq += scalar(tsq.broadcast_mul(&hidden)?.sum_all()?)?;
         trivial_all_sq += scalar(tsq.sum_all()?)?;
-        progress("reconstruction", start + images.len(), count);
+        progress("reconstruction", start + sequences.len(), count);
     }
     let psnr = |hidden_sq: f64, all_sq: f64| {
         psnr_db(if hidden_n > 0.0 {
@@ -530,9 +670,8 @@ pub fn inpaint_neighbour_mean(batch: &Batch, side: usize) -> Result<Tensor> {
 }
 
 /// Every level of a settled batch as `f32` values in `[P, B, d]` order.
-fn level_rows(settled: &Settled) -> Result<Vec<Vec<f32>>> {
-    settled
-        .levels
+fn level_rows(levels: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+    levels
         .iter()
         .map(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
         .collect()

@@ -295,6 +295,7 @@ fn the_inpainting_baseline_averages_the_visible_neighbours() {
         input: t(vec![0.0, 2.0, 3.0, 4.0], (4, 1, 1)),
         target: t(vec![1.0, 2.0, 3.0, 4.0], (4, 1, 1)),
         hidden: t(vec![1.0, 0.0, 0.0, 0.0], (4, 1, 1)),
+        earlier: Vec::new(),
     };
     let got: Vec<f32> = inpaint_neighbour_mean(&batch, 2)
         .unwrap()

@@ -18,6 +18,11 @@
 //! - neighbour co-distillation (optional): every bottom-up net above level
 //!   0 regresses, on a neighbour's input, toward that neighbour's state
 //!   ([`crate::model::Glom::neighbour_distill`]), a mean like distillation's.
+//!
+//! Of a video (a dataset whose items have several frames) the batch holds
+//! every frame ([`make_sequence_batch`]), the means run over all the
+//! iterations of [`Config::settle_iterations`], and reconstruction is of
+//! the last frame.
 
 pub mod adam;
 
@@ -50,7 +55,9 @@ pub fn batch_indices(cfg: &Config, step: u64, len: usize) -> Vec<usize> {
         .collect()
 }
 
-/// A batch cut into the patches of a tile's locations.
+/// A batch cut into the patches of a tile's locations. Of a batch of
+/// sequences, `input`, `target` and `hidden` are of the last frame (the one
+/// reconstruction is scored on) and `earlier` holds the frames before it.
 #[derive(Debug)]
 pub struct Batch {
     /// `[P, B, pixels]`: what the front end sees (hidden patches are zero).
@@ -59,6 +66,20 @@ pub struct Batch {
     pub target: Tensor,
     /// `[P, B, 1]`: 1 where the patch is hidden, 0 where visible.
     pub hidden: Tensor,
+    /// What the front end sees of each frame before the last, oldest
+    /// first, `[P, B, pixels]` each, with the same patches hidden; empty
+    /// for still images.
+    pub earlier: Vec<Tensor>,
+}
+
+impl Batch {
+    /// The input of every frame, oldest first (what
+    /// [`Glom::settle_frames`] reads).
+    pub fn frames(&self) -> Vec<Tensor> {
+        let mut all = self.earlier.clone();
+        all.push(self.input.clone());
+        all
+    }
 }
 
 /// Cut `images` into the patches of `locs`, hiding each (image position,
@@ -72,6 +93,42 @@ pub fn make_batch(
     device: &Device,
     dtype: DType,
 ) -> Result<Batch> {
+    let sequences: Vec<&[Image]> = images.iter().map(std::slice::from_ref).collect();
+    make_sequence_batch(
+        cfg,
+        &sequences,
+        locs,
+        mask_key,
+        mask_fraction,
+        device,
+        dtype,
+    )
+}
+
+/// [`make_batch`] of sequences (every one of the same number of frames,
+/// oldest first). A hidden (image position, location) is hidden in every
+/// frame, like a blind spot the objects move through: hiding it only in
+/// the last frame would let the state carried over from the frame before,
+/// where it was seen, fill it in. One frame per sequence is [`make_batch`].
+pub fn make_sequence_batch<S: AsRef<[Image]>>(
+    cfg: &Config,
+    sequences: &[S],
+    locs: &[usize],
+    mask_key: u64,
+    mask_fraction: f64,
+    device: &Device,
+    dtype: DType,
+) -> Result<Batch> {
+    let frames = sequences.first().map_or(1, |s| s.as_ref().len());
+    if frames == 0 || sequences.iter().any(|s| s.as_ref().len() != frames) {
+        return Err(crate::error::Error::Shape(format!(
+            "a batch needs sequences of one common, positive number of frames, got {:?}",
+            sequences
+                .iter()
+                .map(|s| s.as_ref().len())
+                .collect::<Vec<_>>()
+        )));
+    }
     let side = cfg.image_side();
     let shape = crate::data::ImageShape {
         channels: cfg.channels(),
@@ -79,33 +136,48 @@ pub fn make_batch(
         width: side,
     };
     let pix = cfg.model.patch * cfg.model.patch * cfg.channels();
-    let b = images.len();
-    let patches: Vec<Vec<f32>> = images
+    let b = sequences.len();
+    // Per image, per frame: its patches.
+    let patches: Vec<Vec<Vec<f32>>> = sequences
         .iter()
-        .map(|im| patchify(&im.pixels, shape, cfg.model.patch))
+        .map(|seq| {
+            seq.as_ref()
+                .iter()
+                .map(|im| patchify(&im.pixels, shape, cfg.model.patch))
+                .collect()
+        })
         .collect();
-    let mut input = Vec::with_capacity(locs.len() * b * pix);
+    let mut inputs = vec![Vec::with_capacity(locs.len() * b * pix); frames];
     let mut target = Vec::with_capacity(locs.len() * b * pix);
     let mut hidden = Vec::with_capacity(locs.len() * b);
     for &g in locs {
-        for (bi, p) in patches.iter().enumerate() {
-            let src = &p[g * pix..(g + 1) * pix];
+        for (bi, seq) in patches.iter().enumerate() {
             let mut rng = Rng::from_key(&[cfg.seed, MASK_STREAM, mask_key, bi as u64, g as u64]);
             let is_hidden = rng.uniform() < mask_fraction;
-            target.extend_from_slice(src);
-            if is_hidden {
-                input.extend(std::iter::repeat_n(0f32, pix));
-            } else {
-                input.extend_from_slice(src);
+            for (input, p) in inputs.iter_mut().zip(seq) {
+                let src = &p[g * pix..(g + 1) * pix];
+                if is_hidden {
+                    input.extend(std::iter::repeat_n(0f32, pix));
+                } else {
+                    input.extend_from_slice(src);
+                }
             }
+            let last = &seq[frames - 1];
+            target.extend_from_slice(&last[g * pix..(g + 1) * pix]);
             hidden.push(if is_hidden { 1f32 } else { 0.0 });
         }
     }
     let dims = (locs.len(), b, pix);
+    let mut inputs = inputs
+        .into_iter()
+        .map(|x| Ok(Tensor::from_vec(x, dims, device)?.to_dtype(dtype)?))
+        .collect::<Result<Vec<_>>>()?;
+    let input = inputs.pop().expect("at least one frame");
     Ok(Batch {
-        input: Tensor::from_vec(input, dims, device)?.to_dtype(dtype)?,
+        input,
         target: Tensor::from_vec(target, dims, device)?.to_dtype(dtype)?,
         hidden: Tensor::from_vec(hidden, (locs.len(), b, 1), device)?.to_dtype(dtype)?,
+        earlier: inputs,
     })
 }
 
@@ -139,7 +211,7 @@ pub fn objective(
     let n = model.tile.grid.len() as f64;
     let (k, t, d) = (
         cfg.model.levels as f64,
-        cfg.model.iterations as f64,
+        cfg.settle_iterations() as f64,
         cfg.model.dim as f64,
     );
     let tr = &cfg.train;
@@ -295,10 +367,10 @@ impl Trainer {
         let prof = &self.model.profile;
         let batch = prof.time(Part::Batch, || {
             let idx = batch_indices(cfg, self.step, self.data.len());
-            let images: Vec<Image> = idx.iter().map(|&i| self.data.get(i)).collect();
-            make_batch(
+            let sequences: Vec<Vec<Image>> = idx.iter().map(|&i| self.data.sequence(i)).collect();
+            make_sequence_batch(
                 cfg,
-                &images,
+                &sequences,
                 &self.model.tile.locs,
                 self.step,
                 cfg.train.mask_fraction,
@@ -309,7 +381,7 @@ impl Trainer {
         let mode = Mode::from(cfg.train.learning);
         let settled = self
             .model
-            .settle(&batch.input, self.step, mode, halo, false)?;
+            .settle_frames(&batch.frames(), self.step, mode, halo, false)?;
         let (loss, losses, loss_shares) =
             prof.time(Part::Loss, || objective(&self.model, &batch, &settled))?;
         let grads = prof.time(Part::Backward, || loss.backward())?;

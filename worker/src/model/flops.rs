@@ -35,7 +35,7 @@ pub fn flops(cfg: &Config) -> Flops {
         m.levels as f64,
         m.dim as f64,
         m.hidden as f64,
-        m.iterations as f64,
+        cfg.settle_iterations() as f64,
     );
     let pix = (m.patch * m.patch * cfg.channels()) as f64;
     let mlp = |input: f64, output: f64| 2.0 * rows * (input * h + h * output);

@@ -11,6 +11,15 @@
 //!
 //! The state before the first iteration is one bottom-up pass:
 //! `e[0] = LN(front(pixels))`, `e[l] = LN(BU[l](e[l-1]))`.
+//!
+//! A video settles as one run of iterations over its frames (paper section
+//! 11): `model.iterations` on the first frame, then
+//! `model.iterations_per_frame` on each further one, the front end reading
+//! the frame of the iteration and the state carried over, never reset
+//! ([`Config::settle_iterations`], [`Config::frame_of_iteration`]). The
+//! schedule and beta ramp over the first frame's iterations and hold
+//! their last values afterwards. A still image is a sequence of one frame
+//! and settles exactly as it always did.
 
 pub mod flops;
 pub mod grid;
@@ -88,10 +97,13 @@ pub struct MixWeights {
 }
 
 impl MixWeights {
-    /// The configured schedule at iteration `t`.
+    /// The configured schedule at iteration `t`: it ramps over the
+    /// first frame's `model.iterations` and holds its last value on the
+    /// further frames of a video.
     pub fn at(cfg: &Config, t: usize) -> Self {
         let s = &cfg.model.schedule;
         let n = cfg.model.iterations;
+        let t = t.min(n.saturating_sub(1));
         Self {
             bottom_up: s.bottom_up.at(t, n),
             top_down: s.top_down.at(t, n),
@@ -180,6 +192,10 @@ pub struct Settled {
     /// Per iteration, per level: the weighted mean before normalisation and
     /// the new state (both detached); filled when asked for.
     pub trace: Vec<Vec<(Tensor, Tensor)>>,
+    /// Per frame settled, per level: the state after that frame's last
+    /// iteration (detached), `[P, B, d]`; one entry, equal to `levels`,
+    /// for a still image.
+    pub frames: Vec<Vec<Tensor>>,
 }
 
 /// A GLOM engine for one tile.
@@ -248,12 +264,13 @@ impl Glom {
         &self.specs
     }
 
-    /// Inverse temperature of lateral attention at `level`, iteration `t`.
+    /// Inverse temperature of lateral attention at `level`, iteration `t`
+    /// (rising over the first frame's iterations, like the schedule).
     pub fn beta(&self, level: usize, t: usize) -> f64 {
         let m = &self.cfg.model;
         let base = across_levels(m.beta[0], m.beta[1], level, m.levels);
         let rise = if m.iterations > 1 {
-            t as f64 / (m.iterations - 1) as f64
+            t.min(m.iterations - 1) as f64 / (m.iterations - 1) as f64
         } else {
             0.0
         };
@@ -293,9 +310,10 @@ impl Glom {
         Ok(NeighbourTensors { idx, pad })
     }
 
-    /// Settle a batch: `patches` is `[P, B, pixels]` (masked where hidden),
-    /// `step_key` keys the neighbour draws (the training step; a fixed key
-    /// for evaluation). `negative` enables the awake hinge term at `margin`.
+    /// Settle a batch of still images: `patches` is `[P, B, pixels]`
+    /// (masked where hidden), `step_key` keys the neighbour draws (the
+    /// training step; a fixed key for evaluation). Under a video
+    /// configuration the image stands for a sequence of identical frames.
     pub fn settle(
         &self,
         patches: &Tensor,
@@ -304,8 +322,47 @@ impl Glom {
         halo: &mut dyn HaloExchange,
         want_trace: bool,
     ) -> Result<Settled> {
+        self.settle_frames(
+            std::slice::from_ref(patches),
+            step_key,
+            mode,
+            halo,
+            want_trace,
+        )
+    }
+
+    /// Settle a batch of sequences: `frames` holds each frame's `[P, B,
+    /// pixels]`, oldest first, either one (a still image, read at every
+    /// iteration) or the configuration's [`Config::frames`]. Iteration `t`
+    /// reads frame [`Config::frame_of_iteration`]`(t)`; the state is never
+    /// reset; every student learns at every iteration toward the consensus
+    /// of that iteration, so of its frame; reconstruction reads the state
+    /// after the last iteration, so it is of the last frame.
+    pub fn settle_frames(
+        &self,
+        frames: &[Tensor],
+        step_key: u64,
+        mode: Mode,
+        halo: &mut dyn HaloExchange,
+        want_trace: bool,
+    ) -> Result<Settled> {
         let m = &self.cfg.model;
         let k = m.levels;
+        let wanted = self.cfg.frames();
+        if frames.is_empty() || (frames.len() != 1 && frames.len() != wanted) {
+            return Err(Error::Shape(format!(
+                "settling needs 1 or {wanted} frames (data.frames), got {}",
+                frames.len()
+            )));
+        }
+        let frame_at = |t: usize| {
+            if frames.len() == 1 {
+                0
+            } else {
+                self.cfg.frame_of_iteration(t)
+            }
+        };
+        let iterations = self.cfg.settle_iterations();
         let prof = &self.profile;
         let nb = prof.time(Part::NeighbourDraw, || self.neighbour_tensors(step_key))?;
         let local = mode != Mode::Bptt;
@@ -324,7 +381,7 @@ impl Glom {
 
         // Initial state: one bottom-up pass.
         let mut e = Vec::with_capacity(k);
-        let front = prof.time(Part::FrontEnd, || self.nets.front.forward(patches))?;
+        let front = prof.time(Part::FrontEnd, || self.nets.front.forward(&frames[0]))?;
         e.push(detach(norm(&front)?));
         for l in 1..k {
             let up = prof.time(Part::Nets, || self.nets.bottom_up[l - 1].forward(&e[l - 1]))?;
@@ -334,8 +391,10 @@ impl Glom {
         let mut recon_src = None;
         let mut trace = Vec::new();
         let mut prev_srcs: Option<Vec<Tensor>> = None;
-        for t in 0..m.iterations {
+        let mut frame_states = Vec::with_capacity(frames.len());
+        for t in 0..iterations {
             let w = MixWeights::at(&self.cfg, t);
+            let patches = &frames[frame_at(t)];
             prof.time(Part::HaloSend, || halo.send(t, &e))?;
             // Everything that needs no halo, while the exchange is in flight.
             let mut predictions = Vec::with_capacity(k);
@@ -406,7 +465,7 @@ impl Glom {
                 if want_trace {
                     step_trace.push((mixed.detach(), settled.detach()));
                 }
-                if l == 0 && t + 1 == m.iterations {
+                if l == 0 && t + 1 == iterations {
                     recon_src = Some(settled.clone());
                 }
                 new.push(detach(settled));
@@ -418,6 +477,9 @@ impl Glom {
                 prev_srcs = Some(srcs);
             }
             e = new;
+            if t + 1 == iterations || frame_at(t + 1) != frame_at(t) {
+                frame_states.push(e.iter().map(Tensor::detach).collect());
+            }
         }
         prof.time(Part::Loss, || acc.finish())?;
         let recon_src = recon_src.expect("at least one iteration (validated)");
@@ -434,6 +496,7 @@ impl Glom {
             autoencoder: acc.autoencoder,
             neighbour_distill: acc.neighbour,
             trace,
+            frames: frame_states,
         })
     }
 
