@@ -196,13 +196,15 @@ pub(crate) fn table(cfg: &Config, rows: &[HaloRow]) -> String {
 mod tests {
     use super::*;
 
-    /// One worker sends nothing; on the default 8x8 grid (reach 10, wider
-    /// than the grid) two workers each send their whole tile at every level:
+    /// One worker sends nothing; on the default 8x8 grid with the top
+    /// level's neighbourhood 4 cells wide (reach 10, wider than the grid)
+    /// two workers each send their whole tile at every level:
     /// 32 cells x 5 levels x 2 workers x d 32 x 6 iterations x batch 32 x 4
     /// bytes; no minimum exceeds what is sent.
     #[test]
     fn halo_figures_of_the_default_grid() {
-        let cfg = Config::default();
+        let mut cfg = Config::default();
+        cfg.model.neighbour_sigma = [1.0, 4.0];
         let rows = measure(&cfg, &[1, 2, 4]).unwrap();
         assert_eq!((rows[0].sent_bytes, rows[0].reachable_bytes), (0, 0));
         assert_eq!(rows[0].drawn_bytes, 0.0);

@@ -1417,13 +1417,15 @@ mod tests {
 
     /// The default configuration's hash is pinned: a key added later must
     /// leave it as it is while the key holds its default (old checkpoints
-    /// and running clusters keep agreeing). Computed before the video keys
-    /// (`data.frames`, `model.iterations_per_frame`) existed.
+    /// and running clusters keep agreeing). Computed for the current default
+    /// (residual bottom-up nets, variance weight 2, neighbour_sigma [1, 1.5])
+    /// before the video keys (`data.frames`, `model.iterations_per_frame`)
+    /// and `model.attention` existed.
     #[test]
     fn the_default_hash_is_pinned() {
         assert_eq!(
             Config::default().hash(),
-            "f93504e3b97265e6edea36eb21a1873dec2e1247aef003247e57c041d254e731"
+            "74ccd0f3226a694206da8eb06f69b30446c31f8b028300f4d6d4e025a0fcc0ff"
         );
     }
 
