@@ -9,7 +9,8 @@
 #                          (the embedded default)
 #   (c) <data>-recovery/:  `glom sleep` on the last checkpoint of (a), then
 #                          `glom eval` of both (does rank and probe accuracy come back?)
-# Usage: scripts/sleep-experiment.sh [STEPS] [SLEEP_EVERY]   (default 3000 250)
+# Usage: scripts/sleep-experiment.sh [STEPS] [SLEEP_EVERY] [DATA]
+#        (default 3000 250 "scenes fmnist"; DATA: scenes, fmnist or both)
 # A short smoke run: scripts/sleep-experiment.sh 20 10
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,12 +51,17 @@ recover() {
 short_eval=()
 if [ "$steps" -lt 500 ]; then short_eval=(--set eval.images=16 --set eval.probe_images=64); fi
 
-for data in scenes fmnist; do
+datasets=${3:-scenes fmnist}
+for data in $datasets; do
+  case $data in scenes | fmnist) ;; *) echo "DATA must be scenes and/or fmnist, got '$data'" >&2; exit 2 ;; esac
+done
+for data in $datasets; do
   extra=()
   if [ "$data" = fmnist ]; then extra=(--set data.source=fashion_mnist); fi
   train "$data-awake" --config configs/sleep-awake.toml "${extra[@]}"
   train "$data-scheduled" --config configs/sleep-scheduled.toml --set sleep.every_steps="$every" "${extra[@]}"
-  train "$data-awake-terms" --config configs/sleep-awake.toml --set train.variance_weight=10 \
+  # The embedded default's awake terms (configs/default.toml [train]).
+  train "$data-awake-terms" --config configs/sleep-awake.toml --set train.variance_weight=2 \
     --set train.covariance_weight=10 "${extra[@]}"
   recover "$data"
 done
