@@ -66,7 +66,8 @@ fn one_two_and_four_workers_train_the_same_bits() {
 
 /// Videos (paper section 11) train the same bits on 1 and 2 workers: the
 /// halo of every iteration of every frame gives each tile what the whole
-/// grid would.
+/// grid would; learning from time (next-frame distillation, negatives from
+/// frames 2 apart) included.
 #[test]
 fn moving_scenes_train_the_same_bits_on_one_and_two_workers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -74,6 +75,9 @@ fn moving_scenes_train_the_same_bits_on_one_and_two_workers() {
         "data.source=\"moving_scenes\"",
         "data.frames=3",
         "model.iterations_per_frame=2",
+        "train.distill_target=\"next_frame\"",
+        "train.contrastive_weight=0.5",
+        "train.contrastive_frame_gap=[2, 2]",
         "train.steps=6",
         "train.log_every=2",
     ];

@@ -91,6 +91,19 @@ pub enum ContrastivePositive {
     Lateral,
 }
 
+/// Which consensus a student's prediction is distilled toward in a video
+/// (see [`TrainConfig::distill_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillTarget {
+    /// The consensus of the same iteration, so of the frame being read.
+    SameFrame,
+    /// The consensus at the end of the next frame: the students of frame
+    /// `f` predict what comes next (paper section 11); those of the last
+    /// frame, with nothing after it, keep their own iteration's consensus.
+    NextFrame,
+}
+
 /// Where images come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -297,6 +310,18 @@ pub struct TrainConfig {
     pub contrastive_temperature: f64,
     /// `"consensus"` or `"lateral"`: the positive of the InfoNCE term.
     pub contrastive_positive: ContrastivePositive,
+    /// Video only: `[min, max]` frame distances whose states join the
+    /// InfoNCE negatives. A prediction about frame `f` must also tell its
+    /// positive apart from the consensus, at the same location and in the
+    /// same sequence, at the end of every frame `f +- g` with
+    /// `min <= g <= max` (nearby but not adjacent frames, paper section
+    /// 12.2, with `min >= 2`). `[0, 0]` = off, the negatives are the other
+    /// images of the batch alone.
+    pub contrastive_frame_gap: [usize; 2],
+    /// Video only: `"same_frame"` or `"next_frame"`, the consensus every
+    /// bottom-up and top-down student is distilled toward
+    /// ([`DistillTarget`]).
+    pub distill_target: DistillTarget,
     /// Weight of the local autoencoder term `TD[l](BU[l+1](e[l])) ~ e[l]`
     /// per level below the top; 0 = off.
     pub autoencoder_weight: f64,
@@ -342,6 +367,8 @@ impl Default for TrainConfig {
             contrastive_weight: 0.0,
             contrastive_temperature: 0.1,
             contrastive_positive: ContrastivePositive::Consensus,
+            contrastive_frame_gap: [0, 0],
+            distill_target: DistillTarget::SameFrame,
             autoencoder_weight: 0.0,
             neighbour_distill_weight: 0.0,
             divergence_factor: 1000.0,
@@ -928,6 +955,45 @@ impl Config {
                 format!("{} must be between 1 and {MAX_FRAMES}", d.frames)
             })?;
         }
+        let frames = self.frames();
+        check(
+            t.distill_target == DistillTarget::SameFrame || frames > 1,
+            "train.distill_target",
+            || {
+                "\"next_frame\" needs frames to predict: a video source \
+                 (data.source = \"moving_scenes\") with data.frames >= 2"
+                    .into()
+            },
+        )?;
+        let [gap_min, gap_max] = t.contrastive_frame_gap;
+        if t.contrastive_frame_gap != [0, 0] {
+            check(
+                gap_min >= 1 && gap_min <= gap_max,
+                "train.contrastive_frame_gap",
+                || {
+                    format!(
+                        "[{gap_min}, {gap_max}] must be [min, max] with 1 <= min <= max, \
+                         or [0, 0] (off)"
+                    )
+                },
+            )?;
+            check(gap_min < frames, "train.contrastive_frame_gap", || {
+                format!(
+                    "[{gap_min}, {gap_max}] reaches no frame: the data has {frames} frame(s) \
+                         per item (a video source with data.frames > {gap_min} is needed)"
+                )
+            })?;
+            check(
+                t.contrastive_weight > 0.0,
+                "train.contrastive_frame_gap",
+                || {
+                    format!(
+                        "[{gap_min}, {gap_max}] adds negatives to the InfoNCE term, \
+                         which is off (train.contrastive_weight = 0)"
+                    )
+                },
+            )?;
+        }
         check(self.eval.images >= 1, "eval.images", || {
             "must be positive".into()
         })?;
@@ -1246,7 +1312,16 @@ impl Config {
                     "contrastive_weight",
                     "contrastive_temperature",
                     "contrastive_positive",
+                    "contrastive_frame_gap",
                 ][..],
+            ),
+            (
+                t.contrastive_frame_gap == [0, 0],
+                &["contrastive_frame_gap"][..],
+            ),
+            (
+                t.distill_target == DistillTarget::SameFrame,
+                &["distill_target"][..],
             ),
             (t.autoencoder_weight == 0.0, &["autoencoder_weight"][..]),
             (

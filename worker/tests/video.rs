@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use glom_protocol::config::{Config, DataSource, InitMode};
+use glom_protocol::config::{Config, DataSource, DistillTarget, InitMode};
 use glom_worker::data::{Dataset, MovingScenes, SceneParams, SyntheticScenes};
 use glom_worker::learn::{make_sequence_batch, Batch, Trainer};
 use glom_worker::model::grid::{Grid, Tile};
-use glom_worker::model::{Glom, Mode, NoHalo};
+use glom_worker::model::{layer_norm, Glom, Mode, NoHalo};
 use glom_worker::Result;
 use support::{Record, Replay};
 
@@ -150,16 +150,25 @@ fn each_frame_is_read_in_turn_and_the_state_carries_over() -> Result<()> {
 }
 
 /// A tile given its halo at every iteration of every frame computes
-/// exactly what the whole grid computes for those locations.
+/// exactly what the whole grid computes for those locations; also with
+/// next-frame distillation and nearby-frame InfoNCE negatives.
 #[test]
 fn a_video_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
     let mut cfg = video_cfg();
     cfg.model.init = InitMode::Independent;
     cfg.train.neighbour_distill_weight = 1.0;
     cfg.train.autoencoder_weight = 1.0;
+    tile_like_whole(&cfg)?;
+    cfg.train.distill_target = DistillTarget::NextFrame;
+    cfg.train.contrastive_weight = 1.0;
+    cfg.train.contrastive_frame_gap = [2, 2];
+    tile_like_whole(&cfg)
+}
+
+fn tile_like_whole(cfg: &Config) -> Result<()> {
     let grid = Grid::square(cfg.grid_side());
-    let whole = Glom::new(&cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
-    let d = data(&cfg);
+    let whole = Glom::new(cfg, Tile::whole(grid), &Device::Cpu, DType::F32)?;
+    let d = data(cfg);
     let seqs: Vec<_> = (0..3).map(|i| d.sequence(i)).collect();
     let b = batch(&whole, &seqs, 0.3);
     let mut rec = Record(Vec::new());
@@ -172,7 +181,7 @@ fn a_video_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
         .max()
         .unwrap();
     let tile = Tile::rect(grid, 0..2, 2..4, reach);
-    let part = Glom::new(&cfg, tile.clone(), &Device::Cpu, DType::F32)?;
+    let part = Glom::new(cfg, tile.clone(), &Device::Cpu, DType::F32)?;
     let idx = Tensor::new(
         tile.locs.iter().map(|&g| g as u32).collect::<Vec<_>>(),
         &Device::Cpu,
@@ -205,6 +214,7 @@ fn a_video_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
         ("distill_bu", &got.distill_bu, &full.distill_bu),
         ("distill_td", &got.distill_td, &full.distill_td),
         ("variance", &got.variance, &full.variance),
+        ("contrastive", &got.contrastive, &full.contrastive),
         ("autoencoder", &got.autoencoder, &full.autoencoder),
         (
             "neighbour_distill",
@@ -218,6 +228,112 @@ fn a_video_tile_with_its_halo_settles_like_the_whole_grid() -> Result<()> {
             "{name}"
         );
     }
+    Ok(())
+}
+
+/// Next-frame distillation, computed by hand from the trace: every
+/// student of frames 0 and 1 is distilled toward the state at the end of
+/// the following frame, those of the last frame toward their own
+/// iteration's consensus; the same hand computation with the iteration's
+/// own consensus everywhere gives the same-frame figure.
+#[test]
+fn next_frame_students_learn_the_end_of_the_following_frame() -> Result<()> {
+    let mut cfg = video_cfg();
+    cfg.train.autoencoder_weight = 0.0;
+    let d = data(&cfg);
+    let seqs: Vec<_> = (0..3).map(|i| d.sequence(i)).collect();
+    for target in [DistillTarget::SameFrame, DistillTarget::NextFrame] {
+        cfg.train.distill_target = target;
+        let model = Glom::new(&cfg, Tile::whole(Grid::square(4)), &Device::Cpu, DType::F64)?;
+        let frames = batch(&model, &seqs, 0.3).frames();
+        let s = model.settle_frames(&frames, 3, Mode::Local, &mut NoHalo, true)?;
+        let k = cfg.model.levels;
+        // The state before iteration 0: one bottom-up pass over frame 0.
+        let mut prev = vec![layer_norm(&model.nets.front.forward(&frames[0])?)?];
+        for l in 1..k {
+            prev.push(layer_norm(
+                &model.nets.bottom_up[l - 1].forward(&prev[l - 1])?,
+            )?);
+        }
+        let sq = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok((a - b)?.sqr()?.sum(2)?.sum(1)?) };
+        let (mut bu_sum, mut td_sum) = (Tensor::zeros(16, DType::F64, &Device::Cpu)?, None);
+        for t in 0..cfg.settle_iterations() {
+            let f = cfg.frame_of_iteration(t);
+            for l in 0..k {
+                let target = match target {
+                    DistillTarget::NextFrame if f < 2 => s.frames[f + 1][l].clone(),
+                    _ => s.trace[t][l].1.clone(),
+                };
+                let bu = if l == 0 {
+                    model.nets.front.forward(&frames[f])?
+                } else {
+                    model.nets.bottom_up[l - 1].forward(&prev[l - 1])?
+                };
+                bu_sum = (bu_sum + sq(&bu, &target)?)?;
+                if l + 1 < k {
+                    let td = sq(&model.top_down(l, &prev[l + 1])?, &target)?;
+                    td_sum = Some(match td_sum {
+                        None => td,
+                        Some(sum) => (sum + td)?,
+                    });
+                }
+            }
+            prev = s.trace[t]
+                .iter()
+                .map(|(_, settled)| settled.clone())
+                .collect();
+        }
+        assert!(max_abs_diff(&bu_sum, &s.distill_bu) < 1e-9, "{target:?}");
+        assert!(
+            max_abs_diff(&td_sum.unwrap(), &s.distill_td) < 1e-9,
+            "{target:?}"
+        );
+    }
+    Ok(())
+}
+
+/// InfoNCE negatives from frames 2 apart: the term grows (more negatives
+/// in each softmax), and a gap the sequence cannot reach or a still
+/// source is refused naming the key.
+#[test]
+fn nearby_frames_join_the_contrastive_negatives() -> Result<()> {
+    let mut cfg = video_cfg();
+    cfg.train.contrastive_weight = 1.0;
+    let d = data(&cfg);
+    let seqs: Vec<_> = (0..3).map(|i| d.sequence(i)).collect();
+    let mut sums = Vec::new();
+    for gap in [[0, 0], [2, 2]] {
+        cfg.train.contrastive_frame_gap = gap;
+        cfg.validate().unwrap();
+        let model = Glom::new(&cfg, Tile::whole(Grid::square(4)), &Device::Cpu, DType::F64)?;
+        let frames = batch(&model, &seqs, 0.3).frames();
+        let s = model.settle_frames(&frames, 3, Mode::Local, &mut NoHalo, false)?;
+        sums.push(s.contrastive.sum_all()?.to_scalar::<f64>()?);
+        // Nothing else moves.
+        assert!(s.distill_bu.sum_all()?.to_scalar::<f64>()?.is_finite());
+    }
+    assert!(sums[1] > sums[0], "{sums:?}");
+    for (gap, weight, source) in [
+        ([3, 4], 1.0, DataSource::MovingScenes),
+        ([2, 1], 1.0, DataSource::MovingScenes),
+        ([2, 2], 0.0, DataSource::MovingScenes),
+        ([2, 2], 1.0, DataSource::Scenes),
+    ] {
+        let mut bad = cfg.clone();
+        (
+            bad.train.contrastive_frame_gap,
+            bad.train.contrastive_weight,
+            bad.data.source,
+        ) = (gap, weight, source);
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("train.contrastive_frame_gap"), "{gap:?}: {e}");
+    }
+    let mut still = cfg.clone();
+    still.data.source = DataSource::Scenes;
+    still.train.contrastive_frame_gap = [0, 0];
+    still.train.distill_target = DistillTarget::NextFrame;
+    let e = still.validate().unwrap_err().to_string();
+    assert!(e.contains("train.distill_target"), "{e}");
     Ok(())
 }
 

@@ -29,7 +29,9 @@ pub mod profile;
 pub mod terms;
 
 use candle_core::{DType, Device, Tensor, D};
-use glom_protocol::config::{across_levels, Config, ContrastivePositive, Learning, WeightMode};
+use glom_protocol::config::{
+    across_levels, Config, ContrastivePositive, DistillTarget, Learning, WeightMode,
+};
 
 use crate::error::{Error, Result};
 use grid::{sample_neighbours, NeighbourSpec, Tile};
@@ -392,6 +394,13 @@ impl Glom {
         let mut trace = Vec::new();
         let mut prev_srcs: Option<Vec<Tensor>> = None;
         let mut frame_states = Vec::with_capacity(frames.len());
+        // Next-frame distillation: the students of a frame wait (`current`,
+        // then `pending`) for the consensus at the end of the next frame.
+        let last_frame = frames.len() - 1;
+        let next_frame =
+            learn && last_frame > 0 && self.cfg.train.distill_target == DistillTarget::NextFrame;
+        let mut current: Vec<Student> = Vec::new();
+        let mut pending: Vec<Student> = Vec::new();
         for t in 0..iterations {
             let w = MixWeights::at(&self.cfg, t);
             let patches = &frames[frame_at(t)];
@@ -457,9 +466,16 @@ impl Glom {
                 };
                 let mixed = prof.time(Part::Mix, || mix(&bu, td_mix.as_ref(), &e[l], &lat, w))?;
                 let settled = norm(&mixed)?;
-                if learn {
+                if next_frame && frame_at(t) < last_frame {
+                    current.push(Student {
+                        level: l,
+                        bu: bu.clone(),
+                        td: td.clone(),
+                        lat: lat.clone(),
+                    });
+                } else if learn {
                     prof.time(Part::Loss, || {
-                        acc.add(&bu, td.as_ref(), &settled.detach(), &lat)
+                        acc.add(&bu, td.as_ref(), &settled.detach(), &lat, frame_at(t), l)
                     })?;
                 }
                 if want_trace {
@@ -478,10 +494,22 @@ impl Glom {
             }
             e = new;
             if t + 1 == iterations || frame_at(t + 1) != frame_at(t) {
-                frame_states.push(e.iter().map(Tensor::detach).collect());
+                frame_states.push(e.iter().map(Tensor::detach).collect::<Vec<_>>());
+                if next_frame {
+                    // The frame before this one predicted this frame's end.
+                    let end = frame_states.last().expect("just pushed");
+                    prof.time(Part::Loss, || -> Result<()> {
+                        for s in pending.drain(..) {
+                            let (l, f) = (s.level, frame_at(t));
+                            acc.add(&s.bu, s.td.as_ref(), &end[l], &s.lat, f, l)?;
+                        }
+                        Ok(())
+                    })?;
+                    pending = std::mem::take(&mut current);
+                }
             }
         }
-        prof.time(Part::Loss, || acc.finish())?;
+        prof.time(Part::Loss, || acc.finish(&frame_states))?;
         let recon_src = recon_src.expect("at least one iteration (validated)");
         let recon = prof.time(Part::FrontEnd, || self.nets.decoder.forward(&recon_src))?;
         Ok(Settled {
@@ -580,6 +608,18 @@ struct StudentTerms {
     /// them in [`StudentTerms::finish`], not once per student.
     preds: Vec<Tensor>,
     positives: Vec<Tensor>,
+    /// Of every entry of `preds`: the frame whose consensus it is
+    /// distilled toward, and its level.
+    pred_frames: Vec<(usize, usize)>,
+}
+
+/// A student's predictions at one level and iteration, kept until the
+/// consensus it is distilled toward exists (next-frame distillation).
+struct Student {
+    level: usize,
+    bu: Tensor,
+    td: Option<Tensor>,
+    lat: Tensor,
 }
 
 impl StudentTerms {
@@ -604,18 +644,22 @@ impl StudentTerms {
             neighbour: zero,
             preds: Vec::new(),
             positives: Vec::new(),
+            pred_frames: Vec::new(),
         })
     }
 
     /// Add the terms of one level at one iteration: the bottom-up and
     /// top-down predictions (raw, `[P, B, d]`), the consensus they are
-    /// distilled toward (detached) and the lateral attention output.
+    /// distilled toward (detached), the lateral attention output, the
+    /// frame of that consensus and the level.
     fn add(
         &mut self,
         bu: &Tensor,
         td: Option<&Tensor>,
         target: &Tensor,
         lat: &Tensor,
+        frame: usize,
+        level: usize,
     ) -> Result<()> {
         let tr = &self.train;
         self.distill_bu = (&self.distill_bu + terms::per_location_sum(&(bu - target)?.sqr()?)?)?;
@@ -634,6 +678,7 @@ impl StudentTerms {
             };
             for pred in std::iter::once(bu).chain(td) {
                 self.preds.push(pred.clone());
+                self.pred_frames.push((frame, level));
                 if self.contrastive_on {
                     self.positives.push(positive.clone());
                 }
@@ -645,7 +690,9 @@ impl StudentTerms {
     /// Compute the batch terms over every prediction collected: one call
     /// on all of them stacked along the location axis (`[n P, B, d]`),
     /// then each location's values added over the n predictions.
-    fn finish(&mut self) -> Result<()> {
+    /// `frame_states` holds every level's state at the end of each frame
+    /// (`[P, B, d]`), the negatives of `train.contrastive_frame_gap`.
+    fn finish(&mut self, frame_states: &[Vec<Tensor>]) -> Result<()> {
         if self.preds.is_empty() {
             return Ok(());
         }
@@ -663,13 +710,64 @@ impl StudentTerms {
         }
         if self.contrastive_on {
             let positives = Tensor::cat(&self.positives, 0)?;
-            self.contrastive = per_location(terms::info_nce(
+            let extra = self.frame_negatives(frame_states)?;
+            self.contrastive = per_location(terms::info_nce_with(
                 &all,
                 &positives,
+                extra.as_ref().map(|(c, m)| (c, m)),
                 tr.contrastive_temperature,
             )?)?;
         }
         Ok(())
+    }
+
+    /// The further InfoNCE negatives of `train.contrastive_frame_gap` for
+    /// every collected prediction, as [`terms::info_nce_with`] takes them:
+    /// the cosine similarity `[n P, B, G]` of each prediction about frame
+    /// `f` at level `l` to the state of its own location and sequence at
+    /// the end of frames `f - g` and `f + g` (`min <= g <= max`, G = 2
+    /// slots per g), and the mask `[n P, 1, G]` of the slots outside the
+    /// sequence. `None` when the gap is off or the item is one frame.
+    fn frame_negatives(&self, frame_states: &[Vec<Tensor>]) -> Result<Option<(Tensor, Tensor)>> {
+        let [lo, hi] = self.train.contrastive_frame_gap;
+        if lo == 0 || frame_states.len() < 2 {
+            return Ok(None);
+        }
+        let frames = frame_states.len();
+        let units = frame_states
+            .iter()
+            .map(|levels| levels.iter().map(terms::unit).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let (mut cos, mut mask) = (Vec::new(), Vec::new());
+        for (pred, &(f, l)) in self.preds.iter().zip(&self.pred_frames) {
+            let (p, b, _) = pred.dims3()?;
+            let q = terms::unit(pred)?;
+            let mut slots = Vec::new();
+            let mut slot_mask = Vec::new();
+            for g in lo..=hi {
+                for other in [f.checked_sub(g), Some(f + g).filter(|&o| o < frames)] {
+                    match other {
+                        Some(o) => {
+                            slots.push((&q * &units[o][l])?.sum_keepdim(2)?);
+                            slot_mask.push(0f32);
+                        }
+                        None => {
+                            slots.push(Tensor::zeros((p, b, 1), q.dtype(), q.device())?);
+                            slot_mask.push(-1e9);
+                        }
+                    }
+                }
+            }
+            let n = slot_mask.len();
+            cos.push(Tensor::cat(&slots, 2)?);
+            mask.push(
+                Tensor::from_vec(slot_mask, (1, 1, n), q.device())?
+                    .to_dtype(q.dtype())?
+                    .broadcast_as((p, 1, n))?
+                    .contiguous()?,
+            );
+        }
+        Ok(Some((Tensor::cat(&cos, 0)?, Tensor::cat(&mask, 0)?)))
     }
 }
 

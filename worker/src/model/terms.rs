@@ -68,18 +68,40 @@ pub fn covariance(x: &Tensor) -> Result<Tensor> {
 /// only, so a per-location net cannot win by encoding its position. Sum of
 /// the cross-entropies over the images, `[P]`.
 pub fn info_nce(pred: &Tensor, positive: &Tensor, temperature: f64) -> Result<Tensor> {
+    info_nce_with(pred, positive, None, temperature)
+}
+
+/// `x` scaled to unit length over the last axis.
+pub fn unit(x: &Tensor) -> Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// [`info_nce`] with more negatives for each prediction: `extra` is
+/// `(cos, mask)`, `cos` `[P, B, G]` the cosine similarity of image b's
+/// prediction at each location to its G own further negatives (in a video,
+/// the same location of the same sequence at nearby frames, paper section
+/// 12.2), `mask` `[P, 1, G]` added to their logits (0 for a negative, a
+/// large negative number for an empty slot). Each image's softmax runs over
+/// the B positives of the batch and its G further negatives.
+pub fn info_nce_with(
+    pred: &Tensor,
+    positive: &Tensor,
+    extra: Option<(&Tensor, &Tensor)>,
+    temperature: f64,
+) -> Result<Tensor> {
     let (p, b, _) = pred.dims3()?;
-    if b < 2 {
+    if b < 2 && extra.is_none() {
         return Ok(Tensor::zeros(p, pred.dtype(), pred.device())?);
     }
-    let unit = |x: &Tensor| -> Result<Tensor> {
-        let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
-        Ok(x.broadcast_div(&norm)?)
-    };
     let q = unit(pred)?;
     let k = unit(positive)?.transpose(1, 2)?.contiguous()?;
-    let logits = (q.matmul(&k)? / temperature)?; // [P, B, B]
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let mut logits = (q.matmul(&k)? / temperature)?; // [P, B, B]
+    if let Some((cos, mask)) = extra {
+        let more = (cos / temperature)?.broadcast_add(mask)?; // [P, B, G]
+        logits = Tensor::cat(&[&logits, &more], 2)?;
+    }
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.narrow(2, 0, b)?;
     let eye = Tensor::eye(b, pred.dtype(), pred.device())?;
     Ok(logp.broadcast_mul(&eye)?.sum(2)?.sum(1)?.neg()?)
 }
@@ -178,6 +200,29 @@ mod tests {
         // Each image: -log(e^10 / (e^10 + e^0)) ~ 4.5e-5; swapped: ~10.
         assert!(good < 1e-3, "{good}");
         assert!((bad - 20.0).abs() < 1e-2, "{bad}");
+    }
+
+    #[test]
+    fn further_negatives_join_the_softmax_and_empty_slots_do_not() {
+        let own = t(&[1., 0., 0., 1.], (1, 2, 2));
+        let base = values(info_nce(&own, &own, 0.1).unwrap())[0];
+        // Slot 0: a negative as similar as the positive (cos 1); slot 1: empty.
+        let cos = t(&[1., 0., 1., 0.], (1, 2, 2));
+        let mask = t(&[0., -1e9], (1, 1, 2));
+        let with = values(info_nce_with(&own, &own, Some((&cos, &mask)), 0.1).unwrap())[0];
+        // Each image: -log(e^10 / (e^10 + e^0 + e^10)) ~ log 2.
+        assert!(
+            (with - base - 2.0 * 2f32.ln()).abs() < 1e-3,
+            "{with} {base}"
+        );
+        let none = t(&[-1e9, -1e9], (1, 1, 2));
+        let masked = values(info_nce_with(&own, &own, Some((&cos, &none)), 0.1).unwrap())[0];
+        assert!((masked - base).abs() < 1e-6, "{masked} {base}");
+        // One image: the batch has no negative, the further ones still count.
+        let one = t(&[1., 0.], (1, 1, 2));
+        let c1 = t(&[1., 0.], (1, 1, 2));
+        let single = values(info_nce_with(&one, &one, Some((&c1, &mask)), 0.1).unwrap())[0];
+        assert!((single - 2f32.ln()).abs() < 1e-3, "{single}");
     }
 
     #[test]
