@@ -140,7 +140,8 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
-    /// Picture and JSON of the parse tree (islands per level) of one image.
+    /// Picture and JSON of the parse tree (islands per level) of one image
+    /// (of a video checkpoint: one held-out sequence, a column per frame).
     Parse {
         /// Checkpoint directory (e.g. runs/X/checkpoints/final).
         #[arg(long, value_name = "DIR")]

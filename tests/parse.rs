@@ -286,3 +286,85 @@ fn parse_needs_exactly_one_input() {
     ));
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+/// A video checkpoint (moving scenes, 3 frames): `--image N` parses the
+/// held-out sequence, one column per frame under a 24-pixel heading, rows
+/// of 48-pixel panels (16-pixel frames upscaled 6 times) 12 pixels apart
+/// after a 150-pixel band of row names: input, true objects, then one row
+/// per level; the JSON holds every frame's islands at every level and the
+/// parse tree of the last frame; a frame's island maps differ from the
+/// last's where the objects moved.
+#[test]
+fn parse_of_a_video_checkpoint_draws_a_column_per_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("video");
+    let mut args = vec!["train", "--out", run.to_str().unwrap(), "--no-eval"];
+    let video = [
+        "data.source=\"moving_scenes\"",
+        "data.frames=3",
+        "model.iterations_per_frame=1",
+    ];
+    for set in TINY.iter().chain(&video) {
+        args.extend(["--set", set]);
+    }
+    ok(&glom(&args));
+    let ckpt = run.join("checkpoints").join("final");
+    let (png_out, json_out) = (tmp.path().join("seq.png"), tmp.path().join("seq.json"));
+    let stdout = ok(&parse(&ckpt, &["--image", "1"], &png_out, Some(&json_out)));
+    for f in 1..=3 {
+        assert!(
+            stdout.contains(&format!("frame {f}: islands per level")),
+            "{stdout}"
+        );
+    }
+    let (width, height, colour, rgb) = decode(&png_out);
+    assert_eq!(colour, png::ColorType::Rgb);
+    let panel = SIDE * 6;
+    let rows = 1 + 1 + LEVELS;
+    assert_eq!(
+        (width, height),
+        (
+            (150 + 3 * (panel + GAP) + GAP) as u32,
+            (40 + 24 + rows * (panel + GAP) + GAP) as u32
+        )
+    );
+    // A label over every column, a name on every row.
+    for f in 0..3 {
+        let x = 150 + f * (panel + GAP);
+        assert!(
+            ink(&rgb, width, 40..64, x..x + panel) > 10,
+            "no label over frame {f}"
+        );
+    }
+    for r in 0..rows {
+        let y = 64 + r * (panel + GAP);
+        assert!(
+            ink(&rgb, width, y..y + panel, 0..150) > 10,
+            "no name on row {r}"
+        );
+    }
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    assert_eq!(doc["frames"], 3);
+    let frames = doc["islands_by_frame"].as_array().unwrap();
+    assert_eq!(frames.len(), 3);
+    for f in frames {
+        let levels = f.as_array().unwrap();
+        assert_eq!(levels.len(), LEVELS);
+        assert!(levels
+            .iter()
+            .all(|l| l.as_array().unwrap().len() == LOCATIONS));
+    }
+    assert!(!doc["nodes"].as_array().unwrap().is_empty());
+    // The input row shows three different frames.
+    let frame_pixels = |f: usize| -> Vec<u8> {
+        let x = 150 + f * (panel + GAP);
+        (64..64 + panel)
+            .flat_map(|y| (x..x + panel).map(move |x| (x, y)))
+            .flat_map(|(x, y)| {
+                let i = 3 * (y * width as usize + x);
+                rgb[i..i + 3].to_vec()
+            })
+            .collect()
+    };
+    assert_ne!(frame_pixels(0), frame_pixels(2), "the frames are all alike");
+}

@@ -78,7 +78,7 @@ const PALETTE: [RGBColor; 20] = [
 ];
 
 /// The colour of island `k`.
-fn island_colour(k: usize) -> RGBColor {
+pub(crate) fn island_colour(k: usize) -> RGBColor {
     PALETTE[k % PALETTE.len()]
 }
 
@@ -163,7 +163,7 @@ pub(crate) struct Scene<'a> {
     pub(crate) tree: &'a ParseTree,
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 /// Draw `scene`: the RGB buffer (3 bytes per pixel, row-major) and its
 /// layout.
@@ -192,7 +192,7 @@ pub(crate) fn render(scene: &Scene) -> Result<(Vec<u8>, Layout)> {
 }
 
 /// A `side x side` map at `(x0, y0)`, `cell` pixels per entry.
-fn map(
+pub(crate) fn map(
     area: &Area,
     (x0, y0): (u32, u32),
     side: usize,
@@ -210,7 +210,7 @@ fn map(
     Ok(())
 }
 
-fn label(area: &Area, text: &str, (x, y): (u32, u32)) -> Result<()> {
+pub(crate) fn label(area: &Area, text: &str, (x, y): (u32, u32)) -> Result<()> {
     let style = (FONT, 17).into_font().color(&BLACK);
     area.draw_text(text, &style, (x as i32, y as i32))?;
     Ok(())
@@ -329,7 +329,7 @@ fn draw_legend(area: &Area, layout: &Layout, x0: u32, labels: &[usize]) -> Resul
 
 /// Colours of a ground-truth id map: background black, other ids from the
 /// palette in order of first appearance.
-fn truth_colours(map: &[u16]) -> Vec<RGBColor> {
+pub(crate) fn truth_colours(map: &[u16]) -> Vec<RGBColor> {
     let mut seen: Vec<u16> = Vec::new();
     map.iter()
         .map(|&id| {
