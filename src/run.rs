@@ -9,7 +9,8 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device};
 use glom_protocol::config::{Config, DataSource};
 use glom_worker::data::{
-    Dataset, FashionMnist, MovingScenes, SceneParams, Sprites, SyntheticScenes, Tetrominoes,
+    Dataset, FashionMnist, MovingScenes, MovingSprites, SceneParams, Sprites, SyntheticScenes,
+    Tetrominoes,
 };
 use glom_worker::model::grid::{Grid, Tile};
 use glom_worker::model::Glom;
@@ -56,6 +57,20 @@ pub(crate) fn datasets(cfg: &Config) -> Result<Datasets> {
         DataSource::Sprites => Datasets {
             train: Arc::new(Sprites::new(d.image_size, d.train_images, d.train_seed)),
             held_out: Arc::new(Sprites::new(d.image_size, held, d.eval_seed)),
+        },
+        DataSource::MovingSprites => Datasets {
+            train: Arc::new(MovingSprites::new(
+                d.image_size,
+                d.train_images,
+                d.frames,
+                d.train_seed,
+            )),
+            held_out: Arc::new(MovingSprites::new(
+                d.image_size,
+                held,
+                d.frames,
+                d.eval_seed,
+            )),
         },
         DataSource::FashionMnist => {
             use glom_worker::data::idx::Split;

@@ -7,11 +7,11 @@
 //! and value, and what is accepted: "invalid configuration: data.source =
 //! "cifar" (from --set data.source=cifar): unknown variant `cifar`,
 //! expected one of `scenes`, `fashion_mnist`, `tetrominoes`, `sprites`,
-//! `moving_scenes`".
+//! `moving_scenes`, `moving_sprites`".
 //!
 //! One default depends on another key: `data.image_size` is 64 for
-//! `data.source = "sprites"` (the published Multi-dSprites size) unless a
-//! layer over the embedded default sets it.
+//! `data.source = "sprites"` and `"moving_sprites"` (the published
+//! Multi-dSprites size) unless a layer over the embedded default sets it.
 //!
 //! Self-contained (no `crate::` paths): the `settings` fuzz target (fuzz/)
 //! compiles this file on its own, and builds with `cfg(fuzzing)` may give
@@ -244,7 +244,7 @@ pub(crate) fn load_layers(layers: Layers) -> Result<Config> {
     };
     // Sprites are 64 pixels a side unless a layer says otherwise (a
     // checkpoint's configuration as the base always says).
-    if cfg.data.source == DataSource::Sprites
+    if cfg.data.source.is_sprites()
         && base_is_default
         && !all[1..].iter().any(|(_, s)| sets_key(s, "data.image_size"))
     {

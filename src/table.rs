@@ -428,6 +428,8 @@ fn dataset_title(source: &str) -> String {
         "fashion_mnist" => "Fashion-MNIST".into(),
         "tetrominoes" => "Tetrominoes-style data".into(),
         "sprites" => "Multi-dSprites-style sprites".into(),
+        "moving_scenes" => "Moving part-whole scenes".into(),
+        "moving_sprites" => "Moving Multi-dSprites-style sprites".into(),
         other => other.into(),
     }
 }
@@ -497,7 +499,9 @@ pub(crate) fn markdown(runs: &[Run], command: Option<&str>, invocation: &str) ->
         "fashion_mnist" => 1,
         "tetrominoes" => 2,
         "sprites" => 3,
-        _ => 4,
+        "moving_scenes" => 4,
+        "moving_sprites" => 5,
+        _ => 6,
     };
     datasets.sort_by_key(|d| rank(d));
     for dataset in datasets {

@@ -179,6 +179,32 @@ fn moving_scenes_train_and_evaluate() {
     assert!(err.contains("data.frames"), "{err}");
 }
 
+/// Moving sprites (64 pixels a side unless set, like the still sprites)
+/// train and evaluate: object figures only (no parts, no labels).
+#[test]
+fn moving_sprites_train_and_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(&train(
+        &run,
+        &[
+            "data.source=\"moving_sprites\"",
+            "data.frames=2",
+            "data.image_size=16",
+            "train.steps=2",
+        ],
+    ));
+    let summary = read_json(&run.join("summary.json"));
+    assert!(summary["island_ari_object"].is_number(), "{summary}");
+    let stability = summary["temporal_stability_by_level"].as_array().unwrap();
+    assert_eq!(stability.len(), 3);
+    let err = failure(&train(
+        &tmp.path().join("bad"),
+        &["data.source=\"moving_sprites\"", "data.image_size=8"],
+    ));
+    assert!(err.contains("data.image_size"), "{err}");
+}
+
 #[test]
 fn the_same_seed_and_config_give_the_same_run() {
     let tmp = tempfile::tempdir().unwrap();

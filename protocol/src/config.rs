@@ -120,6 +120,9 @@ pub enum DataSource {
     /// Videos of the synthetic scenes: `data.frames` frames in which every
     /// object moves rigidly with its own velocity and spin (paper section 11).
     MovingScenes,
+    /// Videos of the sprites: `data.frames` frames in which every sprite
+    /// moves with its own velocity and spin over the still grey background.
+    MovingSprites,
 }
 
 impl DataSource {
@@ -130,7 +133,12 @@ impl DataSource {
 
     /// Whether an item of this source is a sequence of frames.
     pub fn is_video(self) -> bool {
-        self == DataSource::MovingScenes
+        matches!(self, DataSource::MovingScenes | DataSource::MovingSprites)
+    }
+
+    /// Whether its images are the sprites (still or moving).
+    pub fn is_sprites(self) -> bool {
+        matches!(self, DataSource::Sprites | DataSource::MovingSprites)
     }
 
     /// Whether its images are the synthetic part-whole scenes (still or moving).
@@ -895,12 +903,11 @@ impl Config {
 
         let d = &self.data;
         match d.source {
-            DataSource::Scenes | DataSource::MovingScenes | DataSource::Sprites => {
-                let least = if d.source == DataSource::Sprites {
-                    16
-                } else {
-                    m.patch
-                };
+            DataSource::Scenes
+            | DataSource::MovingScenes
+            | DataSource::Sprites
+            | DataSource::MovingSprites => {
+                let least = if d.source.is_sprites() { 16 } else { m.patch };
                 check(d.image_size >= least, "data.image_size", || {
                     format!(
                         "{} is smaller than {least} pixels (model.patch = {})",
@@ -948,7 +955,7 @@ impl Config {
                     "must not be empty".into()
                 })?;
             }
-            DataSource::Tetrominoes | DataSource::Sprites => {}
+            DataSource::Tetrominoes | DataSource::Sprites | DataSource::MovingSprites => {}
         }
         if d.source.is_video() {
             check((1..=MAX_FRAMES).contains(&d.frames), "data.frames", || {
@@ -961,7 +968,7 @@ impl Config {
             "train.distill_target",
             || {
                 "\"next_frame\" needs frames to predict: a video source \
-                 (data.source = \"moving_scenes\") with data.frames >= 2"
+                 (data.source = \"moving_scenes\" or \"moving_sprites\") with data.frames >= 2"
                     .into()
             },
         )?;
@@ -1175,9 +1182,10 @@ impl Config {
     /// Side of the image in pixels for the configured data source.
     pub fn image_side(&self) -> usize {
         match self.data.source {
-            DataSource::Scenes | DataSource::MovingScenes | DataSource::Sprites => {
-                self.data.image_size
-            }
+            DataSource::Scenes
+            | DataSource::MovingScenes
+            | DataSource::Sprites
+            | DataSource::MovingSprites => self.data.image_size,
             DataSource::FashionMnist => 28,
             // One block of the canvas per patch.
             DataSource::Tetrominoes => DataSource::TETROMINO_BLOCKS * self.model.patch,
@@ -1190,7 +1198,8 @@ impl Config {
             DataSource::Scenes
             | DataSource::MovingScenes
             | DataSource::Tetrominoes
-            | DataSource::Sprites => 3,
+            | DataSource::Sprites
+            | DataSource::MovingSprites => 3,
             DataSource::FashionMnist => 1,
         }
     }

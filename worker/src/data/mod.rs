@@ -17,7 +17,8 @@
 //!   parts, so that islands can be set beside published figures;
 //! - [`MovingScenes`] ([`moving`]): short videos of the synthetic scenes,
 //!   every object moving rigidly, with exact maps in every frame (paper
-//!   section 11). A dataset of sequences says so with
+//!   section 11), and [`MovingSprites`] ([`moving_sprites`]), the sprites
+//!   set in motion. A dataset of sequences says so with
 //!   [`Dataset::frames`] and hands them out with [`Dataset::sequence`];
 //!   every other source is a sequence of one frame.
 //!
@@ -28,12 +29,14 @@ use std::path::PathBuf;
 
 pub mod idx;
 pub mod moving;
+pub mod moving_sprites;
 pub mod scenes;
 pub mod sprites;
 pub mod tetrominoes;
 
 pub use idx::FashionMnist;
 pub use moving::MovingScenes;
+pub use moving_sprites::MovingSprites;
 pub use scenes::{SceneParams, SyntheticScenes};
 pub use sprites::Sprites;
 pub use tetrominoes::Tetrominoes;

@@ -159,28 +159,48 @@ impl Sprites {
     }
 
     fn render(&self, index: u64) -> Image {
-        let n = self.size;
         let (grey, sprites) = self.draw(index);
-        let mut pixels = vec![grey; 3 * n * n];
-        let mut object_map = vec![0u16; n * n];
-        for (i, sprite) in sprites.iter().enumerate() {
-            for y in 0..n {
-                for x in 0..n {
-                    if sprite.covers(x, y, n) {
-                        object_map[y * n + x] = 1 + i as u16;
-                        for (c, &v) in sprite.colour.iter().enumerate() {
-                            pixels[c * n * n + y * n + x] = v;
-                        }
+        render_sprites(self.size, grey, &sprites)
+    }
+
+    /// Side of the images in pixels.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The index drawn for `index` (`index % len()`, or `index` itself
+    /// when the split is unbounded).
+    pub fn wrap(&self, index: usize) -> usize {
+        if self.num_images == 0 {
+            index
+        } else {
+            index % self.num_images
+        }
+    }
+}
+
+/// An image of side `n`: the grey background, then `sprites` back to
+/// front (object id = position + 1), pixels and object map alike.
+pub fn render_sprites(n: usize, grey: f32, sprites: &[Sprite]) -> Image {
+    let mut pixels = vec![grey; 3 * n * n];
+    let mut object_map = vec![0u16; n * n];
+    for (i, sprite) in sprites.iter().enumerate() {
+        for y in 0..n {
+            for x in 0..n {
+                if sprite.covers(x, y, n) {
+                    object_map[y * n + x] = 1 + i as u16;
+                    for (c, &v) in sprite.colour.iter().enumerate() {
+                        pixels[c * n * n + y * n + x] = v;
                     }
                 }
             }
         }
-        Image {
-            pixels,
-            part_map: None,
-            object_map: Some(object_map),
-            label: None,
-        }
+    }
+    Image {
+        pixels,
+        part_map: None,
+        object_map: Some(object_map),
+        label: None,
     }
 }
 
@@ -200,12 +220,7 @@ impl Dataset for Sprites {
     /// The image at `index % len()`; with `num_images == 0` the index is
     /// used as is.
     fn get(&self, index: usize) -> Image {
-        let i = if self.num_images == 0 {
-            index
-        } else {
-            index % self.num_images
-        };
-        self.render(i as u64)
+        self.render(self.wrap(index) as u64)
     }
 
     fn num_classes(&self) -> Option<usize> {
