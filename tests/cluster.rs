@@ -67,7 +67,8 @@ fn one_two_and_four_workers_train_the_same_bits() {
 /// Videos (paper section 11) train the same bits on 1 and 2 workers: the
 /// halo of every iteration of every frame gives each tile what the whole
 /// grid would; learning from time (next-frame distillation, negatives from
-/// frames 2 apart) included.
+/// frames 2 apart) and a sleep job taking its negatives from frames 2
+/// apart included.
 #[test]
 fn moving_scenes_train_the_same_bits_on_one_and_two_workers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -78,6 +79,14 @@ fn moving_scenes_train_the_same_bits_on_one_and_two_workers() {
         "train.distill_target=\"next_frame\"",
         "train.contrastive_weight=0.5",
         "train.contrastive_frame_gap=[2, 2]",
+        "sleep.every_steps=3",
+        "sleep.steps=4",
+        "sleep.negative_steps=2",
+        "sleep.positive_steps=1",
+        "sleep.batch=4",
+        "sleep.replay_capacity=24",
+        "sleep.frame_gap=[2, 2]",
+        "sleep.observe_images=2",
         "train.steps=6",
         "train.log_every=2",
     ];
@@ -99,6 +108,14 @@ fn moving_scenes_train_the_same_bits_on_one_and_two_workers() {
     assert_eq!(records.len(), 4, "steps 1, 2, 4, 6");
     assert_eq!(records, support::cluster::records(&runs[1]));
     assert!(halo(&runs[1], "bytes_per_step") > 0.0);
+    for run in &runs {
+        let slept = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["phase"] == "sleep")
+            .count();
+        assert_eq!(slept, 1, "one sleep job, after step 3");
+    }
 }
 
 /// bf16 halo frames carry half the payload of f32 ones.

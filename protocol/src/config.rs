@@ -628,8 +628,17 @@ pub struct SleepConfig {
     /// Weight of the decorrelation term on the same predictions; 0 = off.
     pub covariance_weight: f64,
     /// Settled images a worker keeps in its replay buffer (oldest evicted
-    /// first); `glom sleep` settles this many training images to fill it.
+    /// first; of a video, every frame's state is an item); `glom sleep`
+    /// settles this many training images to fill it.
     pub replay_capacity: usize,
+    /// Video only: `[min, max]` frame distances of the negative phase's
+    /// negatives. A dream from the state of frame `f` of a stored sequence
+    /// is held apart from that sequence's states at frames `f +- g`,
+    /// `min <= g <= max`, where the buffer holds any (paper section 12.2:
+    /// "the negative examples should be taken from nearby but not adjacent
+    /// frames"); other stored items otherwise. `[0, 0]` = off: other
+    /// stored items only.
+    pub frame_gap: [usize; 2],
     /// Training images in the fixed sample whose bottom-up embeddings are
     /// measured before and after every job (collapse measures; 0 = none).
     pub observe_images: usize,
@@ -650,6 +659,7 @@ impl Default for SleepConfig {
             variance_weight: 0.0,
             covariance_weight: 0.0,
             replay_capacity: 256,
+            frame_gap: [0, 0],
             observe_images: 8,
         }
     }
@@ -1114,6 +1124,20 @@ impl Config {
                 s.replay_capacity
             )
         })?;
+        let [gap_min, gap_max] = s.frame_gap;
+        if s.frame_gap != [0, 0] {
+            let frames = self.frames();
+            check(
+                gap_min >= 1 && gap_min <= gap_max && gap_min < frames,
+                "sleep.frame_gap",
+                || {
+                    format!(
+                        "[{gap_min}, {gap_max}] must be [min, max] with 1 <= min <= max and \
+                         min below the {frames} frame(s) of an item (a video source), or [0, 0] (off)"
+                    )
+                },
+            )?;
+        }
         if s.scheduled() {
             let key = if s.every_steps > 0 {
                 "sleep.every_steps"
@@ -1384,6 +1408,9 @@ impl Config {
                 if weight == 0.0 {
                     fields.remove(key);
                 }
+            }
+            if self.sleep.frame_gap == [0, 0] {
+                fields.remove("frame_gap");
             }
             identity["sleep"] = sleep;
         }
@@ -1687,6 +1714,16 @@ mod tests {
         let mut c = Config::default();
         c.sleep.replay_capacity = 1;
         assert_eq!(err_key(&c), "sleep.replay_capacity");
+        // Frame gaps need a video that long.
+        let mut c = Config::default();
+        c.sleep.frame_gap = [2, 2];
+        assert_eq!(err_key(&c), "sleep.frame_gap");
+        (c.data.source, c.data.frames) = (DataSource::MovingScenes, 3);
+        c.validate().unwrap();
+        for bad in [[3, 3], [2, 1], [0, 2]] {
+            c.sleep.frame_gap = bad;
+            assert_eq!(err_key(&c), "sleep.frame_gap", "{bad:?}");
+        }
         let mut c = Config::default();
         (c.sleep.batch, c.sleep.variance_weight) = (1, 1.0);
         assert_eq!(err_key(&c), "sleep.batch");

@@ -334,6 +334,9 @@ pub struct StepOutput {
     pub loss_shares: Vec<LossShares>,
     /// Settled embeddings per level, `[P, B, d]`, for collapse measures.
     pub levels: Vec<Tensor>,
+    /// The state after every frame (one for a still image), per level
+    /// `[P, B, d]`, detached: what the replay buffer stores.
+    pub frames: Vec<Vec<Tensor>>,
 }
 
 /// A model, its optimiser and its training data: one step at a time.
@@ -391,6 +394,7 @@ impl Trainer {
             losses,
             loss_shares,
             levels: settled.levels,
+            frames: settled.frames,
         })
     }
 

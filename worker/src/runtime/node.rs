@@ -596,7 +596,9 @@ fn run_step(
     halo.begin_step(step.step);
     let out = trainer.step_with(halo)?;
     if let Some(replay) = &mut sleep.replay {
-        replay.push(&out.levels)?;
+        // Of a video, every frame's state (the sleep job's nearby-frame
+        // negatives need them); of a still image, the one state.
+        replay.push_frames(&out.frames)?;
     }
     let (observation, observe_seconds) = if step.observe {
         let t = Instant::now();

@@ -134,14 +134,37 @@ fn draw_dreams(
     Ok(Draw { dreams, src })
 }
 
-/// Per dreamed sample, [`NEGATIVE_CANDIDATES`] stored items other than its
-/// source (when the buffer holds any other), sample-major.
-fn candidates(replay: &ReplayBuffer, src: &[usize], rng: &mut Rng) -> Vec<usize> {
+/// Per dreamed sample, [`NEGATIVE_CANDIDATES`] stored items of other
+/// sequences than its source's (other images, for still images; any item
+/// but the source when the buffer holds one sequence), sample-major. With a frame
+/// gap (`sleep.frame_gap`, a video) they are drawn from the source's own
+/// sequence at the frames that far from its frame, where the buffer holds
+/// any (paper section 12.2: nearby but not adjacent frames).
+pub(super) fn candidates(
+    replay: &ReplayBuffer,
+    src: &[usize],
+    frame_gap: [usize; 2],
+    rng: &mut Rng,
+) -> Vec<usize> {
     let len = replay.len() as u64;
     let mut out = Vec::with_capacity(src.len() * NEGATIVE_CANDIDATES);
     for &s in src {
+        let near = if frame_gap == [0, 0] {
+            Vec::new()
+        } else {
+            replay.nearby(s, frame_gap)
+        };
+        if !near.is_empty() {
+            for _ in 0..NEGATIVE_CANDIDATES {
+                out.push(near[rng.below(near.len() as u64) as usize]);
+            }
+            continue;
+        }
+        let others = replay.other_sequences(s);
         for _ in 0..NEGATIVE_CANDIDATES {
-            let c = if len > 1 {
+            let c = if !others.is_empty() {
+                others[rng.below(others.len() as u64) as usize]
+            } else if len > 1 {
                 let c = rng.below(len - 1) as usize;
                 if c >= s {
                     c + 1
@@ -195,7 +218,7 @@ fn negative_loss(
 ) -> Result<Tensor> {
     let k = model.cfg.model.levels;
     let draw = draw_dreams(model, replay, params, rng)?;
-    let cand = candidates(replay, &draw.src, rng);
+    let cand = candidates(replay, &draw.src, params.frame_gap, rng);
     let grid = model.tile.grid.len() as f64;
     let mut total: Option<Tensor> = None;
     for l in 1..k {

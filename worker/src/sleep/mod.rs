@@ -67,6 +67,9 @@ pub struct SleepParams {
     pub covariance_weight: f64,
     pub variance_form: VarianceForm,
     pub variance_target: f64,
+    /// `sleep.frame_gap`: frame distances of the negatives within the
+    /// dream's own sequence (`[0, 0]` = other stored items only).
+    pub frame_gap: [usize; 2],
 }
 
 impl From<&Config> for SleepParams {
@@ -85,6 +88,7 @@ impl From<&Config> for SleepParams {
             covariance_weight: c.covariance_weight,
             variance_form: cfg.train.variance_form,
             variance_target: cfg.train.variance_target,
+            frame_gap: c.frame_gap,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! A bounded store of recent consensus states (DESIGN.md section 3): what
 //! the sleep job dreams from (top level, paper section 12.2) and where it
-//! takes the consensus vectors of unrelated contexts (every level).
+//! takes the consensus vectors of unrelated contexts (every level). Of a
+//! video every frame's state is an item, and each item knows its sequence
+//! and frame, so the job can take negatives from nearby frames of the
+//! dream's own sequence ([`ReplayBuffer::nearby`]).
 
 use std::collections::VecDeque;
 
@@ -17,6 +20,11 @@ pub struct ReplayBuffer {
     capacity: usize,
     /// Per item, per level: `[P, d]`.
     items: VecDeque<Vec<Tensor>>,
+    /// Per item: the serial number of its sequence (one per stored image
+    /// or sequence, counted from 0 as they come) and its frame.
+    origins: VecDeque<(u64, usize)>,
+    /// Serial number of the next sequence stored.
+    next_serial: u64,
 }
 
 impl ReplayBuffer {
@@ -25,6 +33,8 @@ impl ReplayBuffer {
         Self {
             capacity,
             items: VecDeque::with_capacity(capacity),
+            origins: VecDeque::with_capacity(capacity),
+            next_serial: 0,
         }
     }
 
@@ -51,6 +61,77 @@ impl ReplayBuffer {
     /// Store a settled batch: `levels[l]` is `[P, B, d]`; each of the B
     /// images becomes one item (oldest evicted first).
     pub fn push(&mut self, levels: &[Tensor]) -> Result<()> {
+        self.push_frames(std::slice::from_ref(&levels.to_vec()))
+    }
+
+    /// Store a settled batch of sequences: `frames[f][l]` is the `[P, B,
+    /// d]` state after frame `f` at level `l`; each of the B sequences gets
+    /// the next serial number and every frame of it becomes one item,
+    /// frame 0 first (oldest evicted first).
+    pub fn push_frames(&mut self, frames: &[Vec<Tensor>]) -> Result<()> {
+        let Some(first_frame) = frames.first() else {
+            return Err(Error::Shape("replay: no frame to store".into()));
+        };
+        let b = match first_frame.first() {
+            Some(t) => t.dims3()?.1,
+            None => return Err(Error::Shape("replay: no level to store".into())),
+        };
+        let mut per_frame = Vec::with_capacity(frames.len());
+        for levels in frames {
+            per_frame.push(self.check_and_split(levels)?);
+            if per_frame.last().map(Vec::len) != Some(b) {
+                return Err(Error::Shape(format!(
+                    "replay: every frame needs the same {b} images"
+                )));
+            }
+        }
+        if self.capacity == 0 {
+            return Ok(());
+        }
+        for i in 0..b {
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            for (f, items) in per_frame.iter_mut().enumerate() {
+                if self.items.len() == self.capacity {
+                    self.items.pop_front();
+                    self.origins.pop_front();
+                }
+                self.items.push_back(std::mem::take(&mut items[i]));
+                self.origins.push_back((serial, f));
+            }
+        }
+        Ok(())
+    }
+
+    /// Items of the same sequence as item `i` whose frame is `g` away
+    /// from its frame, for `lo <= g <= hi`, oldest first.
+    pub fn nearby(&self, i: usize, [lo, hi]: [usize; 2]) -> Vec<usize> {
+        let Some(&(serial, frame)) = self.origins.get(i) else {
+            return Vec::new();
+        };
+        self.origins
+            .iter()
+            .enumerate()
+            .filter(|(_, &(s, f))| s == serial && (lo..=hi).contains(&f.abs_diff(frame)))
+            .map(|(j, _)| j)
+            .collect()
+    }
+
+    /// Items of other sequences than item `i`'s (for still images, every
+    /// item but `i`), oldest first.
+    pub fn other_sequences(&self, i: usize) -> Vec<usize> {
+        let serial = self.origins.get(i).map(|o| o.0);
+        self.origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| Some(o.0) != serial)
+            .map(|(j, _)| j)
+            .collect()
+    }
+
+    /// The items of one settled batch, `levels[l]` `[P, B, d]`: per image,
+    /// per level, `[P, d]` (detached copies), after checking the shapes.
+    fn check_and_split(&self, levels: &[Tensor]) -> Result<Vec<Vec<Tensor>>> {
         let first = levels
             .first()
             .ok_or_else(|| Error::Shape("replay: no level to store".into()))?;
@@ -75,20 +156,14 @@ impl ReplayBuffer {
                 )));
             }
         }
-        if self.capacity == 0 {
-            return Ok(());
-        }
-        for i in 0..b {
-            let item = levels
-                .iter()
-                .map(|t| Ok(t.detach().narrow(1, i, 1)?.squeeze(1)?.copy()?))
-                .collect::<Result<Vec<_>>>()?;
-            if self.items.len() == self.capacity {
-                self.items.pop_front();
-            }
-            self.items.push_back(item);
-        }
-        Ok(())
+        (0..b)
+            .map(|i| {
+                levels
+                    .iter()
+                    .map(|t| Ok(t.detach().narrow(1, i, 1)?.squeeze(1)?.copy()?))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect()
     }
 
     /// `n` item indices drawn uniformly with replacement (0 = oldest held).

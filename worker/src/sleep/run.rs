@@ -22,7 +22,7 @@ use glom_protocol::message::{LevelObservation, Observation, SleepDone, SleepStar
 use super::{run_sleep_with, ReplayBuffer, SleepParams, SleepReport};
 use crate::data::{Dataset, Image};
 use crate::error::{Error, Result};
-use crate::eval::settle_unmasked;
+use crate::eval::settle_sequences;
 use crate::model::{layer_norm, Glom};
 use crate::rng::Rng;
 
@@ -178,12 +178,13 @@ pub fn run_job(
     })
 }
 
-/// A replay buffer of `count` training images settled by `model` (the
-/// evaluation's settle: unmasked, fixed neighbour draws), drawn from
-/// `data` by a stream keyed by the run seed and `seed`; `progress` is
-/// called with (images settled, count). The model must hold the whole
-/// grid (a settle needs its halo): this is the standalone job's way to
-/// get the states an awake run would have stored.
+/// A replay buffer of `count` items settled by `model` (the evaluation's
+/// settle: unmasked, fixed neighbour draws) from training items drawn from
+/// `data` by a stream keyed by the run seed and `seed`: still images, or
+/// sequences whose every frame's state is an item (`ceil(count / frames)`
+/// sequences); `progress` is called with (items stored, count). The model
+/// must hold the whole grid (a settle needs its halo): this is the
+/// standalone job's way to get the states an awake run would have stored.
 pub fn fill_replay(
     model: &Glom,
     data: &dyn Dataset,
@@ -204,15 +205,16 @@ pub fn fill_replay(
     let mut rng = Rng::from_key(&[model.cfg.seed, REPLAY_STREAM, seed]);
     let mut replay = ReplayBuffer::new(count);
     let batch = model.cfg.train.batch_size.max(1);
+    let frames = data.frames().max(1);
     let mut done = 0;
     while done < count {
-        let n = batch.min(count - done);
-        let images: Vec<Image> = (0..n)
-            .map(|_| data.get(rng.below(data.len() as u64) as usize))
+        let n = batch.min((count - done).div_ceil(frames));
+        let sequences: Vec<Vec<Image>> = (0..n)
+            .map(|_| data.sequence(rng.below(data.len() as u64) as usize))
             .collect();
-        let settled = settle_unmasked(model, &images, false)?;
-        replay.push(&settled.levels)?;
-        done += n;
+        let settled = settle_sequences(model, &sequences, false)?;
+        replay.push_frames(&settled.frames)?;
+        done = (done + n * frames).min(count);
         progress(done, count);
     }
     Ok(replay)

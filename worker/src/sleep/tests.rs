@@ -188,6 +188,53 @@ fn replay_sampling_is_deterministic() -> Result<()> {
     Ok(())
 }
 
+/// Two sequences of 4 frames, one location, one level, d = 1: frame f of
+/// sequence q holds 10 q + f.
+fn push_sequences(buf: &mut ReplayBuffer) -> Result<()> {
+    let frames: Vec<Vec<Tensor>> = (0..4)
+        .map(|f| {
+            let v = vec![f as f32, 10.0 + f as f32];
+            Ok(vec![Tensor::from_vec(v, (1, 2, 1), &Device::Cpu)?])
+        })
+        .collect::<Result<_>>()?;
+    buf.push_frames(&frames)
+}
+
+#[test]
+fn a_sequence_is_stored_frame_by_frame_and_knows_its_nearby_frames() -> Result<()> {
+    let mut buf = ReplayBuffer::new(16);
+    push_sequences(&mut buf)?;
+    assert_eq!(buf.len(), 8);
+    let all: Vec<usize> = (0..8).collect();
+    assert_eq!(
+        values(&buf.gather(0, &all)?),
+        vec![0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]
+    );
+    // Item 1 is frame 1 of sequence 0: frame 3 is 2 away; nothing is 3 away.
+    assert_eq!(buf.nearby(1, [2, 2]), vec![3]);
+    assert_eq!(buf.nearby(1, [1, 3]), vec![0, 2, 3]);
+    assert!(buf.nearby(1, [3, 3]).is_empty());
+    assert_eq!(buf.other_sequences(1), vec![4, 5, 6, 7]);
+    // The sleep job's candidates: from frames 2 away in the own sequence,
+    // or, where there is none, from the other sequence only.
+    let mut rng = Rng::new(3);
+    let near = job::candidates(&buf, &[1, 6], [2, 2], &mut rng);
+    assert_eq!(&near[..NEGATIVE_CANDIDATES], &[3; NEGATIVE_CANDIDATES]);
+    assert!(near[NEGATIVE_CANDIDATES..].iter().all(|&c| c == 4));
+    let off = job::candidates(&buf, &[1], [0, 0], &mut rng);
+    assert!(off.iter().all(|&c| c >= 4), "{off:?}");
+    // Eviction keeps every item's origin: after two more still images,
+    // the buffer's oldest two frames are gone and the rest still match.
+    let mut small = ReplayBuffer::new(6);
+    push_sequences(&mut small)?;
+    assert_eq!(values(&small.gather(0, &[0])?), vec![2.0]);
+    assert_eq!(small.nearby(0, [1, 1]), vec![1]);
+    assert_eq!(small.other_sequences(0), vec![2, 3, 4, 5]);
+    push_values(&mut small, &[20.0, 21.0])?;
+    assert_eq!(small.other_sequences(4), vec![0, 1, 2, 3, 5]);
+    Ok(())
+}
+
 fn replay_of(levels: &[Tensor]) -> Result<ReplayBuffer> {
     let mut buf = ReplayBuffer::new(32);
     buf.push(levels)?;
