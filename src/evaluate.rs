@@ -112,18 +112,48 @@ pub(crate) fn print_table(e: &Evaluation) {
     println!("  islands per image by level: {}", islands.join(" "));
 }
 
-/// `glom eval --checkpoint DIR [--json] [--set eval.KEY=V]`.
+/// Keys `glom eval --set` may change: evaluation settings, where the data
+/// lies, and which data the checkpoint is evaluated on (a still model on
+/// videos or the other way round: the source, its frames and the settling
+/// iterations per frame), none of which changes a weight.
+pub(crate) const EVAL_KEYS: [&str; 5] = [
+    "eval.",
+    "data.path",
+    "data.source",
+    "data.frames",
+    "model.iterations_per_frame",
+];
+
+/// `glom eval --checkpoint DIR [--json] [--set KEY=V]` ([`EVAL_KEYS`]).
 pub(crate) fn run(dir: &Path, json: bool, sets: &[String]) -> Result<()> {
     let manifest = checkpoint::read_manifest(dir)?;
     let mut cfg = manifest.config.clone();
     for set in sets {
-        if !set.trim_start().starts_with("eval.") && !set.trim_start().starts_with("data.path") {
-            return Err(anyhow!("--set {set:?}: only eval.* keys and data.path may be changed when evaluating a checkpoint"));
+        if !EVAL_KEYS.iter().any(|k| set.trim_start().starts_with(k)) {
+            return Err(anyhow!(
+                "--set {set:?}: only eval.* keys, data.path, data.source, data.frames and \
+                 model.iterations_per_frame may be changed when evaluating a checkpoint"
+            ));
         }
     }
     if !sets.is_empty() {
         let base = toml::to_string(&cfg)?;
         cfg = crate::settings::load_over(&base, "the checkpoint's configuration", None, sets)?;
+        let shape = |c: &glom_protocol::config::Config| (c.image_side(), c.channels());
+        let (want, got) = (shape(&manifest.config), shape(&cfg));
+        if want != got {
+            return Err(anyhow!(
+                "--set data.source = {:?}: its images are {}x{} with {} channel(s), the \
+                 checkpoint's model reads {}x{} with {}",
+                cfg.data.source,
+                got.0,
+                got.0,
+                got.1,
+                want.0,
+                want.0,
+                want.1
+            ));
+        }
     }
     let model = whole_model(&cfg)?;
     checkpoint::load_into(dir, &model, None)?;

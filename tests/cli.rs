@@ -135,6 +135,34 @@ fn train_writes_a_complete_run_that_eval_reads() {
             "baseline.{key}"
         );
     }
+
+    // The same still model evaluated on moving scenes (same image shape):
+    // video figures appear; data of another shape, or a training key, is
+    // refused naming what was wrong.
+    let moving: Value = serde_json::from_str(&ok(&glom(
+        &["eval", "--checkpoint", final_dir.to_str().unwrap(), "--json"],
+        &["data.source=\"moving_scenes\"", "data.frames=3"],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(
+        moving["temporal_stability_by_level"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    let err = failure(&glom(
+        &["eval", "--checkpoint", final_dir.to_str().unwrap()],
+        &["data.source=\"fashion_mnist\""],
+        &[],
+    ));
+    assert!(err.contains("28x28") && err.contains("16x16"), "{err}");
+    let err = failure(&glom(
+        &["eval", "--checkpoint", final_dir.to_str().unwrap()],
+        &["train.learning_rate=1"],
+        &[],
+    ));
+    assert!(err.contains("only eval.* keys"), "{err}");
 }
 
 /// A video source trains and evaluates end to end: the report scores the
