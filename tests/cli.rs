@@ -140,7 +140,12 @@ fn train_writes_a_complete_run_that_eval_reads() {
     // video figures appear; data of another shape, or a training key, is
     // refused naming what was wrong.
     let moving: Value = serde_json::from_str(&ok(&glom(
-        &["eval", "--checkpoint", final_dir.to_str().unwrap(), "--json"],
+        &[
+            "eval",
+            "--checkpoint",
+            final_dir.to_str().unwrap(),
+            "--json",
+        ],
         &["data.source=\"moving_scenes\"", "data.frames=3"],
         &[],
     )))
