@@ -8,7 +8,7 @@ use glom_worker::learn::{make_batch, objective};
 use glom_worker::model::grid::{Grid, Tile};
 use glom_worker::model::{Glom, MixWeights, Mode, NoHalo};
 use glom_worker::Result;
-use support::{Record, Replay};
+use support::{max_abs_diff, Record, Replay};
 
 mod support;
 
@@ -202,21 +202,6 @@ fn batch_for(model: &Glom, mask_fraction: f64) -> glom_worker::learn::Batch {
         model.dtype(),
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use glom_worker::learn::{make_sequence_batch, Batch, Trainer};
 use glom_worker::model::grid::{Grid, Tile};
 use glom_worker::model::{layer_norm, Glom, Mode, NoHalo};
 use glom_worker::Result;
-use support::{Record, Replay};
+use support::{max_abs_diff, Record, Replay};
 
 mod support;
 
@@ -52,21 +52,6 @@ fn batch(model: &Glom, sequences: &[Vec<glom_worker::data::Image>], mask: f64) -
         model.dtype(),
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

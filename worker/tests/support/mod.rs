@@ -1,7 +1,7 @@
 //! Helpers of the engine tests: halo exchanges that record the whole
 //! grid's states and replay them as a tile's halo.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use glom_worker::model::HaloExchange;
 use glom_worker::Result;
 
@@ -41,4 +41,20 @@ impl HaloExchange for Record {
     fn receive(&mut self, _iteration: usize) -> Result<Vec<Tensor>> {
         Ok(Vec::new())
     }
+}
+
+/// The largest absolute difference between two tensors of one shape.
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
