@@ -30,7 +30,8 @@ pub(crate) const FRAME_PANEL: u32 = 96;
 /// Width of the row names' band on the left.
 pub(crate) const NAMES: u32 = 150;
 
-/// Where everything goes, in pixels.
+/// Where everything goes, in pixels (`width` grows to fit the title when
+/// the columns are narrower).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct SequenceLayout {
     /// Pixels per image pixel of a frame panel.
@@ -127,12 +128,16 @@ pub(crate) fn render_sequence(seq: &Sequence) -> Result<(Vec<u8>, SequenceLayout
     let levels = seq.frames.first().map_or(0, |f| f.islands.len());
     let truth = seq.frames.iter().all(|f| f.objects.is_some()) && !seq.frames.is_empty();
     let rows = 1 + usize::from(truth) + levels;
-    let layout = SequenceLayout::new(seq.side, seq.frames.len(), rows);
+    let mut layout = SequenceLayout::new(seq.side, seq.frames.len(), rows);
+    // A few frames are narrower than the title: widen to fit it.
+    let title_font = (FONT, 22).into_font();
+    let (title_width, _) = title_font.box_size(seq.title)?;
+    layout.width = layout.width.max(title_width + 2 * GAP);
     let mut rgb = white(layout.width, layout.height);
     {
         let area =
             BitMapBackend::with_buffer(&mut rgb, (layout.width, layout.height)).into_drawing_area();
-        let title = (FONT, 22).into_font().color(&BLACK);
+        let title = title_font.color(&BLACK);
         area.draw_text(seq.title, &title, (GAP as i32, 10))?;
         let right = (FONT, 17)
             .into_font()
