@@ -327,7 +327,10 @@ fn parse_of_a_video_checkpoint_draws_a_column_per_frame() {
     // The whole title is on the picture: ink in its band up to near the
     // right edge, and none in the last GAP / 2 columns.
     let w = width as usize;
-    assert!(ink(&rgb, width, 0..40, w - 3 * GAP..w - GAP / 2) > 0, "title cut short");
+    assert!(
+        ink(&rgb, width, 0..40, w - 3 * GAP..w - GAP / 2) > 0,
+        "title cut short"
+    );
     assert_eq!(ink(&rgb, width, 0..40, w - GAP / 2..w), 0, "title cut off");
     // A label over every column, a name on every row.
     for f in 0..3 {
