@@ -7,7 +7,8 @@
 # Every run uses one worker (shared weights and BPTT run on one worker only;
 # one for all keeps images/s comparable) and a free port for its metrics.
 #
-# Usage: scripts/experiments.sh [STEPS]        (default 300)
+# Usage: scripts/experiments.sh [STEPS] [DATA]   (default 300 "scenes fmnist";
+#        DATA: scenes, fmnist or both)
 # Environment: VARIANTS_RUNS  run directories (default runs/variants)
 #              VARIANTS_TABLE the table        (default docs/experiments/variants.md)
 # Each run goes to $VARIANTS_RUNS/<name>/ with command.txt beside its
@@ -19,6 +20,10 @@ steps=${1:-300}
 case $steps in '' | *[!0-9]* | 0)
   echo "STEPS must be a positive integer, got '$steps'" >&2; exit 2 ;;
 esac
+datasets=${2:-scenes fmnist}
+for data in $datasets; do
+  case $data in scenes | fmnist) ;; *) echo "DATA must be scenes and/or fmnist, got '$data'" >&2; exit 2 ;; esac
+done
 out=${VARIANTS_RUNS:-runs/variants}
 table=${VARIANTS_TABLE:-docs/experiments/variants.md}
 cargo build --release --locked
@@ -43,7 +48,7 @@ run() {
   echo "${cmd[*]}" > "$dir/command.txt"
 }
 
-for data in scenes fmnist; do
+for data in $datasets; do
   extra=()
   [ "$data" = fmnist ] && extra=("${fm[@]}")
   run "$data-shared-bptt" "${extra[@]}" --set model.weights=shared --set train.learning=bptt
@@ -53,4 +58,6 @@ for data in scenes fmnist; do
   run "$data-per-location-bptt" "${extra[@]}" --set train.learning=bptt
 done
 
-"$glom" table "${names[@]}" --out "$table" --command "scripts/experiments.sh $steps"
+command="scripts/experiments.sh $steps"
+[ -n "${2:-}" ] && command="$command '$datasets'"
+"$glom" table "${names[@]}" --out "$table" --command "$command"
