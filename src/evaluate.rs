@@ -137,6 +137,12 @@ pub(crate) fn run(dir: &Path, json: bool, sets: &[String]) -> Result<()> {
         }
     }
     if !sets.is_empty() {
+        // Keys that shape training alone and need a video (next-frame
+        // targets, nearby-frame negatives) change nothing in evaluation:
+        // off, so a video checkpoint evaluates on still images too.
+        cfg.train.distill_target = glom_protocol::config::DistillTarget::SameFrame;
+        cfg.train.contrastive_frame_gap = [0, 0];
+        cfg.sleep.frame_gap = [0, 0];
         let base = toml::to_string(&cfg)?;
         cfg = crate::settings::load_over(&base, "the checkpoint's configuration", None, sets)?;
         let shape = |c: &glom_protocol::config::Config| (c.image_side(), c.channels());

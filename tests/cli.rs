@@ -204,6 +204,31 @@ fn moving_scenes_train_and_evaluate() {
     }
     let stability = summary["temporal_stability_by_level"].as_array().unwrap();
     assert!(stability.iter().all(|v| v.as_f64().unwrap() >= 0.0));
+    // A model trained with next-frame targets evaluates on still scenes
+    // (the training-only video keys are off in evaluation).
+    let next = tmp.path().join("next");
+    ok(&train(
+        &next,
+        &[
+            "data.source=\"moving_scenes\"",
+            "data.frames=3",
+            "train.distill_target=\"next_frame\"",
+            "train.steps=2",
+        ],
+    ));
+    let still: Value = serde_json::from_str(&ok(&glom(
+        &[
+            "eval",
+            "--checkpoint",
+            next.join("checkpoints/final").to_str().unwrap(),
+            "--json",
+        ],
+        &["data.source=\"scenes\""],
+        &[],
+    )))
+    .unwrap();
+    assert!(still.get("temporal_stability_by_level").is_none());
+    assert!(still["probe_accuracy"].is_number());
     // A bad frame count names its key.
     let err = failure(&train(
         &tmp.path().join("bad"),
