@@ -28,7 +28,7 @@ use std::ops::{Add, Mul};
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// `y[p] = x[p] @ w[p]` for `x [P, B, in]`, `w [P, in, out]`, giving
 /// `[P, B, out]`, differentiable in both arguments.
@@ -46,6 +46,33 @@ pub(crate) fn loc_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     x.contiguous()?
         .apply_op2(&w.contiguous()?, LocMatmul(Product::Forward))
+}
+
+/// `y[p] = x[p] @ w[p] + b[p]` for `x [P, B, in]`, `w [P, in, out]` and
+/// `b [P, 1, out]`, giving `[P, B, out]`, differentiable in all three: the
+/// product and the bias in one pass over the output, and in one backward
+/// node. Bitwise the same as [`loc_matmul`] followed by `broadcast_add`
+/// (the bias is added to the finished sum, and its gradient sums `dy` over
+/// the batch in ascending order from zero, as candle's `sum_keepdim`
+/// does), so trained numbers do not change. Unsupported dtypes, devices
+/// or shapes take that unfused path.
+pub(crate) fn loc_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (p, _, input) = x.dims3()?;
+    let (pw, iw, out) = w.dims3()?;
+    let supported = matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == w.dtype()
+        && x.dtype() == b.dtype()
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && b.device().is_cpu()
+        && p == pw
+        && input == iw
+        && b.dims() == [p, 1, out];
+    if !supported {
+        return loc_matmul(x, w)?.broadcast_add(b);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LocAffine)
 }
 
 /// The gradients `(dy[p] @ w[p]^T, x[p]^T @ dy[p])` of `y = x @ w` with
@@ -120,11 +147,11 @@ impl CustomOp2 for LocMatmul {
         let storage = match (s1, s2) {
             (CpuStorage::F32(s1), CpuStorage::F32(s2)) => {
                 let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b))
+                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b, None))
             }
             (CpuStorage::F64(s1), CpuStorage::F64(s2)) => {
                 let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b))
+                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b, None))
             }
             _ => candle_core::bail!(
                 "{}: unsupported dtypes {:?} and {:?}",
@@ -148,6 +175,118 @@ impl CustomOp2 for LocMatmul {
         }
         let (dx, dw) = loc_matmul_grads(arg1, arg2, grad_res)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// [`loc_affine`]'s op: `(x, w, b) -> x @ w + b`.
+struct LocAffine;
+
+impl CustomOp3 for LocAffine {
+    fn name(&self) -> &'static str {
+        "loc-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, m, k) = l1.shape().dims3()?;
+        let (p2, k2, n) = l2.shape().dims3()?;
+        if p != p2 || k != k2 || l3.shape().dims() != [p, 1, n] {
+            candle_core::bail!(
+                "loc-affine: incompatible shapes {:?}, {:?} and {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let dims = Dims {
+            p,
+            m,
+            k,
+            n,
+            a_len: m * k,
+            b_len: k * n,
+        };
+        let op = LocMatmul(Product::Forward);
+        let storage = match (s1, s2, s3) {
+            (CpuStorage::F32(s1), CpuStorage::F32(s2), CpuStorage::F32(s3)) => {
+                let (a, b, c) = (
+                    slice(&op, s1, l1)?,
+                    slice(&op, s2, l2)?,
+                    slice(&op, s3, l3)?,
+                );
+                CpuStorage::F32(run::<f32, 16>(Product::Forward, dims, a, b, Some(c)))
+            }
+            (CpuStorage::F64(s1), CpuStorage::F64(s2), CpuStorage::F64(s3)) => {
+                let (a, b, c) = (
+                    slice(&op, s1, l1)?,
+                    slice(&op, s2, l2)?,
+                    slice(&op, s3, l3)?,
+                );
+                CpuStorage::F64(run::<f64, 8>(Product::Forward, dims, a, b, Some(c)))
+            }
+            _ => candle_core::bail!(
+                "loc-affine: unsupported dtypes {:?}, {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        };
+        Ok((storage, Shape::from((p, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = loc_matmul_grads(x, w, grad_res)?;
+        let db = grad_res.contiguous()?.apply_op1_no_bwd(&BatchSum)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `dy [P, B, out] -> [P, 1, out]`: the sum over the batch, in ascending
+/// order from zero (the bias gradient of [`loc_affine`]).
+struct BatchSum;
+
+impl candle_core::CustomOp1 for BatchSum {
+    fn name(&self) -> &'static str {
+        "loc-batch-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (p, m, n) = l.shape().dims3()?;
+        fn sum<T: Elem>(v: &[T], p: usize, m: usize, n: usize) -> Vec<T> {
+            let mut out = vec![T::default(); p * n];
+            if n == 0 {
+                return out;
+            }
+            for (loc, o) in out.chunks_exact_mut(n.max(1)).enumerate().take(p) {
+                for row in v[loc * m * n..(loc + 1) * m * n].chunks_exact(n) {
+                    for (o, &d) in o.iter_mut().zip(row) {
+                        *o = *o + d;
+                    }
+                }
+            }
+            out
+        }
+        let op = LocMatmul(Product::Forward);
+        let storage = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(sum(slice(&op, v, l)?, p, m, n)),
+            CpuStorage::F64(v) => CpuStorage::F64(sum(slice(&op, v, l)?, p, m, n)),
+            _ => candle_core::bail!("loc-batch-sum: f32 or f64 only, got {:?}", s.dtype()),
+        };
+        Ok((storage, Shape::from((p, 1, n))))
     }
 }
 
@@ -183,8 +322,16 @@ const MR: usize = 4;
 
 /// All P products, the locations shared out over candle's CPU thread pool
 /// (the one its element-wise ops use, so no second pool competes for the
-/// cores). `NR` is the width of the register block.
-fn run<T: Elem, const NR: usize>(product: Product, d: Dims, a: &[T], b: &[T]) -> Vec<T> {
+/// cores). `NR` is the width of the register block. With `bias`
+/// (`[P, n]`, forward product only), location p's bias row is added to
+/// every row of its finished product.
+fn run<T: Elem, const NR: usize>(
+    product: Product,
+    d: Dims,
+    a: &[T],
+    b: &[T],
+    bias: Option<&[T]>,
+) -> Vec<T> {
     let c_len = d.m * d.n;
     let mut out = vec![T::default(); d.p * c_len];
     if out.is_empty() {
@@ -194,6 +341,14 @@ fn run<T: Elem, const NR: usize>(product: Product, d: Dims, a: &[T], b: &[T]) ->
         let a = &a[loc * d.a_len..(loc + 1) * d.a_len];
         let b = &b[loc * d.b_len..(loc + 1) * d.b_len];
         location::<T, NR>(product, d, a, b, c, scratch);
+        if let Some(bias) = bias {
+            let row_bias = &bias[loc * d.n..(loc + 1) * d.n];
+            for row in c.chunks_exact_mut(d.n) {
+                for (o, &v) in row.iter_mut().zip(row_bias) {
+                    *o = *o + v;
+                }
+            }
+        }
     };
     if d.p == 1 || d.p * c_len * d.k <= PARALLEL_WORK {
         let mut scratch = Vec::new();
@@ -471,6 +626,65 @@ mod tests {
     #[test]
     fn matches_matmul_f64() {
         check_against_matmul(DType::F64, 1e-12);
+    }
+
+    /// `x @ w + b` and the gradients of `sum(y * r)` for x, w and b,
+    /// through [`loc_affine`] or through the product and candle's
+    /// `broadcast_add`.
+    fn affine_both(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, fused: bool) -> [Tensor; 4] {
+        let (xv, wv, bv) = (
+            Var::from_tensor(x).unwrap(),
+            Var::from_tensor(w).unwrap(),
+            Var::from_tensor(b).unwrap(),
+        );
+        let y = if fused {
+            loc_affine(xv.as_tensor(), wv.as_tensor(), bv.as_tensor()).unwrap()
+        } else {
+            loc_matmul(xv.as_tensor(), wv.as_tensor())
+                .unwrap()
+                .broadcast_add(bv.as_tensor())
+                .unwrap()
+        };
+        let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+        [y.clone(), g(&xv), g(&wv), g(&bv)]
+    }
+
+    #[test]
+    fn the_fused_bias_is_bitwise_the_product_then_broadcast_add() {
+        for dtype in [DType::F32, DType::F64] {
+            for (i, &(p, b, input, out)) in SHAPES.iter().enumerate() {
+                let seed = 100 + 10 * i as u64;
+                let x = random(seed, (p, b, input), dtype);
+                let w = random(seed + 1, (p, input, out), dtype);
+                let bias = random(seed + 2, (p, 1, out), dtype);
+                let r = random(seed + 3, (p, b, out), dtype);
+                let fused = affine_both(&x, &w, &bias, &r, true);
+                let plain = affine_both(&x, &w, &bias, &r, false);
+                for (what, (f, e)) in ["y", "dx", "dw", "db"].iter().zip(fused.iter().zip(&plain)) {
+                    assert_eq!(f.dims(), e.dims(), "{what}");
+                    assert_eq!(
+                        bits(f),
+                        bits(e),
+                        "{what} {dtype:?} {:?}",
+                        (p, b, input, out)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bias_of_another_shape_takes_the_unfused_path() {
+        let x = random(1, (3, 4, 8), DType::F32);
+        let w = random(2, (3, 8, 5), DType::F32);
+        let shared_bias = random(3, (1, 1, 5), DType::F32);
+        let y = loc_affine(&x, &w, &shared_bias).unwrap();
+        let e = loc_matmul(&x, &w)
+            .unwrap()
+            .broadcast_add(&shared_bias)
+            .unwrap();
+        assert_eq!(bits(&y), bits(&e));
     }
 
     #[test]

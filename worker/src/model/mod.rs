@@ -21,6 +21,7 @@
 //! their last values afterwards. A still image is a sequence of one frame
 //! and settles exactly as it always did.
 
+mod attend;
 pub mod flops;
 pub mod grid;
 mod locmm;
@@ -140,7 +141,19 @@ pub fn mix(
 /// `[P * n]` neighbour indices into it, `pad` `[P, n, 1]` holding 0 for real
 /// neighbours and a large negative number for padding. The dot product is
 /// divided by d, so beta is per unit of cosine similarity of normalised vectors.
+///
+/// Without a gradient (local learning detaches the embeddings) this is one
+/// fused pass, bitwise the same (`attend.rs`); otherwise candle's ops.
 pub fn lateral(e: &Tensor, src: &Tensor, idx: &Tensor, pad: &Tensor, beta: f64) -> Result<Tensor> {
+    let d = e.dim(2)?;
+    if let Some(out) = attend::lateral_detached(e, src, idx, pad, beta / d as f64)? {
+        return Ok(out);
+    }
+    lateral_ops(e, src, idx, pad, beta)
+}
+
+/// [`lateral`] as candle tensor operations (differentiable).
+fn lateral_ops(e: &Tensor, src: &Tensor, idx: &Tensor, pad: &Tensor, beta: f64) -> Result<Tensor> {
     let (p, b, d) = e.dims3()?;
     let n = idx.dim(0)? / p.max(1);
     let g = src.index_select(idx, 0)?.reshape((p, n, b, d))?;

@@ -133,15 +133,16 @@ pub struct Mlp {
 /// `x [P, B, in] @ w [S, in, out] + b [S, 1, out]`, S = P or 1.
 fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (p, batch, input) = x.dims3()?;
-    let y = if w.dim(0)? == 1 && p > 1 {
+    if w.dim(0)? == 1 && p > 1 {
         let out = w.dim(2)?;
-        x.reshape((p * batch, input))?
+        let y = x
+            .reshape((p * batch, input))?
             .matmul(&w.squeeze(0)?)?
-            .reshape((p, batch, out))?
+            .reshape((p, batch, out))?;
+        Ok(y.broadcast_add(b)?)
     } else {
-        super::locmm::loc_matmul(x, w)?
-    };
-    Ok(y.broadcast_add(b)?)
+        Ok(super::locmm::loc_affine(x, w, b)?)
+    }
 }
 
 impl Mlp {
