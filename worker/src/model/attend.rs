@@ -30,8 +30,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 /// [P + H, B, d]` and `pad [P, n, 1]`, with the neighbours `idx [P * n]`
 /// (rows of `src`), giving `[P, B, d]` without a gradient; `None` where
 /// this op does not apply (a dtype other than f32 and f64, a device other
-/// than the CPU, or an input that needs a gradient), and the caller takes
-/// candle's path.
+/// than the CPU, an input that needs a gradient, or no neighbours at all),
+/// and the caller takes candle's path.
 pub(crate) fn lateral_detached(
     e: &Tensor,
     src: &Tensor,
@@ -48,7 +48,8 @@ pub(crate) fn lateral_detached(
         && !src.track_op()
         && !pad.track_op()
         && idx.dtype() == DType::U32
-        && idx.rank() == 1;
+        && idx.rank() == 1
+        && idx.dim(0)? > 0;
     if !applies {
         return Ok(None);
     }
