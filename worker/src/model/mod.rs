@@ -23,6 +23,7 @@
 
 mod attend;
 pub mod flops;
+mod gelu;
 pub mod grid;
 mod locmm;
 pub mod nets;

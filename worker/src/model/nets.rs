@@ -150,7 +150,7 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = affine(x, &self.w1, &self.b1)?;
         let h = match self.act {
-            Activation::Gelu => h.gelu()?,
+            Activation::Gelu => super::gelu::gelu(&h)?,
             Activation::Sin => h.sin()?,
         };
         let y = affine(&h, &self.w2, &self.b2)?;
