@@ -47,7 +47,11 @@ fn exp2u_f32(u: f32) -> (f32, f32) {
     let v = 2.0 * u.clamp(-40.0, 40.0);
     // exp(v) = 2^n exp(r), n = round(v / ln 2), |r| <= ln 2 / 2.
     const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts: the high one exact in f32 with trailing zero
+    // bits, so that `n * LN2_HI` is exact.
+    #[allow(clippy::excessive_precision)]
     const LN2_HI: f32 = 0.693_145_751_953_125;
+    #[allow(clippy::excessive_precision)]
     const LN2_LO: f32 = 1.428_606_765_330_187e-6;
     // Round to nearest by the float trick (|v / ln 2| < 2^22).
     const MAGIC: f32 = 12_582_912.0;
