@@ -71,11 +71,17 @@ fn u_f32(x: f32) -> f32 {
     (SQRT_TWO_OVER_PI as f32) * x * (1.0 + (CUBIC as f32) * x * x)
 }
 
+/// Beyond +-10, `u` is past the clamp of [`exp2u_f32`] (`e s` is 1 or
+/// below 1e-34), so `x` itself is clamped there too where it multiplies
+/// a vanishing factor: otherwise that factor, frozen by the clamp, would
+/// meet an `x` (and `x^2`) still growing, and the tails would not vanish.
+const X_CLAMP: f32 = 10.0;
+
 /// `gelu(x) = x (1 + t) / 2 = x e s`.
 #[inline(always)]
 fn gelu_f32(x: f32) -> f32 {
     let (e, s) = exp2u_f32(u_f32(x));
-    x * (e * s)
+    x.max(-X_CLAMP) * (e * s)
 }
 
 /// `g gelu'(x)`, `gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2) =
@@ -84,8 +90,9 @@ fn gelu_f32(x: f32) -> f32 {
 fn grad_f32(x: f32, g: f32) -> f32 {
     let (e, s) = exp2u_f32(u_f32(x));
     let es = e * s;
-    let slope = (SQRT_TWO_OVER_PI as f32) * (1.0 + 3.0 * (CUBIC as f32) * x * x);
-    g * (es + 2.0 * (x * es) * s * slope)
+    let xc = x.clamp(-X_CLAMP, X_CLAMP);
+    let slope = (SQRT_TWO_OVER_PI as f32) * (1.0 + 3.0 * (CUBIC as f32) * xc * xc);
+    g * (es + 2.0 * (xc * es) * s * slope)
 }
 
 #[inline(always)]
