@@ -21,7 +21,6 @@
 //! result does not depend on how locations are shared between threads.
 
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, Sub};
-use std::sync::Mutex;
 
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -188,36 +187,15 @@ fn run<T: Elem>(op: &Lateral, dims: Dims, e: &[T], src: &[T], pad: &[T]) -> Resu
             }
         }
     };
-    if p == 1 || p * n * plane <= PARALLEL_WORK {
-        let mut scratch = Vec::new();
-        for (loc, o) in out.chunks_exact_mut(plane).enumerate() {
-            one(loc, o, &mut scratch);
-        }
-    } else {
-        let slots: Vec<Mutex<Option<&mut [T]>>> = out
-            .chunks_exact_mut(plane)
-            .map(|c| Mutex::new(Some(c)))
-            .collect();
-        candle_core::utils::barrier_pool().execute_chunked(p, |range| {
-            let mut scratch = Vec::new();
-            for loc in range {
-                let o = slots[loc].lock().ok().and_then(|mut c| c.take());
-                one(
-                    loc,
-                    o.expect("each location is computed once"),
-                    &mut scratch,
-                );
-            }
-        });
-    }
+    let parallel = p > 1 && p * n * plane > PARALLEL_WORK;
+    super::cpu::for_each_chunk(&mut out, plane, parallel, |loc, o, scratch| {
+        one(loc, o, scratch)
+    });
     Ok(out)
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("lateral: inputs must be contiguous"),
-    }
+    super::cpu::contiguous(data, layout, "lateral")
 }
 
 impl CustomOp3 for Lateral {

@@ -22,8 +22,6 @@
 //! depend on the SIMD width, the threads or the tiling. f64 tensors (tests)
 //! use the library's `tanh`; other dtypes and devices use candle's `gelu`.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `gelu(x)` for `x` of any shape, differentiable.
@@ -120,20 +118,9 @@ fn map<T: Copy + Default + Send + Sync>(
     f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync,
 ) -> Vec<T> {
     let mut out = vec![T::default(); a.len()];
-    if a.len() <= BLOCK {
-        f(a, b, &mut out);
-        return out;
-    }
-    let blocks: Vec<Mutex<Option<&mut [T]>>> =
-        out.chunks_mut(BLOCK).map(|c| Mutex::new(Some(c))).collect();
-    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
-        for i in range {
-            let o = blocks[i].lock().ok().and_then(|mut c| c.take());
-            let o = o.expect("each block is computed once");
-            let lo = i * BLOCK;
-            let hi = lo + o.len();
-            f(&a[lo..hi], b.map(|b| &b[lo..hi]), o);
-        }
+    super::cpu::for_each_chunk(&mut out, BLOCK, true, |i, o, _: &mut ()| {
+        let (lo, hi) = (i * BLOCK, i * BLOCK + o.len());
+        f(&a[lo..hi], b.map(|b| &b[lo..hi]), o)
     });
     out
 }
@@ -183,10 +170,7 @@ f32_loops!(forward_loop, forward_loop_avx, |x, _g| gelu_f32(x));
 f32_loops!(grad_loop, grad_loop_avx, |x, g| grad_f32(x, g));
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("gelu: the input must be contiguous"),
-    }
+    super::cpu::contiguous(data, layout, "gelu")
 }
 
 /// The forward op; its backward is [`GeluGrad`].

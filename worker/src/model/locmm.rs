@@ -25,7 +25,6 @@
 //! Other dtypes and devices fall back to candle's matmul.
 
 use std::ops::{Add, Mul};
-use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -292,10 +291,7 @@ impl candle_core::CustomOp1 for BatchSum {
 
 /// The elements of a contiguous storage described by `layout`.
 fn slice<'a, T>(op: &LocMatmul, data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{}: inputs must be contiguous", op.name()),
-    }
+    super::cpu::contiguous(data, layout, op.name())
 }
 
 /// Sizes of one call: P products `C [m, n] = A [m, k] @ B [k, n]`, with
@@ -350,29 +346,10 @@ fn run<T: Elem, const NR: usize>(
             }
         }
     };
-    if d.p == 1 || d.p * c_len * d.k <= PARALLEL_WORK {
-        let mut scratch = Vec::new();
-        for (loc, c) in out.chunks_exact_mut(c_len).enumerate() {
-            one(loc, c, &mut scratch);
-        }
-    } else {
-        // Each location's output is handed to exactly one worker.
-        let slots: Vec<Mutex<Option<&mut [T]>>> = out
-            .chunks_exact_mut(c_len)
-            .map(|c| Mutex::new(Some(c)))
-            .collect();
-        candle_core::utils::barrier_pool().execute_chunked(d.p, |range| {
-            let mut scratch = Vec::new();
-            for loc in range {
-                let c = slots[loc].lock().ok().and_then(|mut c| c.take());
-                one(
-                    loc,
-                    c.expect("each location is computed once"),
-                    &mut scratch,
-                );
-            }
-        });
-    }
+    let parallel = d.p > 1 && d.p * c_len * d.k > PARALLEL_WORK;
+    super::cpu::for_each_chunk(&mut out, c_len, parallel, |loc, c, scratch| {
+        one(loc, c, scratch)
+    });
     out
 }
 

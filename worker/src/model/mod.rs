@@ -22,6 +22,7 @@
 //! and settles exactly as it always did.
 
 mod attend;
+mod cpu;
 pub mod flops;
 mod gelu;
 pub mod grid;
