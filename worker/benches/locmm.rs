@@ -7,6 +7,9 @@
 //!
 //! `cargo bench -p glom-worker --bench locmm`
 
+#[allow(dead_code, unused_imports)]
+#[path = "../src/model/cpu.rs"]
+mod cpu;
 #[allow(dead_code)]
 #[path = "../src/model/locmm.rs"]
 mod locmm;
