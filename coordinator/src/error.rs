@@ -15,12 +15,13 @@ pub enum Error {
     Config(#[source] glom_protocol::Error),
 
     /// The grid cannot be cut into one tile per expected worker.
-    #[error("cannot plan {workers} workers on the {side}x{side} location grid (cluster.workers): {source}")]
+    /// The reason is in the message, not a `source`: a chain printed with
+    /// `{:#}` would say it twice.
+    #[error("cannot plan {workers} workers on the {side}x{side} location grid (cluster.workers): {reason}")]
     Plan {
         workers: usize,
         side: usize,
-        #[source]
-        source: PlanError,
+        reason: PlanError,
     },
 
     /// A coordinator setting is out of range; `key` names the field of

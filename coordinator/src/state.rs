@@ -337,10 +337,10 @@ impl Coordinator {
             ));
         }
         let side = cfg.grid_side();
-        let tiles = plan(side, side, workers_expected).map_err(|source| Error::Plan {
+        let tiles = plan(side, side, workers_expected).map_err(|reason| Error::Plan {
             workers: workers_expected,
             side,
-            source,
+            reason,
         })?;
         let mut sleep = SleepSchedule::new(timetable, settings.utc_at_start, now);
         if start > 0 {
