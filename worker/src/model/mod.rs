@@ -29,6 +29,7 @@ pub mod grid;
 mod locmm;
 pub mod nets;
 pub mod profile;
+mod stats;
 pub mod terms;
 
 use candle_core::{DType, Device, Tensor, D};

@@ -33,11 +33,23 @@ fn centred(x: &Tensor) -> Result<Tensor> {
 /// (`Hinge`: VICReg's variance term, Bardes et al. 2022, taken per
 /// location). `Var_b` is the unbiased variance over the batch; a batch of
 /// one gives zeros.
+///
+/// On the CPU this is one fused kernel with its backward in closed form
+/// (`stats.rs`); elsewhere candle's operations.
 pub fn variance(x: &Tensor, form: VarianceForm, target: f64) -> Result<Tensor> {
     let (p, b, _) = x.dims3()?;
     if b < 2 {
         return Ok(Tensor::zeros(p, x.dtype(), x.device())?);
     }
+    if let Some(v) = super::stats::batch_stat(x, super::stats::Stat::Variance(form, target))? {
+        return Ok(v);
+    }
+    variance_ops(x, form, target)
+}
+
+/// [`variance`] as candle operations (for `b >= 2`).
+pub(crate) fn variance_ops(x: &Tensor, form: VarianceForm, target: f64) -> Result<Tensor> {
+    let (_, b, _) = x.dims3()?;
     let var = ((centred(x)?.sqr()?.sum(1)? / (b - 1) as f64)? + VARIANCE_EPS)?; // [P, d]
     Ok(match form {
         VarianceForm::Log => var.log()?.mean(1)?.neg()?,
@@ -48,11 +60,23 @@ pub fn variance(x: &Tensor, form: VarianceForm, target: f64) -> Result<Tensor> {
 /// Decorrelation term (VICReg's covariance term, per location): the mean
 /// over pairs of different dimensions `k != k'` of `Cov_b(x_k, x_k')^2`,
 /// with the unbiased covariance over the batch.
+///
+/// On the CPU this is one fused kernel with its backward in closed form
+/// (`stats.rs`); elsewhere candle's operations.
 pub fn covariance(x: &Tensor) -> Result<Tensor> {
     let (p, b, d) = x.dims3()?;
     if b < 2 || d < 2 {
         return Ok(Tensor::zeros(p, x.dtype(), x.device())?);
     }
+    if let Some(v) = super::stats::batch_stat(x, super::stats::Stat::Covariance)? {
+        return Ok(v);
+    }
+    covariance_ops(x)
+}
+
+/// [`covariance`] as candle operations (for `b >= 2`, `d >= 2`).
+pub(crate) fn covariance_ops(x: &Tensor) -> Result<Tensor> {
+    let (_, b, d) = x.dims3()?;
     let c = centred(x)?;
     let ct = c.transpose(1, 2)?.contiguous()?;
     let cov = (ct.matmul(&c)? / (b - 1) as f64)?; // [P, d, d]

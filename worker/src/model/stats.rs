@@ -1,0 +1,413 @@
+//! The variance and decorrelation terms ([`super::terms::variance`],
+//! [`super::terms::covariance`]) as CPU kernels with their backward.
+//!
+//! A local step stacks every prediction it made (54 of them by default)
+//! into one `[N, B, d]` tensor and takes both terms over it; as candle
+//! operations that was some twenty passes over the stack (the batch mean
+//! by candle's strided reduction, the centring, the products through one
+//! small gemm call per slice, squares and sums), each with a fresh buffer,
+//! and as many again in the backward: about a fifth of a step
+//! (`docs/experiments/performance.md`). Here each slice `x [B, d]` is one
+//! pass forward and one backward, with the gradients in closed form:
+//!
+//! - centred `c = x - mean_b(x)`, variances `v_k = sum_b c_bk^2 / (B - 1)`;
+//! - `Log`: `-mean_k log(v_k + eps)`, `d/dx_bk = -2 c_bk / (d (B - 1) (v_k + eps))`;
+//! - `Hinge`: `mean_k relu(target - sqrt(v_k + eps))`,
+//!   `d/dx_bk = -c_bk / (d (B - 1) sqrt(v_k + eps))` where the hinge is active;
+//! - covariance `C = c^T c / (B - 1)`: `sum_{k != k'} C_kk'^2 / (d (d - 1))`,
+//!   `d/dx_bk = 4 sum_{k' != k} C_kk' c_bk' / ((B - 1) d (d - 1))`.
+//!
+//! (The centring's own gradient vanishes: every column of `c` sums to
+//! zero over the batch.) Each slice is computed alone, in a fixed order,
+//! so the result does not depend on how slices are shared between threads
+//! or on the tiling. It rounds differently from the candle operations,
+//! which remain the path for other dtypes and devices (and the reference
+//! of the tests).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use glom_protocol::config::VarianceForm;
+
+use super::terms::VARIANCE_EPS;
+
+/// Which term, and its settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stat {
+    Variance(VarianceForm, f64),
+    Covariance,
+}
+
+/// The term of every slice of `x [N, B, d]`, `[N]`, differentiable; `None`
+/// where the kernel does not apply (not f32/f64 on the CPU) and the
+/// caller takes candle's operations.
+pub(crate) fn batch_stat(x: &Tensor, stat: Stat) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op1(StatOp(stat))?))
+}
+
+struct StatOp(Stat);
+
+/// `d/dx` of the term, scaled per slice by the incoming gradient.
+struct StatGrad(Stat);
+
+trait Elem: Copy + Default + Send + Sync + 'static {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Elem for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Elem for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Scratch of one slice, in f64: centred values `[B, d]`, variances `[d]`
+/// and the covariance matrix `[d, d]`.
+#[derive(Default)]
+struct Scratch {
+    c: Vec<f64>,
+    v: Vec<f64>,
+    cov: Vec<f64>,
+}
+
+/// Centre slice `x [B, d]` into `s.c` and fill `s.v` (and `s.cov` when
+/// asked), all in f64.
+fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch) {
+    s.c.clear();
+    s.c.extend(x.iter().map(|v| v.to_f64()));
+    let mut mean = vec![0.0; d];
+    for row in s.c.chunks_exact(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v;
+        }
+    }
+    for m in &mut mean {
+        *m /= b as f64;
+    }
+    for row in s.c.chunks_exact_mut(d) {
+        for (v, &m) in row.iter_mut().zip(&mean) {
+            *v -= m;
+        }
+    }
+    let norm = 1.0 / (b - 1) as f64;
+    s.v.clear();
+    s.v.resize(d, 0.0);
+    for row in s.c.chunks_exact(d) {
+        for (v, &c) in s.v.iter_mut().zip(row) {
+            *v += c * c;
+        }
+    }
+    for v in &mut s.v {
+        *v *= norm;
+    }
+    if want_cov {
+        s.cov.clear();
+        s.cov.resize(d * d, 0.0);
+        for row in s.c.chunks_exact(d) {
+            for (k, &ck) in row.iter().enumerate() {
+                for (o, &cj) in s.cov[k * d..(k + 1) * d].iter_mut().zip(row) {
+                    *o += ck * cj;
+                }
+            }
+        }
+        for v in &mut s.cov {
+            *v *= norm;
+        }
+    }
+}
+
+/// The term of one slice (after [`moments`]).
+fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
+    match stat {
+        Stat::Variance(VarianceForm::Log, _) => {
+            -s.v.iter().map(|v| (v + VARIANCE_EPS).ln()).sum::<f64>() / d as f64
+        }
+        Stat::Variance(VarianceForm::Hinge, target) => {
+            s.v.iter()
+                .map(|v| (target - (v + VARIANCE_EPS).sqrt()).max(0.0))
+                .sum::<f64>()
+                / d as f64
+        }
+        Stat::Covariance => {
+            let mut off = 0.0;
+            for k in 0..d {
+                for j in 0..d {
+                    if j != k {
+                        let c = s.cov[k * d + j];
+                        off += c * c;
+                    }
+                }
+            }
+            off / (d * (d - 1)) as f64
+        }
+    }
+}
+
+/// `g * d(term)/dx` of one slice into `out [B, d]` (after [`moments`]).
+fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &Scratch, out: &mut [T]) {
+    let bm1 = (b - 1) as f64;
+    match stat {
+        Stat::Variance(form, target) => {
+            let scale: Vec<f64> =
+                s.v.iter()
+                    .map(|&v| match form {
+                        VarianceForm::Log => -2.0 / (d as f64 * bm1 * (v + VARIANCE_EPS)),
+                        VarianceForm::Hinge => {
+                            let root = (v + VARIANCE_EPS).sqrt();
+                            if target - root > 0.0 {
+                                -1.0 / (d as f64 * bm1 * root)
+                            } else {
+                                0.0
+                            }
+                        }
+                    })
+                    .collect();
+            for (orow, crow) in out.chunks_exact_mut(d).zip(s.c.chunks_exact(d)) {
+                for ((o, &c), &sc) in orow.iter_mut().zip(crow).zip(&scale) {
+                    *o = T::from_f64(g * sc * c);
+                }
+            }
+        }
+        Stat::Covariance => {
+            let scale = 4.0 / (bm1 * (d * (d - 1)) as f64);
+            for (orow, crow) in out.chunks_exact_mut(d).zip(s.c.chunks_exact(d)) {
+                for (k, o) in orow.iter_mut().enumerate() {
+                    let crow_k = &s.cov[k * d..(k + 1) * d];
+                    let mut acc = 0.0;
+                    for (j, (&ckj, &cj)) in crow_k.iter().zip(crow).enumerate() {
+                        if j != k {
+                            acc += ckj * cj;
+                        }
+                    }
+                    *o = T::from_f64(g * scale * acc);
+                }
+            }
+        }
+    }
+}
+
+/// Slices per thread's piece of work.
+const SLICES_PER_PIECE: usize = 16;
+
+fn forward<T: Elem>(stat: Stat, x: &[T], n: usize, b: usize, d: usize) -> Vec<T> {
+    let mut out = vec![T::default(); n];
+    if b < 2 || (matches!(stat, Stat::Covariance) && d < 2) {
+        return out;
+    }
+    let want_cov = matches!(stat, Stat::Covariance);
+    super::cpu::for_each_chunk(
+        &mut out,
+        SLICES_PER_PIECE,
+        n > 1,
+        |i, o, s: &mut Scratch| {
+            for (j, o) in o.iter_mut().enumerate() {
+                let slice = i * SLICES_PER_PIECE + j;
+                moments(&x[slice * b * d..(slice + 1) * b * d], b, d, want_cov, s);
+                *o = T::from_f64(value(stat, d, s));
+            }
+        },
+    );
+    out
+}
+
+fn backward<T: Elem>(stat: Stat, x: &[T], g: &[T], n: usize, b: usize, d: usize) -> Vec<T> {
+    let plane = b * d;
+    let mut out = vec![T::default(); n * plane];
+    if b < 2 || (matches!(stat, Stat::Covariance) && d < 2) {
+        return out;
+    }
+    let want_cov = matches!(stat, Stat::Covariance);
+    super::cpu::for_each_chunk(
+        &mut out,
+        SLICES_PER_PIECE * plane,
+        n > 1,
+        |i, o, s: &mut Scratch| {
+            for (j, o) in o.chunks_exact_mut(plane).enumerate() {
+                let slice = i * SLICES_PER_PIECE + j;
+                moments(&x[slice * plane..(slice + 1) * plane], b, d, want_cov, s);
+                gradient(stat, b, d, g[slice].to_f64(), s, o);
+            }
+        },
+    );
+    out
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    super::cpu::contiguous(data, layout, "batch statistics")
+}
+
+impl CustomOp1 for StatOp {
+    fn name(&self) -> &'static str {
+        "glom-batch-stat"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, b, d) = l.shape().dims3()?;
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(forward(self.0, contiguous(v, l)?, n, b, d)),
+            CpuStorage::F64(v) => CpuStorage::F64(forward(self.0, contiguous(v, l)?, n, b, d)),
+            _ => candle_core::bail!("batch statistics: f32 or f64 only"),
+        };
+        Ok((out, Shape::from(n)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &StatGrad(self.0),
+        )?))
+    }
+}
+
+impl candle_core::CustomOp2 for StatGrad {
+    fn name(&self) -> &'static str {
+        "glom-batch-stat-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, b, d) = l1.shape().dims3()?;
+        if l2.shape().dims() != [n] {
+            candle_core::bail!(
+                "batch statistics grad: gradient {:?} for {:?}",
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
+                self.0,
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                n,
+                b,
+                d,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
+                self.0,
+                contiguous(x, l1)?,
+                contiguous(g, l2)?,
+                n,
+                b,
+                d,
+            )),
+            _ => candle_core::bail!("batch statistics grad: f32 or f64, both the same"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::terms;
+    use candle_core::{Device, Var};
+
+    fn random(seed: u64, dims: (usize, usize, usize), dtype: DType) -> Tensor {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f64> = (0..dims.0 * dims.1 * dims.2)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, dims, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    fn f64s(t: &Tensor) -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// The term and the gradient of `sum(term * w)` through the kernel or
+    /// through candle's operations.
+    fn run(x: &Tensor, w: &Tensor, stat: Stat, kernel: bool) -> (Vec<f64>, Vec<f64>) {
+        let v = Var::from_tensor(x).unwrap();
+        let y = match (stat, kernel) {
+            (_, true) => batch_stat(v.as_tensor(), stat).unwrap().unwrap(),
+            (Stat::Variance(form, target), false) => {
+                terms::variance_ops(v.as_tensor(), form, target).unwrap()
+            }
+            (Stat::Covariance, false) => terms::covariance_ops(v.as_tensor()).unwrap(),
+        };
+        let grads = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+        (f64s(&y), f64s(grads.get(v.as_tensor()).unwrap()))
+    }
+
+    fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{what} [{i}]: {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn values_and_gradients_match_candles_operations() {
+        let stats = [
+            Stat::Variance(VarianceForm::Log, 1.0),
+            Stat::Variance(VarianceForm::Hinge, 1.0),
+            // A target that leaves some hinges inactive.
+            Stat::Variance(VarianceForm::Hinge, 0.55),
+            Stat::Covariance,
+        ];
+        for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
+            for (i, &(n, b, d)) in [(3, 5, 4), (40, 16, 32), (1, 2, 2)].iter().enumerate() {
+                let x = random(7 * i as u64 + 1, (n, b, d), dtype);
+                let w = random(7 * i as u64 + 2, (n, 1, 1), dtype)
+                    .reshape(n)
+                    .unwrap();
+                for stat in stats {
+                    let (y0, g0) = run(&x, &w, stat, false);
+                    let (y1, g1) = run(&x, &w, stat, true);
+                    let what = format!("{stat:?} {dtype:?} {:?}", (n, b, d));
+                    close(&y1, &y0, tol, &format!("{what} value"));
+                    close(&g1, &g0, tol, &format!("{what} gradient"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_slice_does_not_depend_on_the_others() {
+        let x = random(3, (37, 8, 6), DType::F32);
+        for stat in [Stat::Variance(VarianceForm::Log, 1.0), Stat::Covariance] {
+            let whole = f64s(&batch_stat(&x, stat).unwrap().unwrap());
+            for k in [0, 17, 36] {
+                let one = x.narrow(0, k, 1).unwrap();
+                let alone = f64s(&batch_stat(&one, stat).unwrap().unwrap());
+                assert_eq!(alone[0].to_bits(), whole[k].to_bits(), "{stat:?} slice {k}");
+            }
+        }
+    }
+}
