@@ -33,6 +33,15 @@ pub(crate) fn datasets(cfg: &Config) -> Result<Datasets> {
         num_images: n,
         ..SceneParams::default()
     };
+    // The generator cannot draw a recognisable part below 8 pixels; the
+    // model itself has no such limit (its tests use 2x2 images), so this
+    // is the data's check, not the config's.
+    if matches!(d.source, DataSource::Scenes | DataSource::MovingScenes) && d.image_size < 8 {
+        anyhow::bail!(
+            "data.image_size = {}: synthetic scenes need at least 8 pixels",
+            d.image_size
+        );
+    }
     Ok(match d.source {
         DataSource::Scenes => Datasets {
             train: Arc::new(SyntheticScenes::new(params(d.train_images), d.train_seed)),
@@ -157,6 +166,19 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scenes_smaller_than_8_pixels_are_an_error_not_a_panic() {
+        for source in [DataSource::Scenes, DataSource::MovingScenes] {
+            let mut cfg = Config::default();
+            cfg.data.source = source;
+            cfg.data.image_size = 4;
+            let e = datasets(&cfg).err().expect("refused");
+            assert!(e.to_string().contains("data.image_size = 4"), "{e}");
+            cfg.data.image_size = 8;
+            assert!(datasets(&cfg).is_ok());
+        }
+    }
 
     #[test]
     fn civil_dates() {

@@ -917,18 +917,10 @@ impl Config {
             | DataSource::MovingScenes
             | DataSource::Sprites
             | DataSource::MovingSprites => {
-                // Sprites need room for a sprite; scenes for a part of an
-                // object (and every source for one patch).
-                let least = if d.source.is_sprites() { 16 } else { 8 }.max(m.patch);
+                let least = if d.source.is_sprites() { 16 } else { m.patch };
                 check(d.image_size >= least, "data.image_size", || {
-                    let what = if d.source.is_sprites() {
-                        "sprites"
-                    } else {
-                        "synthetic scenes"
-                    };
                     format!(
-                        "{} is smaller than {least} pixels, the least for {what} \
-                         with model.patch = {}",
+                        "{} is smaller than {least} pixels (model.patch = {})",
                         d.image_size, m.patch
                     )
                 })?;
@@ -1524,18 +1516,6 @@ mod tests {
         assert_eq!(err_key(&c), "data.image_size");
         c.data.image_size = 34;
         assert_eq!(err_key(&c), "data.image_size");
-        // Synthetic scenes, still or moving, need 8 pixels whatever the
-        // patch: a config error, not a panic of the generator.
-        for source in [DataSource::Scenes, DataSource::MovingScenes] {
-            let mut c = Config::default();
-            c.data.source = source;
-            c.data.image_size = 4;
-            assert_eq!(err_key(&c), "data.image_size");
-            let e = c.validate().unwrap_err().to_string();
-            assert!(e.contains("smaller than 8 pixels"), "{e}");
-            c.data.image_size = 8;
-            c.validate().unwrap();
-        }
     }
 
     #[test]
