@@ -68,10 +68,11 @@ fn an_in_process_worker_that_fails_or_panics_costs_a_rollback_and_no_bits() {
     ok(&train(&whole, 2, &RUN));
     assert!(restarts(&whole).is_empty());
     // A panicked worker's connection closes while its neighbour finds
-    // the halo stream from it ended: whichever the coordinator hears first
-    // is the recorded cause, and both name the panicked worker.
+    // the halo stream from it ended; a worker whose step fails reports it
+    // and joins again on a new connection, closing the old one. Whichever
+    // the coordinator hears first is the recorded cause.
     for (fault, causes) in [
-        ("worker-1:7", &["reported_error"][..]),
+        ("worker-1:7", &["reported_error", "disconnected"][..]),
         ("worker-0:6:panic", &["disconnected", "reported_error"][..]),
     ] {
         let dir = tmp.path().join(fault.replace(':', "-"));
@@ -91,9 +92,13 @@ fn an_in_process_worker_that_fails_or_panics_costs_a_rollback_and_no_bits() {
         );
         let cause = r[0]["cause"].as_str().unwrap_or_default();
         assert!(causes.contains(&cause), "{fault}: {r:?}");
+        let reason = r[0]["reason"].as_str().unwrap_or_default();
         if fault.ends_with("panic") && cause == "reported_error" {
-            let reason = r[0]["reason"].as_str().unwrap_or_default();
             assert!(reason.contains("halo stream from worker"), "{r:?}");
+        }
+        if cause == "disconnected" {
+            let worker = &fault[..fault.find(':').unwrap()];
+            assert!(reason.contains(&format!("({worker}) lost")), "{r:?}");
         }
         assert_eq!(
             (&r[0]["workers_before"], &r[0]["workers_after"]),
