@@ -1,6 +1,6 @@
-//! What the CPU kernels (`locmm.rs`, `attend.rs`, `gelu.rs`) share: the
-//! elements of a contiguous input, and an output computed chunk by chunk
-//! over candle's CPU thread pool.
+//! What the CPU kernels (`locmm.rs`, `attend.rs`, `gelu.rs`, `stats.rs`)
+//! share: the elements of a contiguous input, and an output computed
+//! chunk by chunk over candle's CPU thread pool.
 
 use std::sync::Mutex;
 

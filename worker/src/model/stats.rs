@@ -74,10 +74,11 @@ impl Elem for f64 {
     }
 }
 
-/// Scratch of one slice, in f64: centred values `[B, d]`, variances `[d]`
-/// and the covariance matrix `[d, d]`.
+/// Scratch of one slice, in f64: the batch mean `[d]`, centred values
+/// `[B, d]`, variances `[d]` and the covariance matrix `[d, d]`.
 #[derive(Default)]
 struct Scratch {
+    mean: Vec<f64>,
     c: Vec<f64>,
     v: Vec<f64>,
     cov: Vec<f64>,
@@ -88,17 +89,18 @@ struct Scratch {
 fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch) {
     s.c.clear();
     s.c.extend(x.iter().map(|v| v.to_f64()));
-    let mut mean = vec![0.0; d];
+    s.mean.clear();
+    s.mean.resize(d, 0.0);
     for row in s.c.chunks_exact(d) {
-        for (m, &v) in mean.iter_mut().zip(row) {
+        for (m, &v) in s.mean.iter_mut().zip(row) {
             *m += v;
         }
     }
-    for m in &mut mean {
+    for m in &mut s.mean {
         *m /= b as f64;
     }
     for row in s.c.chunks_exact_mut(d) {
-        for (v, &m) in row.iter_mut().zip(&mean) {
+        for (v, &m) in row.iter_mut().zip(&s.mean) {
             *v -= m;
         }
     }
