@@ -306,7 +306,7 @@ struct Dims {
     b_len: usize,
 }
 
-trait Elem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Output = Self> {}
+pub(crate) trait Elem: Copy + Default + Send + Sync + Add<Output = Self> + Mul<Output = Self> {}
 impl Elem for f32 {}
 impl Elem for f64 {}
 
@@ -385,7 +385,7 @@ fn location<T: Elem, const NR: usize>(
 /// `rs` and column stride `cs`. Dispatches on the SIMD width available;
 /// every path computes bitwise the same result.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Elem, const NR: usize>(
+pub(crate) fn gemm<T: Elem, const NR: usize>(
     m: usize,
     k: usize,
     n: usize,

@@ -75,17 +75,20 @@ impl Elem for f64 {
 }
 
 /// Scratch of one slice, in f64: the batch mean `[d]`, centred values
-/// `[B, d]`, variances `[d]` and the covariance matrix `[d, d]`.
+/// `[B, d]`, variances `[d]`, the covariance matrix `[d, d]` (zero on its
+/// diagonal) and the gradient's work `[B, d]`.
 #[derive(Default)]
 struct Scratch {
     mean: Vec<f64>,
     c: Vec<f64>,
     v: Vec<f64>,
     cov: Vec<f64>,
+    acc: Vec<f64>,
 }
 
 /// Centre slice `x [B, d]` into `s.c` and fill `s.v` (and `s.cov` when
 /// asked), all in f64.
+#[inline(always)]
 fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch) {
     s.c.clear();
     s.c.extend(x.iter().map(|v| v.to_f64()));
@@ -116,22 +119,24 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
         *v *= norm;
     }
     if want_cov {
+        // `C = c^T c`: each entry summed over the batch in ascending order
+        // by the register-blocked kernel of the per-location products. The
+        // diagonal is set to zero: neither the term nor its gradient reads
+        // it, and the gradient's product then skips it for free.
         s.cov.clear();
         s.cov.resize(d * d, 0.0);
-        for row in s.c.chunks_exact(d) {
-            for (k, &ck) in row.iter().enumerate() {
-                for (o, &cj) in s.cov[k * d..(k + 1) * d].iter_mut().zip(row) {
-                    *o += ck * cj;
-                }
+        super::locmm::gemm::<f64, 8>(d, b, d, &s.c, 1, d, &s.c, &mut s.cov);
+        for (k, row) in s.cov.chunks_exact_mut(d).enumerate() {
+            row[k] = 0.0;
+            for v in row {
+                *v *= norm;
             }
-        }
-        for v in &mut s.cov {
-            *v *= norm;
         }
     }
 }
 
 /// The term of one slice (after [`moments`]).
+#[inline(always)]
 fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
     match stat {
         Stat::Variance(VarianceForm::Log, _) => {
@@ -159,43 +164,39 @@ fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
 }
 
 /// `g * d(term)/dx` of one slice into `out [B, d]` (after [`moments`]).
-fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &Scratch, out: &mut [T]) {
+#[inline(always)]
+fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &mut Scratch, out: &mut [T]) {
     let bm1 = (b - 1) as f64;
     match stat {
         Stat::Variance(form, target) => {
-            let scale: Vec<f64> =
-                s.v.iter()
-                    .map(|&v| match form {
-                        VarianceForm::Log => -2.0 / (d as f64 * bm1 * (v + VARIANCE_EPS)),
-                        VarianceForm::Hinge => {
-                            let root = (v + VARIANCE_EPS).sqrt();
-                            if target - root > 0.0 {
-                                -1.0 / (d as f64 * bm1 * root)
-                            } else {
-                                0.0
-                            }
-                        }
-                    })
-                    .collect();
+            s.acc.clear();
+            s.acc.extend(s.v.iter().map(|&v| match form {
+                VarianceForm::Log => -2.0 / (d as f64 * bm1 * (v + VARIANCE_EPS)),
+                VarianceForm::Hinge => {
+                    let root = (v + VARIANCE_EPS).sqrt();
+                    if target - root > 0.0 {
+                        -1.0 / (d as f64 * bm1 * root)
+                    } else {
+                        0.0
+                    }
+                }
+            }));
             for (orow, crow) in out.chunks_exact_mut(d).zip(s.c.chunks_exact(d)) {
-                for ((o, &c), &sc) in orow.iter_mut().zip(crow).zip(&scale) {
+                for ((o, &c), &sc) in orow.iter_mut().zip(crow).zip(&s.acc) {
                     *o = T::from_f64(g * sc * c);
                 }
             }
         }
         Stat::Covariance => {
+            // The gradient is `c @ C'` with C' the covariance off its
+            // diagonal (zero there, see `moments`), each entry summed over
+            // the rows of C' in ascending order.
             let scale = 4.0 / (bm1 * (d * (d - 1)) as f64);
-            for (orow, crow) in out.chunks_exact_mut(d).zip(s.c.chunks_exact(d)) {
-                for (k, o) in orow.iter_mut().enumerate() {
-                    let crow_k = &s.cov[k * d..(k + 1) * d];
-                    let mut acc = 0.0;
-                    for (j, (&ckj, &cj)) in crow_k.iter().zip(crow).enumerate() {
-                        if j != k {
-                            acc += ckj * cj;
-                        }
-                    }
-                    *o = T::from_f64(g * scale * acc);
-                }
+            s.acc.clear();
+            s.acc.resize(b * d, 0.0);
+            super::locmm::gemm::<f64, 8>(b, d, d, &s.c, d, 1, &s.cov, &mut s.acc);
+            for (o, &a) in out.iter_mut().zip(&s.acc) {
+                *o = T::from_f64(g * scale * a);
             }
         }
     }
@@ -204,45 +205,77 @@ fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &Scratch, out: &
 /// Slices per thread's piece of work.
 const SLICES_PER_PIECE: usize = 16;
 
-fn forward<T: Elem>(stat: Stat, x: &[T], n: usize, b: usize, d: usize) -> Vec<T> {
-    let mut out = vec![T::default(); n];
-    if b < 2 || (matches!(stat, Stat::Covariance) && d < 2) {
-        return out;
-    }
-    let want_cov = matches!(stat, Stat::Covariance);
-    super::cpu::for_each_chunk(
-        &mut out,
-        SLICES_PER_PIECE,
-        n > 1,
-        |i, o, s: &mut Scratch| {
-            for (j, o) in o.iter_mut().enumerate() {
-                let slice = i * SLICES_PER_PIECE + j;
-                moments(&x[slice * b * d..(slice + 1) * b * d], b, d, want_cov, s);
-                *o = T::from_f64(value(stat, d, s));
-            }
-        },
-    );
-    out
+/// What one piece of slices computes: their terms into `out [slices]`
+/// (`g` is `None`), or `g[i] * d(term)/dx` into `out [slices, B, d]`.
+#[derive(Clone, Copy)]
+struct Piece<'a, T> {
+    stat: Stat,
+    x: &'a [T],
+    g: Option<&'a [T]>,
+    b: usize,
+    d: usize,
 }
 
-fn backward<T: Elem>(stat: Stat, x: &[T], g: &[T], n: usize, b: usize, d: usize) -> Vec<T> {
-    let plane = b * d;
-    let mut out = vec![T::default(); n * plane];
+impl<T: Elem> Piece<'_, T> {
+    /// Slices `first..` of the piece whose results go to `out`.
+    #[inline(always)]
+    fn run(self, first: usize, out: &mut [T], s: &mut Scratch) {
+        let (b, d) = (self.b, self.d);
+        let plane = b * d;
+        let want_cov = matches!(self.stat, Stat::Covariance);
+        let x = |slice: usize| &self.x[slice * plane..(slice + 1) * plane];
+        match self.g {
+            None => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    moments(x(first + j), b, d, want_cov, s);
+                    *o = T::from_f64(value(self.stat, d, s));
+                }
+            }
+            Some(g) => {
+                for (j, o) in out.chunks_exact_mut(plane).enumerate() {
+                    moments(x(first + j), b, d, want_cov, s);
+                    gradient(self.stat, b, d, g[first + j].to_f64(), s, o);
+                }
+            }
+        }
+    }
+
+    /// [`Piece::run`] compiled for 256-bit vectors where the CPU has them
+    /// (AVX without FMA: the same rounding as the baseline build).
+    fn dispatch(self, first: usize, out: &mut [T], s: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the CPU supports AVX, checked just above.
+                unsafe { self.run_avx(first, out, s) };
+                return;
+            }
+        }
+        self.run(first, out, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    unsafe fn run_avx(self, first: usize, out: &mut [T], s: &mut Scratch) {
+        self.run(first, out, s)
+    }
+}
+
+/// The terms `[n]` (no `g`) or the gradients `[n, B, d]` (with `g [n]`) of
+/// the `n` slices of `x [n, B, d]`, pieces of [`SLICES_PER_PIECE`] slices
+/// shared over the thread pool.
+fn compute<T: Elem>(stat: Stat, x: &[T], g: Option<&[T]>, n: usize, b: usize, d: usize) -> Vec<T> {
+    let per_slice = if g.is_some() { b * d } else { 1 };
+    let mut out = vec![T::default(); n * per_slice];
     if b < 2 || (matches!(stat, Stat::Covariance) && d < 2) {
         return out;
     }
-    let want_cov = matches!(stat, Stat::Covariance);
+    let piece = Piece { stat, x, g, b, d };
     super::cpu::for_each_chunk(
         &mut out,
-        SLICES_PER_PIECE * plane,
+        SLICES_PER_PIECE * per_slice,
         n > 1,
-        |i, o, s: &mut Scratch| {
-            for (j, o) in o.chunks_exact_mut(plane).enumerate() {
-                let slice = i * SLICES_PER_PIECE + j;
-                moments(&x[slice * plane..(slice + 1) * plane], b, d, want_cov, s);
-                gradient(stat, b, d, g[slice].to_f64(), s, o);
-            }
-        },
+        |i, o, s: &mut Scratch| piece.dispatch(i * SLICES_PER_PIECE, o, s),
     );
     out
 }
@@ -259,8 +292,12 @@ impl CustomOp1 for StatOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, b, d) = l.shape().dims3()?;
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(forward(self.0, contiguous(v, l)?, n, b, d)),
-            CpuStorage::F64(v) => CpuStorage::F64(forward(self.0, contiguous(v, l)?, n, b, d)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(compute(self.0, contiguous(v, l)?, None, n, b, d))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(compute(self.0, contiguous(v, l)?, None, n, b, d))
+            }
             _ => candle_core::bail!("batch statistics: f32 or f64 only"),
         };
         Ok((out, Shape::from(n)))
@@ -295,18 +332,18 @@ impl candle_core::CustomOp2 for StatGrad {
             );
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(compute(
                 self.0,
                 contiguous(x, l1)?,
-                contiguous(g, l2)?,
+                Some(contiguous(g, l2)?),
                 n,
                 b,
                 d,
             )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(compute(
                 self.0,
                 contiguous(x, l1)?,
-                contiguous(g, l2)?,
+                Some(contiguous(g, l2)?),
                 n,
                 b,
                 d,
