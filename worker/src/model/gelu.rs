@@ -125,23 +125,35 @@ fn map<T: Copy + Default + Send + Sync>(
     out
 }
 
-/// The f32 loops, compiled for 256-bit vectors where the CPU has them
-/// (AVX without FMA: the same roundings as the baseline build).
+/// The f32 loops, each a module: `run` dispatches to `avx512` or `avx`
+/// (the loop compiled for 512-bit or 256-bit vectors, AVX-512F or AVX
+/// without FMA: the same roundings as the baseline build) where the CPU
+/// has them, else `plain`.
 macro_rules! f32_loops {
-    ($name:ident, $avx:ident, |$x:ident, $g:ident| $body:expr) => {
-        fn $name(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx") {
-                    // SAFETY: the CPU supports AVX, checked just above.
-                    unsafe { $avx(a, b, out) };
-                    return;
+    ($name:ident, |$x:ident, $g:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            pub(super) fn run(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU supports AVX-512F, checked just above.
+                        unsafe { avx512(a, b, out) };
+                        return;
+                    }
+                    if std::arch::is_x86_feature_detected!("avx") {
+                        // SAFETY: the CPU supports AVX, checked just above.
+                        unsafe { avx(a, b, out) };
+                        return;
+                    }
                 }
+                plain(a, b, out);
             }
-            plain(a, b, out);
 
             #[inline(always)]
-            fn plain(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
+            pub(super) fn plain(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
                 match b {
                     Some(b) => {
                         for ((o, &$x), &$g) in out.iter_mut().zip(a).zip(b) {
@@ -159,15 +171,21 @@ macro_rules! f32_loops {
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx")]
-            unsafe fn $avx(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
+            pub(super) unsafe fn avx(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
+                plain(a, b, out)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub(super) unsafe fn avx512(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
                 plain(a, b, out)
             }
         }
     };
 }
 
-f32_loops!(forward_loop, forward_loop_avx, |x, _g| gelu_f32(x));
-f32_loops!(grad_loop, grad_loop_avx, |x, g| grad_f32(x, g));
+f32_loops!(forward_loop, |x, _g| gelu_f32(x));
+f32_loops!(grad_loop, |x, g| grad_f32(x, g));
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     super::cpu::contiguous(data, layout, "gelu")
@@ -186,7 +204,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(map(contiguous(v, l)?, None, forward_loop)),
+            CpuStorage::F32(v) => CpuStorage::F32(map(contiguous(v, l)?, None, forward_loop::run)),
             CpuStorage::F64(v) => CpuStorage::F64(map(contiguous(v, l)?, None, |a, _, o| {
                 for (o, &x) in o.iter_mut().zip(a) {
                     *o = gelu_f64(x);
@@ -220,9 +238,11 @@ impl CustomOp2 for GeluGrad {
             candle_core::bail!("gelu grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(map(contiguous(x, l1)?, Some(contiguous(g, l2)?), grad_loop))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(map(
+                contiguous(x, l1)?,
+                Some(contiguous(g, l2)?),
+                grad_loop::run,
+            )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(map(
                 contiguous(x, l1)?,
                 Some(contiguous(g, l2)?),
@@ -318,14 +338,44 @@ mod tests {
             plain_y[i] = gelu_f32(xs[i]);
             plain_d[i] = grad_f32(xs[i], g[i]);
         }
-        let y = map(&xs, None, forward_loop);
-        let d = map(&xs, Some(&g), grad_loop);
+        let y = map(&xs, None, forward_loop::run);
+        let d = map(&xs, Some(&g), grad_loop::run);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&y), bits(&plain_y));
         assert_eq!(bits(&d), bits(&plain_d));
+        // Each vector width this CPU has, called directly.
+        type Loop = fn(&[f32], Option<&[f32]>, &mut [f32]);
+        let mut paths: Vec<(&str, Loop, Loop)> =
+            vec![("plain", forward_loop::plain, grad_loop::plain)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: only called when the CPU has AVX, checked here.
+                paths.push((
+                    "avx",
+                    |a, b, o| unsafe { forward_loop::avx(a, b, o) },
+                    |a, b, o| unsafe { grad_loop::avx(a, b, o) },
+                ));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: only called when the CPU has AVX-512F, checked here.
+                paths.push((
+                    "avx512",
+                    |a, b, o| unsafe { forward_loop::avx512(a, b, o) },
+                    |a, b, o| unsafe { grad_loop::avx512(a, b, o) },
+                ));
+            }
+        }
+        for (name, fwd, grad) in paths {
+            let (mut y, mut d) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+            fwd(&xs, None, &mut y);
+            grad(&xs, Some(&g), &mut d);
+            assert_eq!(bits(&y), bits(&plain_y), "{name} forward");
+            assert_eq!(bits(&d), bits(&plain_d), "{name} gradient");
+        }
         // An odd-sized piece computed alone matches the whole.
         let (lo, hi) = (12_345, 12_345 + 777);
-        let part = map(&xs[lo..hi], None, forward_loop);
+        let part = map(&xs[lo..hi], None, forward_loop::run);
         assert_eq!(bits(&part), bits(&y[lo..hi]));
     }
 }

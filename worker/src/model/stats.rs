@@ -240,11 +240,17 @@ impl<T: Elem> Piece<'_, T> {
         }
     }
 
-    /// [`Piece::run`] compiled for 256-bit vectors where the CPU has them
-    /// (AVX without FMA: the same rounding as the baseline build).
+    /// [`Piece::run`] compiled for 512-bit or 256-bit vectors where the
+    /// CPU has them (AVX-512F or AVX without FMA: the same rounding as the
+    /// baseline build).
     fn dispatch(self, first: usize, out: &mut [T], s: &mut Scratch) {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                unsafe { self.run_avx512(first, out, s) };
+                return;
+            }
             if std::arch::is_x86_feature_detected!("avx") {
                 // SAFETY: the CPU supports AVX, checked just above.
                 unsafe { self.run_avx(first, out, s) };
@@ -257,6 +263,12 @@ impl<T: Elem> Piece<'_, T> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx")]
     unsafe fn run_avx(self, first: usize, out: &mut [T], s: &mut Scratch) {
+        self.run(first, out, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(self, first: usize, out: &mut [T], s: &mut Scratch) {
         self.run(first, out, s)
     }
 }
@@ -446,6 +458,60 @@ mod tests {
                 let one = x.narrow(0, k, 1).unwrap();
                 let alone = f64s(&batch_stat(&one, stat).unwrap().unwrap());
                 assert_eq!(alone[0].to_bits(), whole[k].to_bits(), "{stat:?} slice {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_simd_path_gives_the_same_bits() {
+        let (n, b, d) = (5, 9, 13);
+        let x: Vec<f32> = f64s(&random(4, (n, b, d), DType::F32))
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let g: Vec<f32> = (0..n).map(|i| 0.5 + i as f32).collect();
+        for stat in [
+            Stat::Variance(VarianceForm::Log, 1.0),
+            Stat::Variance(VarianceForm::Hinge, 2.0),
+            Stat::Covariance,
+        ] {
+            for grads in [None, Some(&g[..])] {
+                let piece = Piece {
+                    stat,
+                    x: &x,
+                    g: grads,
+                    b,
+                    d,
+                };
+                let len = if grads.is_some() { n * b * d } else { n };
+                let mut paths: Vec<(&str, Vec<f32>)> = Vec::new();
+                let mut add = |name, f: &dyn Fn(&mut [f32], &mut Scratch)| {
+                    let mut out = vec![0f32; len];
+                    f(&mut out, &mut Scratch::default());
+                    paths.push((name, out));
+                };
+                add("plain", &|o, s| piece.run(0, o, s));
+                add("dispatched", &|o, s| piece.dispatch(0, o, s));
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx") {
+                        // SAFETY: checked just above.
+                        add("avx", &|o, s| unsafe { piece.run_avx(0, o, s) });
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: checked just above.
+                        add("avx512", &|o, s| unsafe { piece.run_avx512(0, o, s) });
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for (name, out) in &paths[1..] {
+                    assert_eq!(
+                        bits(out),
+                        bits(&paths[0].1),
+                        "{stat:?}, {name}, grads {}",
+                        grads.is_some()
+                    );
+                }
             }
         }
     }
