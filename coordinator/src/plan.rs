@@ -63,7 +63,7 @@ pub fn plan(rows: usize, cols: usize, workers: usize) -> Result<Vec<TileSpec>, P
         return Err(PlanError::NoWorkers { workers });
     }
     let best = (1..=workers)
-        .filter(|tr| workers % tr == 0 && *tr <= rows && workers / tr <= cols)
+        .filter(|tr| workers.is_multiple_of(*tr) && *tr <= rows && workers / tr <= cols)
         .min_by_key(|tr| {
             let tc = workers / tr;
             // Perimeter of one tile, in units of 1 / (tr * tc) to stay integral.

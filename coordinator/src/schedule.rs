@@ -44,14 +44,15 @@ pub fn next_checkpoint(last: Option<u64>, every: u64, steps: u64) -> u64 {
 /// first, the last, and every `train.log_every`-th.
 pub fn logged(cfg: &Config, step: u64) -> bool {
     let n = step + 1;
-    n == 1 || n == cfg.train.steps || n % cfg.train.log_every.max(1) == 0
+    n == 1 || n == cfg.train.steps || n.is_multiple_of(cfg.train.log_every.max(1))
 }
 
 /// Whether step `step` (0-based) is observed: the [`logged`] ones and
 /// those after which `metrics.every_steps` steps are complete (where the
 /// collapse measures are computed).
 pub fn observes(cfg: &Config, step: u64) -> bool {
-    logged(cfg, step) || (cfg.metrics.enabled && (step + 1) % cfg.metrics.every_steps.max(1) == 0)
+    logged(cfg, step)
+        || (cfg.metrics.enabled && (step + 1).is_multiple_of(cfg.metrics.every_steps.max(1)))
 }
 
 /// Directory of checkpoint `step` under `root`.

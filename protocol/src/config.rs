@@ -794,7 +794,7 @@ impl Config {
             },
         )?;
         check(
-            m.location_code_dim % 4 == 0,
+            m.location_code_dim.is_multiple_of(4),
             "model.location_code_dim",
             || format!("{} must be a multiple of 4", m.location_code_dim),
         )?;
@@ -924,12 +924,16 @@ impl Config {
                         d.image_size, m.patch
                     )
                 })?;
-                check(d.image_size % m.patch == 0, "data.image_size", || {
-                    format!(
-                        "{} is not a multiple of model.patch = {}",
-                        d.image_size, m.patch
-                    )
-                })?;
+                check(
+                    d.image_size.is_multiple_of(m.patch),
+                    "data.image_size",
+                    || {
+                        format!(
+                            "{} is not a multiple of model.patch = {}",
+                            d.image_size, m.patch
+                        )
+                    },
+                )?;
             }
             DataSource::Tetrominoes | DataSource::FashionMnist => {}
         }

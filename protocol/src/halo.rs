@@ -187,7 +187,7 @@ mod le_bytes {
         }
 
         fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Vec<T>, E> {
-            if b.len() % T::SIZE != 0 {
+            if !b.len().is_multiple_of(T::SIZE) {
                 return Err(E::invalid_length(b.len(), &self));
             }
             Ok(b.chunks_exact(T::SIZE).map(T::get).collect())

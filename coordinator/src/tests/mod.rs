@@ -439,7 +439,7 @@ impl Sim {
         self.ticks += 1;
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
-            if w.closed || w.silent || self.ticks % (w.lag + 1) != 0 {
+            if w.closed || w.silent || !self.ticks.is_multiple_of(w.lag + 1) {
                 continue;
             }
             let Some(msg) = self.workers[i].todo.pop_front() else {

@@ -122,7 +122,7 @@ pub type Result<T> = std::result::Result<T, DataError>;
 
 fn check_grid(height: usize, width: usize, patch: usize) {
     assert!(
-        patch > 0 && height % patch == 0 && width % patch == 0,
+        patch > 0 && height.is_multiple_of(patch) && width.is_multiple_of(patch),
         "image {height}x{width} cannot be cut into {patch}x{patch} patches"
     );
 }
