@@ -29,6 +29,7 @@ pub mod grid;
 mod locmm;
 pub mod nets;
 pub mod profile;
+mod sqerr;
 mod stats;
 pub mod terms;
 
@@ -443,8 +444,8 @@ impl Glom {
                 for l in 0..k - 1 {
                     let back = prof.time(Part::Nets, || self.top_down(l, &predictions[l + 1].0))?;
                     prof.time(Part::Loss, || -> Result<()> {
-                        let err = (back - e[l].detach())?.sqr()?;
-                        acc.autoencoder = (&acc.autoencoder + terms::per_location_sum(&err)?)?;
+                        let err = terms::squared_error(&back, &e[l].detach())?;
+                        acc.autoencoder = (&acc.autoencoder + err)?;
                         Ok(())
                     })?;
                 }
@@ -578,7 +579,7 @@ impl Glom {
             })?;
             let pred = prof.time(Part::Nets, || self.nets.bottom_up[l - 1].forward(&input))?;
             sum = prof.time(Part::Loss, || -> Result<_> {
-                Ok((sum + terms::per_location_sum(&(pred - target)?.sqr()?)?)?)
+                Ok((sum + terms::squared_error(&pred, &target)?)?)
             })?;
         }
         Ok(sum)
@@ -678,10 +679,9 @@ impl StudentTerms {
         level: usize,
     ) -> Result<()> {
         let tr = &self.train;
-        self.distill_bu = (&self.distill_bu + terms::per_location_sum(&(bu - target)?.sqr()?)?)?;
+        self.distill_bu = (&self.distill_bu + terms::squared_error(bu, target)?)?;
         if let Some(td) = td {
-            self.distill_td =
-                (&self.distill_td + terms::per_location_sum(&(td - target)?.sqr()?)?)?;
+            self.distill_td = (&self.distill_td + terms::squared_error(td, target)?)?;
         }
         if self.negative_on {
             self.negative =

@@ -170,6 +170,17 @@ pub fn per_location_sum(x: &Tensor) -> Result<Tensor> {
     Ok(x.sum(2)?.sum(1)?)
 }
 
+/// `sum_{b,k} (pred - target)^2` of `[P, B, d]` tensors, per location
+/// `[P]`: a student's distillation error (DESIGN.md section 2). One fused
+/// op with its backward on the CPU (`sqerr.rs`), candle's operations
+/// elsewhere; the two round differently.
+pub fn squared_error(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    if let Some(v) = super::sqerr::squared_error(pred, target)? {
+        return Ok(v);
+    }
+    per_location_sum(&(pred - target)?.sqr()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
