@@ -77,11 +77,30 @@ pub(crate) fn loc_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The gradients `(dy[p] @ w[p]^T, x[p]^T @ dy[p])` of `y = x @ w` with
-/// respect to x and w, given `dy [P, B, out]` (f32 and f64 on the CPU).
-pub(crate) fn loc_matmul_grads(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
-    let dx = dy.apply_op2_no_bwd(&w, &LocMatmul(Product::GradX))?;
-    let dw = x.apply_op2_no_bwd(&dy, &LocMatmul(Product::GradW))?;
+/// respect to x and w, given `dy [P, B, out]` (f32 and f64 on the CPU),
+/// each only for an argument that takes a gradient: an input detached from
+/// the graph (every net's input under local learning) gets none, which
+/// saves its product and the buffer candle's backward would fill with
+/// zeros and add it into.
+pub(crate) fn loc_matmul_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let dx = if x.track_op() {
+        Some(dy.apply_op2_no_bwd(&w.contiguous()?, &LocMatmul(Product::GradX))?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        Some(
+            x.contiguous()?
+                .apply_op2_no_bwd(&dy, &LocMatmul(Product::GradW))?,
+        )
+    } else {
+        None
+    };
     Ok((dx, dw))
 }
 
@@ -175,7 +194,7 @@ impl CustomOp2 for LocMatmul {
             return Err(candle_core::Error::BackwardNotSupported { op: self.name() });
         }
         let (dx, dw) = loc_matmul_grads(arg1, arg2, grad_res)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, dw))
     }
 }
 
@@ -246,13 +265,17 @@ impl CustomOp3 for LocAffine {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = loc_matmul_grads(x, w, grad_res)?;
-        let db = grad_res.contiguous()?.apply_op1_no_bwd(&BatchSum)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let db = if b.track_op() {
+            Some(grad_res.contiguous()?.apply_op1_no_bwd(&BatchSum)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -740,6 +763,27 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_detached_input_gets_no_gradient_and_the_weights_the_same() {
+        let (p, b, input, out) = (3, 5, 4, 6);
+        let x = random(40, (p, b, input), DType::F32);
+        let w = Var::from_tensor(&random(41, (p, input, out), DType::F32)).unwrap();
+        let bias = Var::from_tensor(&random(42, (p, 1, out), DType::F32)).unwrap();
+        let r = random(43, (p, b, out), DType::F32);
+        let grads_with = |x: &Tensor| {
+            let y = loc_affine(x, w.as_tensor(), bias.as_tensor()).unwrap();
+            (y * &r).unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        let tracked = Var::from_tensor(&x).unwrap();
+        let all = grads_with(tracked.as_tensor());
+        let detached = grads_with(&x);
+        assert!(all.get(tracked.as_tensor()).is_some());
+        assert!(detached.get(&x).is_none());
+        for t in [w.as_tensor(), bias.as_tensor()] {
+            assert_eq!(bits(all.get(t).unwrap()), bits(detached.get(t).unwrap()));
         }
     }
 
