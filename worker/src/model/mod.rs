@@ -23,6 +23,7 @@
 
 mod attend;
 mod cpu;
+pub(crate) use cpu::for_each_chunk;
 pub mod flops;
 mod gelu;
 pub mod grid;
