@@ -147,17 +147,19 @@ pub fn mix(
 /// neighbours and a large negative number for padding. The dot product is
 /// divided by d, so beta is per unit of cosine similarity of normalised vectors.
 ///
-/// Without a gradient (local learning detaches the embeddings) this is one
-/// fused pass, bitwise the same (`attend.rs`); otherwise candle's ops.
+/// On the CPU in f32 and f64 this is one pass per location, with its own
+/// backward when a gradient flows (BPTT), within float rounding of
+/// candle's ops (`attend.rs`); elsewhere candle's ops ([`lateral_ops`]).
 pub fn lateral(e: &Tensor, src: &Tensor, idx: &Tensor, pad: &Tensor, beta: f64) -> Result<Tensor> {
     let d = e.dim(2)?;
-    if let Some(out) = attend::lateral_detached(e, src, idx, pad, beta / d as f64)? {
+    if let Some(out) = attend::lateral_kernel(e, src, idx, pad, beta / d as f64)? {
         return Ok(out);
     }
     lateral_ops(e, src, idx, pad, beta)
 }
 
-/// [`lateral`] as candle tensor operations (differentiable).
+/// [`lateral`] as candle tensor operations (differentiable): the path on
+/// other devices and dtypes, and the reference of the kernel's tests.
 fn lateral_ops(e: &Tensor, src: &Tensor, idx: &Tensor, pad: &Tensor, beta: f64) -> Result<Tensor> {
     let (p, b, d) = e.dims3()?;
     let n = idx.dim(0)? / p.max(1);
