@@ -1,10 +1,36 @@
-//! What the CPU kernels (`locmm.rs`, `attend.rs`, `gelu.rs`, `stats.rs`)
-//! share: the elements of a contiguous input, and an output computed
-//! chunk by chunk over candle's CPU thread pool.
+//! What the CPU kernels (`locmm.rs`, `attend.rs`, `gelu.rs`, `stats.rs`,
+//! `sqerr.rs`, and AdamW's passes) share: the elements of a contiguous
+//! input, an output computed chunk by chunk over candle's CPU thread pool,
+//! and f32/f64 read through f64.
 
 use std::sync::Mutex;
 
 use candle_core::{Layout, Result};
+
+/// f32 or f64, read and written through f64 (the kernels that compute in
+/// f64 inside: `stats.rs`, `sqerr.rs`).
+pub(crate) trait Real: Copy + Default + Send + Sync + 'static {
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
 
 /// The elements of a contiguous storage described by `layout`; an error
 /// naming `op` otherwise.

@@ -17,6 +17,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use super::cpu::Real as Elem;
+
 /// `sum_{b,k} (pred - target)^2` per location, `[P]`, for `pred` and
 /// `target` `[P, B, d]` on the CPU in f32 or f64; `None` elsewhere (the
 /// caller takes candle's operations).
@@ -41,29 +43,6 @@ struct SquaredError;
 /// `(pred, target, g [P]) -> 2 g[p] (pred - target)`, the gradient for
 /// `pred` (the target's is its negation).
 struct SquaredErrorGrad;
-
-trait Elem: Copy + Default + Send + Sync + 'static {
-    fn to_f64(self) -> f64;
-    fn from_f64(v: f64) -> Self;
-}
-
-impl Elem for f32 {
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-}
-
-impl Elem for f64 {
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-}
 
 /// Partial sums per location.
 const LANES: usize = 8;

@@ -27,6 +27,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use glom_protocol::config::VarianceForm;
 
+use super::cpu::Real as Elem;
 use super::terms::VARIANCE_EPS;
 
 /// Which term, and its settings.
@@ -50,29 +51,6 @@ struct StatOp(Stat);
 
 /// `d/dx` of the term, scaled per slice by the incoming gradient.
 struct StatGrad(Stat);
-
-trait Elem: Copy + Default + Send + Sync + 'static {
-    fn to_f64(self) -> f64;
-    fn from_f64(v: f64) -> Self;
-}
-
-impl Elem for f32 {
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-}
-
-impl Elem for f64 {
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-}
 
 /// Scratch of one slice, in f64: the batch mean `[d]`, centred values
 /// `[B, d]`, variances `[d]`, the covariance matrix `[d, d]` (zero on its
