@@ -1253,11 +1253,16 @@ impl Config {
     /// Neighbours of a location at `level` lie within this euclidean
     /// distance (cells): [`ModelConfig::neighbour_radius`], or with
     /// `model.attention = "all"` more than the grid's diagonal. Workers
-    /// draw from it; the coordinator sizes halos from it.
+    /// draw from it; the coordinator sizes halos from it. Either way at
+    /// most twice the grid's side, which already reaches every cell of the
+    /// grid: a larger `model.neighbour_sigma` then draws from the whole
+    /// grid, with the same candidates, instead of sizing halos and loops
+    /// by the sigma itself.
     pub fn lateral_radius(&self, level: usize) -> f64 {
+        let whole = (2 * self.grid_side()).max(1) as f64;
         match self.model.attention {
-            Attention::Sampled => self.model.neighbour_radius(level),
-            Attention::All => (2 * self.grid_side()).max(1) as f64,
+            Attention::Sampled => self.model.neighbour_radius(level).min(whole),
+            Attention::All => whole,
         }
     }
 
@@ -1427,6 +1432,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_neighbour_sigma_reaches_the_grid_and_no_further() {
+        let mut c = Config::default();
+        let side = c.grid_side();
+        let normal: Vec<usize> = (0..c.model.levels).map(|l| c.lateral_reach(l)).collect();
+        assert!(normal.iter().all(|&r| r < 2 * side), "{normal:?}");
+        for sigma in [1e3, 1e30] {
+            c.model.neighbour_sigma = [sigma, sigma];
+            for l in 0..c.model.levels {
+                assert_eq!(c.lateral_reach(l), 2 * side, "sigma {sigma}, level {l}");
+            }
+        }
+    }
 
     fn err_key(c: &Config) -> String {
         match c.validate() {
