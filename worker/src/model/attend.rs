@@ -90,28 +90,12 @@ impl Elem for f32 {
         v as f32
     }
 
-    /// `2^k exp(r)`, `k = round(x / ln 2)`, `|r| <= ln 2 / 2`, `exp(r)` by
-    /// its degree-6 Taylor polynomial (relative error below 2e-7, about
-    /// one unit in the last place), in plain multiplies and adds that
-    /// vectorise; exactly 0 below -87 (where f32 has no normal number
-    /// left), so padded neighbours weigh nothing.
+    /// [`super::cpu::exp_f32`] (relative error below 2e-7, about one unit
+    /// in the last place, vectorising); exactly 0 below -87 (where f32 has
+    /// no normal number left), so padded neighbours weigh nothing.
     #[inline(always)]
     fn exp_nonpositive(x: f32) -> f32 {
-        const LOG2E: f32 = std::f32::consts::LOG2_E;
-        // ln 2 in two parts, the high one exact with trailing zero bits.
-        #[allow(clippy::excessive_precision)]
-        const LN2_HI: f32 = 0.693_145_751_953_125;
-        #[allow(clippy::excessive_precision)]
-        const LN2_LO: f32 = 1.428_606_765_330_187e-6;
-        const MAGIC: f32 = 12_582_912.0;
-        let v = x.max(-87.0);
-        let k = (v * LOG2E + MAGIC) - MAGIC;
-        let r = (v - k * LN2_HI) - k * LN2_LO;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let e = p * f32::from_bits(((k as i32 + 127) as u32) << 23);
+        let e = super::cpu::exp_f32(x.max(-87.0));
         if x < -87.0 {
             0.0
         } else {

@@ -42,24 +42,7 @@ const CUBIC: f64 = 0.044_715;
 /// `1 + tanh(u) = 2 e s`, `1 - tanh(u) = 2 s`.
 #[inline(always)]
 fn exp2u_f32(u: f32) -> (f32, f32) {
-    let v = 2.0 * u.clamp(-40.0, 40.0);
-    // exp(v) = 2^n exp(r), n = round(v / ln 2), |r| <= ln 2 / 2.
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 in two parts: the high one exact in f32 with trailing zero
-    // bits, so that `n * LN2_HI` is exact.
-    #[allow(clippy::excessive_precision)]
-    const LN2_HI: f32 = 0.693_145_751_953_125;
-    #[allow(clippy::excessive_precision)]
-    const LN2_LO: f32 = 1.428_606_765_330_187e-6;
-    // Round to nearest by the float trick (|v / ln 2| < 2^22).
-    const MAGIC: f32 = 12_582_912.0;
-    let n = (v * LOG2E + MAGIC) - MAGIC;
-    let r = (v - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let e = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let e = super::cpu::exp_f32(2.0 * u.clamp(-40.0, 40.0));
     (e, 1.0 / (e + 1.0))
 }
 
