@@ -11,6 +11,9 @@
 #[path = "../src/model/cpu.rs"]
 mod cpu;
 #[allow(dead_code)]
+#[path = "../src/model/grads.rs"]
+mod grads;
+#[allow(dead_code)]
 #[path = "../src/model/locmm.rs"]
 mod locmm;
 

@@ -387,7 +387,7 @@ impl Trainer {
             .settle_frames(&batch.frames(), self.step, mode, halo, false)?;
         let (loss, losses, loss_shares) =
             prof.time(Part::Loss, || objective(&self.model, &batch, &settled))?;
-        let grads = prof.time(Part::Backward, || loss.backward())?;
+        let grads = prof.time(Part::Backward, || crate::model::backward(&loss))?;
         prof.time(Part::Optimiser, || self.opt.step(&grads))?;
         self.step += 1;
         Ok(StepOutput {

@@ -194,7 +194,7 @@ impl CustomOp2 for LocMatmul {
             return Err(candle_core::Error::BackwardNotSupported { op: self.name() });
         }
         let (dx, dw) = loc_matmul_grads(arg1, arg2, grad_res)?;
-        Ok((dx, dw))
+        Ok((dx, super::grads::sink(arg2, dw)?))
     }
 }
 
@@ -275,7 +275,7 @@ impl CustomOp3 for LocAffine {
         } else {
             None
         };
-        Ok((dx, dw, db))
+        Ok((dx, super::grads::sink(w, dw)?, super::grads::sink(b, db)?))
     }
 }
 

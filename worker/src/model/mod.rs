@@ -26,6 +26,8 @@ mod cpu;
 pub(crate) use cpu::for_each_chunk;
 pub mod flops;
 mod gelu;
+mod grads;
+pub(crate) use grads::backward;
 pub mod grid;
 mod locmm;
 pub mod nets;

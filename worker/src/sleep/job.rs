@@ -367,7 +367,7 @@ pub fn run_sleep_with(
                 share[1] = v;
             }
             first_negative = false;
-            neg_opt.step(&loss.backward()?)?;
+            neg_opt.step(&crate::model::backward(&loss)?)?;
             step += 1;
             progress(step);
         }
@@ -381,7 +381,7 @@ pub fn run_sleep_with(
             for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
                 share[2] = v;
             }
-            pos_opt.step(&loss.backward()?)?;
+            pos_opt.step(&crate::model::backward(&loss)?)?;
             step += 1;
             progress(step);
         }
