@@ -9,7 +9,9 @@ use candle_core::{Layout, Result};
 
 /// f32 or f64, read and written through f64 (the kernels that compute in
 /// f64 inside: `stats.rs`, `sqerr.rs`).
-pub(crate) trait Real: Copy + Default + Send + Sync + 'static {
+pub(crate) trait Real:
+    Copy + Default + Send + Sync + std::ops::Add<Output = Self> + 'static
+{
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
 }

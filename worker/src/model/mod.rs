@@ -720,16 +720,21 @@ impl StudentTerms {
         let n = self.preds.len();
         let p = self.preds[0].dim(0)?;
         let per_location = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((n, p))?.sum(0)?) };
-        let all = Tensor::cat(&self.preds, 0)?;
         let tr = &self.train;
-        if self.variance_on {
-            self.variance =
-                per_location(terms::variance(&all, tr.variance_form, tr.variance_target)?)?;
+        let (variance, covariance) = terms::variance_and_covariance(
+            &self.preds,
+            self.variance_on
+                .then_some((tr.variance_form, tr.variance_target)),
+            self.covariance_on,
+        )?;
+        if let Some(v) = variance {
+            self.variance = v;
         }
-        if self.covariance_on {
-            self.covariance = per_location(terms::covariance(&all)?)?;
+        if let Some(c) = covariance {
+            self.covariance = c;
         }
         if self.contrastive_on {
+            let all = Tensor::cat(&self.preds, 0)?;
             let positives = Tensor::cat(&self.positives, 0)?;
             let extra = self.frame_negatives(frame_states)?;
             self.contrastive = per_location(terms::info_nce_with(

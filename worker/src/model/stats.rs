@@ -17,6 +17,15 @@
 //! - covariance `C = c^T c / (B - 1)`: `sum_{k != k'} C_kk'^2 / (d (d - 1))`,
 //!   `d/dx_bk = 4 sum_{k' != k} C_kk' c_bk' / ((B - 1) d (d - 1))`.
 //!
+//! When the batch is smaller than d (the default: 16 against 32), the
+//! covariance terms go through the batch's Gram matrix `G = c c^T [B, B]`
+//! instead, at half the multiply-adds: `||c^T c||_F = ||c c^T||_F`, so
+//! `sum_{k != k'} C_kk'^2 = ||G||_F^2 / (B - 1)^2 - sum_k v_k^2`, and
+//! `sum_{k' != k} C_kk' c_bk' = (G c)_bk / (B - 1) - v_k c_bk`. (With B <
+//! d the matrix C has rank below d, so its off-diagonal part is never
+//! small against its diagonal, and the difference loses no precision that
+//! f64 would notice.)
+//!
 //! (The centring's own gradient vanishes: every column of `c` sums to
 //! zero over the batch.) Each slice is computed alone, in a fixed order,
 //! so the result does not depend on how slices are shared between threads
@@ -31,7 +40,7 @@ use super::cpu::Real as Elem;
 use super::terms::VARIANCE_EPS;
 
 /// Which term, and its settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Stat {
     Variance(VarianceForm, f64),
     Covariance,
@@ -41,26 +50,43 @@ pub(crate) enum Stat {
 /// where the kernel does not apply (not f32/f64 on the CPU) and the
 /// caller takes candle's operations.
 pub(crate) fn batch_stat(x: &Tensor, stat: Stat) -> Result<Option<Tensor>> {
+    let n = x.dim(0)?;
+    batch_stats(x, &[stat])?.map(|t| t.reshape(n)).transpose()
+}
+
+/// Several terms of every slice of `x [N, B, d]` in one pass, `[N, T]`
+/// for the `T` terms of `stats` in their order, differentiable (one
+/// gradient into `x` for all of them: each element is the sum, in the
+/// element type and in the order of `stats`, of the terms' own gradients,
+/// which is what candle's backward would add up for them one by one).
+/// `None` where the kernel does not apply (not f32/f64 on the CPU).
+pub(crate) fn batch_stats(x: &Tensor, stats: &[Stat]) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op1(StatOp(stat))?))
+    if stats.is_empty() {
+        candle_core::bail!("batch statistics: no term asked for");
+    }
+    Ok(Some(x.contiguous()?.apply_op1(StatOp(stats.to_vec()))?))
 }
 
-struct StatOp(Stat);
+struct StatOp(Vec<Stat>);
 
-/// `d/dx` of the term, scaled per slice by the incoming gradient.
-struct StatGrad(Stat);
+/// `d/dx` of the terms, scaled per slice and term by the incoming gradient.
+struct StatGrad(Vec<Stat>);
 
 /// Scratch of one slice, in f64: the batch mean `[d]`, centred values
-/// `[B, d]`, variances `[d]`, the covariance matrix `[d, d]` (zero on its
-/// diagonal) and the gradient's work `[B, d]`.
+/// `[B, d]` (and, for the Gram form, their transpose `[d, B]`), variances
+/// `[d]`, the covariance matrix `[d, d]` (zero on its diagonal) or, when
+/// `gram`, the Gram matrix `c c^T [B, B]`, and the gradient's work `[B, d]`.
 #[derive(Default)]
 struct Scratch {
     mean: Vec<f64>,
     c: Vec<f64>,
+    ct: Vec<f64>,
     v: Vec<f64>,
     cov: Vec<f64>,
+    gram: bool,
     acc: Vec<f64>,
 }
 
@@ -96,7 +122,22 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
     for v in &mut s.v {
         *v *= norm;
     }
-    if want_cov {
+    s.gram = want_cov && b < d;
+    if s.gram {
+        // `G = c c^T`, each entry summed over the d columns in ascending
+        // order by the per-location products' kernel (which reads its
+        // right-hand matrix row by row: hence `c^T` as a copy).
+        s.ct.clear();
+        s.ct.resize(d * b, 0.0);
+        for (r, row) in s.c.chunks_exact(d).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                s.ct[k * b + r] = v;
+            }
+        }
+        s.cov.clear();
+        s.cov.resize(b * b, 0.0);
+        super::locmm::gemm::<f64, 8>(b, d, b, &s.c, d, 1, &s.ct, &mut s.cov);
+    } else if want_cov {
         // `C = c^T c`: each entry summed over the batch in ascending order
         // by the register-blocked kernel of the per-location products. The
         // diagonal is set to zero: neither the term nor its gradient reads
@@ -117,6 +158,8 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
 #[inline(always)]
 fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
     match stat {
+        // No pair of dimensions to decorrelate.
+        Stat::Covariance if d < 2 => 0.0,
         Stat::Variance(VarianceForm::Log, _) => {
             -s.v.iter().map(|v| (v + VARIANCE_EPS).ln()).sum::<f64>() / d as f64
         }
@@ -125,6 +168,12 @@ fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
                 .map(|v| (target - (v + VARIANCE_EPS).sqrt()).max(0.0))
                 .sum::<f64>()
                 / d as f64
+        }
+        Stat::Covariance if s.gram => {
+            let norm = 1.0 / (s.c.len() / d - 1) as f64;
+            let all = s.cov.iter().map(|g| g * g).sum::<f64>() * norm * norm;
+            let diagonal = s.v.iter().map(|v| v * v).sum::<f64>();
+            (all - diagonal) / (d * (d - 1)) as f64
         }
         Stat::Covariance => {
             let mut off = 0.0;
@@ -141,11 +190,32 @@ fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
     }
 }
 
-/// `g * d(term)/dx` of one slice into `out [B, d]` (after [`moments`]).
+/// `g * d(term)/dx` of one slice into `out [B, d]` (after [`moments`]),
+/// or, if `add`, added to what `out` holds (in the element type).
 #[inline(always)]
-fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &mut Scratch, out: &mut [T]) {
+fn gradient<T: Elem>(
+    stat: Stat,
+    b: usize,
+    d: usize,
+    g: f64,
+    s: &mut Scratch,
+    out: &mut [T],
+    add: bool,
+) {
     let bm1 = (b - 1) as f64;
+    let put = |o: &mut T, v: f64| {
+        *o = if add {
+            *o + T::from_f64(v)
+        } else {
+            T::from_f64(v)
+        }
+    };
     match stat {
+        Stat::Covariance if d < 2 => {
+            for o in out.iter_mut() {
+                put(o, 0.0);
+            }
+        }
         Stat::Variance(form, target) => {
             s.acc.clear();
             s.acc.extend(s.v.iter().map(|&v| match form {
@@ -161,7 +231,25 @@ fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &mut Scratch, ou
             }));
             for (orow, crow) in out.chunks_exact_mut(d).zip(s.c.chunks_exact(d)) {
                 for ((o, &c), &sc) in orow.iter_mut().zip(crow).zip(&s.acc) {
-                    *o = T::from_f64(g * sc * c);
+                    put(o, g * sc * c);
+                }
+            }
+        }
+        Stat::Covariance if s.gram => {
+            // `c @ C'` (below) as `G c / (B - 1) - v_k c_bk`, each entry of
+            // `G c` summed over the batch in ascending order.
+            let scale = 4.0 / (bm1 * (d * (d - 1)) as f64);
+            s.acc.clear();
+            s.acc.resize(b * d, 0.0);
+            super::locmm::gemm::<f64, 8>(b, b, d, &s.cov, b, 1, &s.c, &mut s.acc);
+            let norm = 1.0 / bm1;
+            for ((orow, arow), crow) in out
+                .chunks_exact_mut(d)
+                .zip(s.acc.chunks_exact(d))
+                .zip(s.c.chunks_exact(d))
+            {
+                for (((o, &a), &c), &v) in orow.iter_mut().zip(arow).zip(crow).zip(&s.v) {
+                    put(o, g * scale * (a * norm - v * c));
                 }
             }
         }
@@ -174,7 +262,7 @@ fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &mut Scratch, ou
             s.acc.resize(b * d, 0.0);
             super::locmm::gemm::<f64, 8>(b, d, d, &s.c, d, 1, &s.cov, &mut s.acc);
             for (o, &a) in out.iter_mut().zip(&s.acc) {
-                *o = T::from_f64(g * scale * a);
+                put(o, g * scale * a);
             }
         }
     }
@@ -183,11 +271,12 @@ fn gradient<T: Elem>(stat: Stat, b: usize, d: usize, g: f64, s: &mut Scratch, ou
 /// Slices per thread's piece of work.
 const SLICES_PER_PIECE: usize = 16;
 
-/// What one piece of slices computes: their terms into `out [slices]`
-/// (`g` is `None`), or `g[i] * d(term)/dx` into `out [slices, B, d]`.
+/// What one piece of slices computes: their terms into `out [slices, T]`
+/// (`g` is `None`), or `sum_t g[i, t] * d(term t)/dx` into
+/// `out [slices, B, d]`.
 #[derive(Clone, Copy)]
 struct Piece<'a, T> {
-    stat: Stat,
+    stats: &'a [Stat],
     x: &'a [T],
     g: Option<&'a [T]>,
     b: usize,
@@ -200,19 +289,25 @@ impl<T: Elem> Piece<'_, T> {
     fn run(self, first: usize, out: &mut [T], s: &mut Scratch) {
         let (b, d) = (self.b, self.d);
         let plane = b * d;
-        let want_cov = matches!(self.stat, Stat::Covariance);
+        let terms = self.stats.len();
+        let want_cov = d >= 2 && self.stats.contains(&Stat::Covariance);
         let x = |slice: usize| &self.x[slice * plane..(slice + 1) * plane];
         match self.g {
             None => {
-                for (j, o) in out.iter_mut().enumerate() {
+                for (j, o) in out.chunks_exact_mut(terms).enumerate() {
                     moments(x(first + j), b, d, want_cov, s);
-                    *o = T::from_f64(value(self.stat, d, s));
+                    for (o, &stat) in o.iter_mut().zip(self.stats) {
+                        *o = T::from_f64(value(stat, d, s));
+                    }
                 }
             }
             Some(g) => {
                 for (j, o) in out.chunks_exact_mut(plane).enumerate() {
                     moments(x(first + j), b, d, want_cov, s);
-                    gradient(self.stat, b, d, g[first + j].to_f64(), s, o);
+                    let g = &g[(first + j) * terms..(first + j + 1) * terms];
+                    for (t, (&stat, &g)) in self.stats.iter().zip(g).enumerate() {
+                        gradient(stat, b, d, g.to_f64(), s, o, t > 0);
+                    }
                 }
             }
         }
@@ -251,16 +346,24 @@ impl<T: Elem> Piece<'_, T> {
     }
 }
 
-/// The terms `[n]` (no `g`) or the gradients `[n, B, d]` (with `g [n]`) of
-/// the `n` slices of `x [n, B, d]`, pieces of [`SLICES_PER_PIECE`] slices
-/// shared over the thread pool.
-fn compute<T: Elem>(stat: Stat, x: &[T], g: Option<&[T]>, n: usize, b: usize, d: usize) -> Vec<T> {
-    let per_slice = if g.is_some() { b * d } else { 1 };
+/// The terms `[n, T]` (no `g`) or the gradients `[n, B, d]` (with
+/// `g [n, T]`) of the `n` slices of `x [n, B, d]`, pieces of
+/// [`SLICES_PER_PIECE`] slices shared over the thread pool. A batch of
+/// one has no variance: every term and gradient is zero.
+fn compute<T: Elem>(
+    stats: &[Stat],
+    x: &[T],
+    g: Option<&[T]>,
+    n: usize,
+    b: usize,
+    d: usize,
+) -> Vec<T> {
+    let per_slice = if g.is_some() { b * d } else { stats.len() };
     let mut out = vec![T::default(); n * per_slice];
-    if b < 2 || (matches!(stat, Stat::Covariance) && d < 2) {
+    if b < 2 {
         return out;
     }
-    let piece = Piece { stat, x, g, b, d };
+    let piece = Piece { stats, x, g, b, d };
     super::cpu::for_each_chunk(
         &mut out,
         SLICES_PER_PIECE * per_slice,
@@ -283,20 +386,20 @@ impl CustomOp1 for StatOp {
         let (n, b, d) = l.shape().dims3()?;
         let out = match s {
             CpuStorage::F32(v) => {
-                CpuStorage::F32(compute(self.0, contiguous(v, l)?, None, n, b, d))
+                CpuStorage::F32(compute(&self.0, contiguous(v, l)?, None, n, b, d))
             }
             CpuStorage::F64(v) => {
-                CpuStorage::F64(compute(self.0, contiguous(v, l)?, None, n, b, d))
+                CpuStorage::F64(compute(&self.0, contiguous(v, l)?, None, n, b, d))
             }
             _ => candle_core::bail!("batch statistics: f32 or f64 only"),
         };
-        Ok((out, Shape::from(n)))
+        Ok((out, Shape::from((n, self.0.len()))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(
             &grad_res.contiguous()?,
-            &StatGrad(self.0),
+            &StatGrad(self.0.clone()),
         )?))
     }
 }
@@ -314,7 +417,7 @@ impl candle_core::CustomOp2 for StatGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, b, d) = l1.shape().dims3()?;
-        if l2.shape().dims() != [n] {
+        if l2.shape().dims() != [n, self.0.len()] {
             candle_core::bail!(
                 "batch statistics grad: gradient {:?} for {:?}",
                 l2.shape(),
@@ -323,7 +426,7 @@ impl candle_core::CustomOp2 for StatGrad {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(compute(
-                self.0,
+                &self.0,
                 contiguous(x, l1)?,
                 Some(contiguous(g, l2)?),
                 n,
@@ -331,7 +434,7 @@ impl candle_core::CustomOp2 for StatGrad {
                 d,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(compute(
-                self.0,
+                &self.0,
                 contiguous(x, l1)?,
                 Some(contiguous(g, l2)?),
                 n,
@@ -455,7 +558,7 @@ mod tests {
         ] {
             for grads in [None, Some(&g[..])] {
                 let piece = Piece {
-                    stat,
+                    stats: &[stat],
                     x: &x,
                     g: grads,
                     b,

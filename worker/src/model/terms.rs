@@ -57,6 +57,69 @@ pub(crate) fn variance_ops(x: &Tensor, form: VarianceForm, target: f64) -> Resul
     })
 }
 
+/// The variance term (if `variance` gives its form and target) and the
+/// decorrelation term (if `covariance`) of every prediction in `preds`
+/// (each `[P, B, d]`), each summed per location over the predictions in
+/// their order: `([P], [P])`, `None` for a term not asked for.
+///
+/// On the CPU each prediction takes one kernel pass for both terms, and
+/// its gradient from both comes back as one tensor; elsewhere the
+/// predictions are stacked and go through [`variance`] and [`covariance`].
+pub(crate) fn variance_and_covariance(
+    preds: &[Tensor],
+    variance: Option<(VarianceForm, f64)>,
+    covariance: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    use super::stats::Stat;
+    let mut stats = Vec::new();
+    if let Some((form, target)) = variance {
+        stats.push(Stat::Variance(form, target));
+    }
+    if covariance {
+        stats.push(Stat::Covariance);
+    }
+    if stats.is_empty() || preds.is_empty() {
+        return Ok((None, None));
+    }
+    let mut sums: Vec<Option<Tensor>> = vec![None; stats.len()];
+    for pred in preds {
+        let Some(both) = super::stats::batch_stats(pred, &stats)? else {
+            return stacked(preds, variance, covariance);
+        };
+        for (t, sum) in sums.iter_mut().enumerate() {
+            let term = both.narrow(1, t, 1)?.squeeze(1)?;
+            *sum = Some(match sum.take() {
+                None => term,
+                Some(s) => (s + term)?,
+            });
+        }
+    }
+    let mut sums = sums.into_iter().flatten();
+    let v = variance.and_then(|_| sums.next());
+    let c = if covariance { sums.next() } else { None };
+    Ok((v, c))
+}
+
+/// [`variance_and_covariance`] over the stacked predictions.
+fn stacked(
+    preds: &[Tensor],
+    variance: Option<(VarianceForm, f64)>,
+    covariance: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (n, p) = (preds.len(), preds[0].dim(0)?);
+    let all = Tensor::cat(preds, 0)?;
+    let per_location = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((n, p))?.sum(0)?) };
+    let v = match variance {
+        Some((form, target)) => Some(per_location(self::variance(&all, form, target)?)?),
+        None => None,
+    };
+    let c = match covariance {
+        true => Some(per_location(self::covariance(&all)?)?),
+        false => None,
+    };
+    Ok((v, c))
+}
+
 /// Decorrelation term (VICReg's covariance term, per location): the mean
 /// over pairs of different dimensions `k != k'` of `Cov_b(x_k, x_k')^2`,
 /// with the unbiased covariance over the batch.
@@ -192,6 +255,62 @@ mod tests {
 
     fn values(x: Tensor) -> Vec<f32> {
         x.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    }
+
+    /// Value bits and the gradient bits of `sum(v * 2 + c * 10)` into
+    /// every prediction, through `f`.
+    fn terms_and_grads(
+        preds: &[candle_core::Var],
+        f: &dyn Fn(&[Tensor]) -> (Option<Tensor>, Option<Tensor>),
+    ) -> Vec<Vec<u32>> {
+        let ts: Vec<Tensor> = preds.iter().map(|v| v.as_tensor().clone()).collect();
+        let (v, c) = f(&ts);
+        let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+        let mut out = Vec::new();
+        for (term, w) in [(v, 2.0), (c, 10.0)] {
+            if let Some(term) = term {
+                out.push(values(term.clone()).iter().map(|x| x.to_bits()).collect());
+                loss = (loss + (term * w).unwrap().sum_all().unwrap()).unwrap();
+            }
+        }
+        let grads = loss.backward().unwrap();
+        for p in preds {
+            let g = grads.get(p).unwrap().flatten_all().unwrap();
+            out.push(values(g).iter().map(|x| x.to_bits()).collect());
+        }
+        out
+    }
+
+    #[test]
+    fn both_batch_terms_in_one_pass_match_the_stacked_terms_to_the_bit() {
+        let preds: Vec<candle_core::Var> = (0..5)
+            .map(|i| {
+                // Deterministic values, a different spread per prediction.
+                let v: Vec<f32> = (0..6 * 9 * 7)
+                    .map(|j| ((j * 7919 + i * 104_729) as f32 * 0.618).sin() * (1.0 + i as f32))
+                    .collect();
+                candle_core::Var::from_tensor(&t(&v, (6, 9, 7))).unwrap()
+            })
+            .collect();
+        for (variance, covariance) in [
+            (Some((VarianceForm::Log, 1.0)), true),
+            (Some((VarianceForm::Hinge, 1.5)), true),
+            (Some((VarianceForm::Log, 1.0)), false),
+            (None, true),
+        ] {
+            let one_pass = terms_and_grads(&preds, &|p| {
+                variance_and_covariance(p, variance, covariance).unwrap()
+            });
+            let stack = terms_and_grads(&preds, &|p| stacked(p, variance, covariance).unwrap());
+            assert_eq!(one_pass.len(), stack.len());
+            for (a, b) in one_pass.iter().zip(&stack) {
+                assert_eq!(a, b, "{variance:?} {covariance}");
+            }
+        }
+        assert!(matches!(
+            variance_and_covariance(&[], Some((VarianceForm::Log, 1.0)), true),
+            Ok((None, None))
+        ));
     }
 
     #[test]
