@@ -57,6 +57,10 @@ pub(crate) fn variance_ops(x: &Tensor, form: VarianceForm, target: f64) -> Resul
     })
 }
 
+/// Per location `[P]`: the variance term and the decorrelation term, each
+/// `None` when not asked for.
+pub(crate) type BatchTerms = (Option<Tensor>, Option<Tensor>);
+
 /// The variance term (if `variance` gives its form and target) and the
 /// decorrelation term (if `covariance`) of every prediction in `preds`
 /// (each `[P, B, d]`), each summed per location over the predictions in
@@ -69,7 +73,7 @@ pub(crate) fn variance_and_covariance(
     preds: &[Tensor],
     variance: Option<(VarianceForm, f64)>,
     covariance: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
+) -> Result<BatchTerms> {
     use super::stats::Stat;
     let mut stats = Vec::new();
     if let Some((form, target)) = variance {
@@ -105,7 +109,7 @@ fn stacked(
     preds: &[Tensor],
     variance: Option<(VarianceForm, f64)>,
     covariance: bool,
-) -> Result<(Option<Tensor>, Option<Tensor>)> {
+) -> Result<BatchTerms> {
     let (n, p) = (preds.len(), preds[0].dim(0)?);
     let all = Tensor::cat(preds, 0)?;
     let per_location = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((n, p))?.sum(0)?) };
@@ -261,7 +265,7 @@ mod tests {
     /// every prediction, through `f`.
     fn terms_and_grads(
         preds: &[candle_core::Var],
-        f: &dyn Fn(&[Tensor]) -> (Option<Tensor>, Option<Tensor>),
+        f: &dyn Fn(&[Tensor]) -> BatchTerms,
     ) -> Vec<Vec<u32>> {
         let ts: Vec<Tensor> = preds.iter().map(|v| v.as_tensor().clone()).collect();
         let (v, c) = f(&ts);
