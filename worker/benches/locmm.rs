@@ -10,10 +10,13 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../src/model/cpu.rs"]
 mod cpu;
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
+#[path = "../src/model/gelu.rs"]
+mod gelu;
+#[allow(dead_code, unused_imports)]
 #[path = "../src/model/grads.rs"]
 mod grads;
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../src/model/locmm.rs"]
 mod locmm;
 

@@ -34,6 +34,69 @@ impl Real for f64 {
     }
 }
 
+/// A kernel body that [`dispatch`] compiles for the widest SIMD the CPU
+/// has. `run` should be `#[inline(always)]`, so that it is compiled
+/// inside each of [`run_avx512`], [`run_avx`] and the plain build. The
+/// bodies use plain multiplies and adds (no fused multiply-add unless they
+/// ask for it), so every path gives the same bits; tests call each path
+/// the CPU offers through [`paths`].
+pub(crate) trait Kernel {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// `k.run()` compiled for 512-bit vectors (AVX-512F) or 256-bit ones
+/// (AVX) where the CPU has them, else for the baseline.
+#[inline]
+pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { run_avx512(k) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX, checked just above.
+            return unsafe { run_avx(k) };
+        }
+    }
+    k.run()
+}
+
+/// `k.run()` compiled for AVX-512F. Safety: the CPU must support it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn run_avx512<K: Kernel>(k: K) -> K::Output {
+    k.run()
+}
+
+/// `k.run()` compiled for AVX. Safety: the CPU must support it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn run_avx<K: Kernel>(k: K) -> K::Output {
+    k.run()
+}
+
+/// Every build of a kernel this CPU can run, by name: "plain", then
+/// "avx" and "avx512" where supported, each on a fresh kernel from `make`
+/// (for tests that compare the paths).
+#[cfg(test)]
+pub(crate) fn paths<K: Kernel>(make: impl Fn() -> K) -> Vec<(&'static str, K::Output)> {
+    let mut out = vec![("plain", make().run())];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: checked just above.
+            out.push(("avx", unsafe { run_avx(make()) }));
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: checked just above.
+            out.push(("avx512", unsafe { run_avx512(make()) }));
+        }
+    }
+    out
+}
+
 /// `exp(v)` in f32 for `v` in [-87, 88] (callers clamp): `2^k exp(r)`,
 /// `k = round(v / ln 2)`, `|r| <= ln 2 / 2`, `exp(r)` by its degree-6
 /// Taylor polynomial (relative error below 2e-7, about one unit in the
@@ -91,15 +154,42 @@ pub(crate) fn for_each_chunk<T: Send, S: Default>(
     if out.is_empty() || chunk == 0 {
         return;
     }
-    if !parallel || out.len() <= chunk {
+    let parallel = parallel && out.len() > chunk;
+    share(out.chunks_mut(chunk).collect(), parallel, |i, piece, s| {
+        f(i, piece, s)
+    });
+}
+
+/// [`for_each_chunk`] over two outputs at once: `f(i, a_i, b_i, scratch)`
+/// with the i-th `chunk_a`-long piece of `a` and `chunk_b`-long piece of
+/// `b` (both cut into the same number of pieces).
+pub(crate) fn for_each_chunk_pair<T: Send, U: Send, S: Default>(
+    a: &mut [T],
+    chunk_a: usize,
+    b: &mut [U],
+    chunk_b: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [T], &mut [U], &mut S) + Sync,
+) {
+    if a.is_empty() || chunk_a == 0 || chunk_b == 0 {
+        return;
+    }
+    let pieces: Vec<_> = a.chunks_mut(chunk_a).zip(b.chunks_mut(chunk_b)).collect();
+    let parallel = parallel && pieces.len() > 1;
+    share(pieces, parallel, |i, (pa, pb), s| f(i, pa, pb, s));
+}
+
+/// `f(i, piece_i, scratch)` for every piece, on the calling thread unless
+/// `parallel`, else over candle's CPU thread pool; one scratch per thread.
+fn share<P: Send, S: Default>(pieces: Vec<P>, parallel: bool, f: impl Fn(usize, P, &mut S) + Sync) {
+    if !parallel {
         let mut scratch = S::default();
-        for (i, piece) in out.chunks_mut(chunk).enumerate() {
+        for (i, piece) in pieces.into_iter().enumerate() {
             f(i, piece, &mut scratch);
         }
         return;
     }
-    let pieces: Vec<Mutex<Option<&mut [T]>>> =
-        out.chunks_mut(chunk).map(|c| Mutex::new(Some(c))).collect();
+    let pieces: Vec<Mutex<Option<P>>> = pieces.into_iter().map(|p| Mutex::new(Some(p))).collect();
     candle_core::utils::barrier_pool().execute_chunked(pieces.len(), |range| {
         let mut scratch = S::default();
         for i in range {

@@ -76,6 +76,17 @@ fn grad_f32(x: f32, g: f32) -> f32 {
     g * (es + 2.0 * (xc * es) * s * slope)
 }
 
+/// `(gelu(x), gelu'(x))` sharing one exponential: the value is bitwise
+/// [`gelu_f32`]`(x)`, and `g * slope` bitwise [`grad_f32`]`(x, g)`.
+#[inline(always)]
+fn gelu_slope_f32(x: f32) -> (f32, f32) {
+    let (e, s) = exp2u_f32(u_f32(x));
+    let es = e * s;
+    let xc = x.clamp(-X_CLAMP, X_CLAMP);
+    let slope = (SQRT_TWO_OVER_PI as f32) * (1.0 + 3.0 * (CUBIC as f32) * xc * xc);
+    (x.max(-X_CLAMP) * es, es + 2.0 * (xc * es) * s * slope)
+}
+
 #[inline(always)]
 fn gelu_f64(x: f64) -> f64 {
     let t = (SQRT_TWO_OVER_PI * x * (1.0 + CUBIC * x * x)).tanh();
@@ -88,6 +99,63 @@ fn grad_f64(x: f64, g: f64) -> f64 {
     let d =
         0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);
     g * d
+}
+
+/// `(gelu(x), gelu'(x))` in f64: bitwise [`gelu_f64`], and `g * slope`
+/// bitwise [`grad_f64`].
+#[inline(always)]
+fn gelu_slope_f64(x: f64) -> (f64, f64) {
+    let t = (SQRT_TWO_OVER_PI * x * (1.0 + CUBIC * x * x)).tanh();
+    let d =
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);
+    (0.5 * x * (1.0 + t), d)
+}
+
+/// GELU in place over `v`, with `slope[i] = gelu'(v[i])` (of the value
+/// before) where `slope` is given: the fused activation of the
+/// per-location products (`locmm.rs`), which keeps the slope for its
+/// backward instead of a second pass through the exponential.
+pub(crate) struct InPlace<'a, T> {
+    pub(crate) v: &'a mut [T],
+    pub(crate) slope: Option<&'a mut [T]>,
+}
+
+impl super::cpu::Kernel for InPlace<'_, f32> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        match self.slope {
+            Some(slope) => {
+                for (x, d) in self.v.iter_mut().zip(slope) {
+                    (*x, *d) = gelu_slope_f32(*x);
+                }
+            }
+            None => {
+                for x in self.v.iter_mut() {
+                    *x = gelu_f32(*x);
+                }
+            }
+        }
+    }
+}
+
+impl super::cpu::Kernel for InPlace<'_, f64> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        match self.slope {
+            Some(slope) => {
+                for (x, d) in self.v.iter_mut().zip(slope) {
+                    (*x, *d) = gelu_slope_f64(*x);
+                }
+            }
+            None => {
+                for x in self.v.iter_mut() {
+                    *x = gelu_f64(*x);
+                }
+            }
+        }
+    }
 }
 
 /// Elements per block handed to a thread.
@@ -244,6 +312,7 @@ impl CustomOp2 for GeluGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cpu::Kernel;
     use super::*;
     use candle_core::{Device, Var};
 
@@ -254,6 +323,44 @@ mod tests {
             0.0, -0.0, 1e-30, -1e-30, 1e-8, 30.0, -30.0, 1e4, -1e4, 88.0, -88.0,
         ]);
         v
+    }
+
+    #[test]
+    fn in_place_with_slope_is_bitwise_the_value_and_gradient_loops_on_every_path() {
+        let xs = inputs();
+        let g: Vec<f32> = (0..xs.len()).map(|i| 0.25 + (i % 7) as f32).collect();
+        let value = map(&xs, None, forward_loop::run);
+        let grad = map(&xs, Some(&g), grad_loop::run);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        /// The kernel on its own copy of the inputs.
+        struct Owned(Vec<f32>, bool);
+        impl Kernel for Owned {
+            type Output = (Vec<f32>, Vec<f32>);
+            #[inline(always)]
+            fn run(self) -> Self::Output {
+                let Owned(mut v, keep) = self;
+                let mut slope = vec![0f32; if keep { v.len() } else { 0 }];
+                let slope_out = keep.then_some(&mut slope[..]);
+                InPlace {
+                    v: &mut v,
+                    slope: slope_out,
+                }
+                .run();
+                (v, slope)
+            }
+        }
+        let with = super::super::cpu::paths(|| Owned(xs.clone(), true));
+        let without = super::super::cpu::paths(|| Owned(xs.clone(), false));
+        let runs = with
+            .into_iter()
+            .zip(without)
+            .map(|((path, (v, slope)), (_, (plain, _)))| (path, (v, slope, plain)));
+        for (path, (v, slope, plain)) in runs {
+            assert_eq!(bits(&v), bits(&value), "{path}: values");
+            assert_eq!(bits(&plain), bits(&value), "{path}: values without slope");
+            let through: Vec<f32> = slope.iter().zip(&g).map(|(d, g)| g * d).collect();
+            assert_eq!(bits(&through), bits(&grad), "{path}: gradient");
+        }
     }
 
     #[test]

@@ -58,9 +58,40 @@ pub(crate) fn loc_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// does), so trained numbers do not change. Unsupported dtypes, devices
 /// or shapes take that unfused path.
 pub(crate) fn loc_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !affine_supported(x, w, b)? {
+        return loc_matmul(x, w)?.broadcast_add(b);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LocAffine::plain())
+}
+
+/// `gelu(x[p] @ w[p] + b[p])` (`gelu.rs`), shapes as [`loc_affine`]: the
+/// activation is applied to each location's output as soon as it is
+/// finished, in one graph node. When a gradient may flow, the forward pass
+/// keeps GELU's slope at every output (computed with the value, from the
+/// same exponential), and the backward multiplies the incoming gradient
+/// by it: no node and no gradient buffer for the pre-activation, and no
+/// second pass through the exponential. Bitwise the same as
+/// `gelu(loc_affine(x, w, b))`, which is the path for unsupported
+/// dtypes, devices or shapes.
+pub(crate) fn loc_affine_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !affine_supported(x, w, b)? {
+        return super::gelu::gelu(&loc_affine(x, w, b)?);
+    }
+    let keep_slope = x.track_op() || w.track_op() || b.track_op();
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LocAffine::gelu(keep_slope),
+    )
+}
+
+/// Whether [`LocAffine`] takes `x [P, B, in]`, `w [P, in, out]` and
+/// `b [P, 1, out]`.
+fn affine_supported(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<bool> {
     let (p, _, input) = x.dims3()?;
     let (pw, iw, out) = w.dims3()?;
-    let supported = matches!(x.dtype(), DType::F32 | DType::F64)
+    Ok(matches!(x.dtype(), DType::F32 | DType::F64)
         && x.dtype() == w.dtype()
         && x.dtype() == b.dtype()
         && x.device().is_cpu()
@@ -68,12 +99,7 @@ pub(crate) fn loc_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         && b.device().is_cpu()
         && p == pw
         && input == iw
-        && b.dims() == [p, 1, out];
-    if !supported {
-        return loc_matmul(x, w)?.broadcast_add(b);
-    }
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, LocAffine)
+        && b.dims() == [p, 1, out])
 }
 
 /// The gradients `(dy[p] @ w[p]^T, x[p]^T @ dy[p])` of `y = x @ w` with
@@ -167,11 +193,11 @@ impl CustomOp2 for LocMatmul {
         let storage = match (s1, s2) {
             (CpuStorage::F32(s1), CpuStorage::F32(s2)) => {
                 let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b, None))
+                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b, None, Act::None).0)
             }
             (CpuStorage::F64(s1), CpuStorage::F64(s2)) => {
                 let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b, None))
+                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b, None, Act::None).0)
             }
             _ => candle_core::bail!(
                 "{}: unsupported dtypes {:?} and {:?}",
@@ -198,12 +224,63 @@ impl CustomOp2 for LocMatmul {
     }
 }
 
-/// [`loc_affine`]'s op: `(x, w, b) -> x @ w + b`.
-struct LocAffine;
+/// [`loc_affine`]'s op: `(x, w, b) -> x @ w + b`, and
+/// [`loc_affine_gelu`]'s: `gelu(x @ w + b)`.
+struct LocAffine {
+    /// `None`: no activation. `Some`: GELU, and (when `keep`) its slope at
+    /// every output, kept by the forward pass for the backward.
+    gelu: Option<Slope>,
+}
+
+struct Slope {
+    keep: bool,
+    kept: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl LocAffine {
+    fn plain() -> Self {
+        Self { gelu: None }
+    }
+
+    fn gelu(keep: bool) -> Self {
+        Self {
+            gelu: Some(Slope {
+                keep,
+                kept: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The forward pass of one dtype, keeping the slope as asked.
+    fn forward<T: Elem + candle_core::WithDType, const NR: usize>(
+        &self,
+        dims: Dims,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+    ) -> Result<Vec<T>> {
+        let act = match &self.gelu {
+            None => Act::None,
+            Some(s) if s.keep => Act::GeluKeepSlope,
+            Some(_) => Act::Gelu,
+        };
+        let (out, slope) = run::<T, NR>(Product::Forward, dims, x, w, Some(b), act);
+        if let (Some(s), Some(slope)) = (&self.gelu, slope) {
+            let t = Tensor::from_vec(slope, (dims.p, dims.m, dims.n), &candle_core::Device::Cpu)?;
+            *s.kept
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("loc-affine: slope lock".into()))? = Some(t);
+        }
+        Ok(out)
+    }
+}
 
 impl CustomOp3 for LocAffine {
     fn name(&self) -> &'static str {
-        "loc-affine"
+        match self.gelu {
+            None => "loc-affine",
+            Some(_) => "loc-affine-gelu",
+        }
     }
 
     fn cpu_fwd(
@@ -241,7 +318,7 @@ impl CustomOp3 for LocAffine {
                     slice(&op, s2, l2)?,
                     slice(&op, s3, l3)?,
                 );
-                CpuStorage::F32(run::<f32, 16>(Product::Forward, dims, a, b, Some(c)))
+                CpuStorage::F32(self.forward::<f32, 16>(dims, a, b, c)?)
             }
             (CpuStorage::F64(s1), CpuStorage::F64(s2), CpuStorage::F64(s3)) => {
                 let (a, b, c) = (
@@ -249,7 +326,7 @@ impl CustomOp3 for LocAffine {
                     slice(&op, s2, l2)?,
                     slice(&op, s3, l3)?,
                 );
-                CpuStorage::F64(run::<f64, 8>(Product::Forward, dims, a, b, Some(c)))
+                CpuStorage::F64(self.forward::<f64, 8>(dims, a, b, c)?)
             }
             _ => candle_core::bail!(
                 "loc-affine: unsupported dtypes {:?}, {:?} and {:?}",
@@ -269,6 +346,24 @@ impl CustomOp3 for LocAffine {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Through GELU: the incoming gradient times the kept slope, `g *
+        // gelu'(z)`, as GELU's own backward computes it.
+        let through;
+        let grad_res = match &self.gelu {
+            None => grad_res,
+            Some(s) => {
+                let kept = s
+                    .kept
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("loc-affine: slope lock".into()))?
+                    .clone();
+                let Some(slope) = kept else {
+                    candle_core::bail!("loc-affine-gelu: no slope kept for the backward pass");
+                };
+                through = grad_res.mul(&slope)?;
+                &through
+            }
+        };
         let (dx, dw) = loc_matmul_grads(x, w, grad_res)?;
         let db = if b.track_op() {
             Some(grad_res.contiguous()?.apply_op1_no_bwd(&BatchSum)?)
@@ -339,6 +434,10 @@ pub(crate) trait Elem:
     /// same bits either way.
     fn mul_add(self, b: Self, c: Self) -> Self;
 
+    /// GELU in place over `v`, its slope into `slope` where given
+    /// ([`super::gelu::InPlace`], at the widest SIMD the CPU has).
+    fn gelu(v: &mut [Self], slope: Option<&mut [Self]>);
+
     /// [`gemm_generic`] for 512-bit vectors, with a register block two
     /// vectors wide (32 f32, 16 f64).
     ///
@@ -364,6 +463,10 @@ impl Elem for f32 {
         f32::mul_add(self, b, c)
     }
 
+    fn gelu(v: &mut [f32], slope: Option<&mut [f32]>) {
+        super::cpu::dispatch(super::gelu::InPlace { v, slope })
+    }
+
     #[cfg(target_arch = "x86_64")]
     unsafe fn gemm_avx512(
         m: usize,
@@ -383,6 +486,10 @@ impl Elem for f64 {
     #[inline(always)]
     fn mul_add(self, b: f64, c: f64) -> f64 {
         f64::mul_add(self, b, c)
+    }
+
+    fn gelu(v: &mut [f64], slope: Option<&mut [f64]>) {
+        super::cpu::dispatch(super::gelu::InPlace { v, slope })
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -406,24 +513,36 @@ const PARALLEL_WORK: usize = 1 << 16;
 /// Rows of the register block.
 const MR: usize = 4;
 
+/// The activation applied to a finished location's output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    None,
+    Gelu,
+    /// GELU, and its slope at every output into a second buffer.
+    GeluKeepSlope,
+}
+
 /// All P products, the locations shared out over candle's CPU thread pool
 /// (the one its element-wise ops use, so no second pool competes for the
 /// cores). `NR` is the width of the register block. With `bias`
 /// (`[P, n]`, forward product only), location p's bias row is added to
-/// every row of its finished product.
+/// every row of its finished product, and then `act` applied (the slope
+/// comes back for [`Act::GeluKeepSlope`]).
 fn run<T: Elem, const NR: usize>(
     product: Product,
     d: Dims,
     a: &[T],
     b: &[T],
     bias: Option<&[T]>,
-) -> Vec<T> {
+    act: Act,
+) -> (Vec<T>, Option<Vec<T>>) {
     let c_len = d.m * d.n;
     let mut out = vec![T::default(); d.p * c_len];
+    let mut slope = (act == Act::GeluKeepSlope).then(|| vec![T::default(); d.p * c_len]);
     if out.is_empty() {
-        return out;
+        return (out, slope);
     }
-    let one = |loc: usize, c: &mut [T], scratch: &mut Vec<T>| {
+    let one = |loc: usize, c: &mut [T], slope: Option<&mut [T]>, scratch: &mut Vec<T>| {
         let a = &a[loc * d.a_len..(loc + 1) * d.a_len];
         let b = &b[loc * d.b_len..(loc + 1) * d.b_len];
         location::<T, NR>(product, d, a, b, c, scratch);
@@ -435,12 +554,25 @@ fn run<T: Elem, const NR: usize>(
                 }
             }
         }
+        if act != Act::None {
+            T::gelu(c, slope);
+        }
     };
     let parallel = d.p > 1 && d.p * c_len * d.k > PARALLEL_WORK;
-    super::cpu::for_each_chunk(&mut out, c_len, parallel, |loc, c, scratch| {
-        one(loc, c, scratch)
-    });
-    out
+    match slope.as_mut() {
+        Some(slope) => super::cpu::for_each_chunk_pair(
+            &mut out,
+            c_len,
+            slope,
+            c_len,
+            parallel,
+            |loc, c, s, scratch| one(loc, c, Some(s), scratch),
+        ),
+        None => super::cpu::for_each_chunk(&mut out, c_len, parallel, |loc, c, scratch| {
+            one(loc, c, None, scratch)
+        }),
+    }
+    (out, slope)
 }
 
 /// One location's product into `c [m, n]`.
@@ -720,26 +852,60 @@ mod tests {
         check_against_matmul(DType::F64, 1e-12);
     }
 
-    /// `x @ w + b` and the gradients of `sum(y * r)` for x, w and b,
-    /// through [`loc_affine`] or through the product and candle's
-    /// `broadcast_add`.
-    fn affine_both(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, fused: bool) -> [Tensor; 4] {
+    type Affine = dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor;
+
+    /// `f(x, w, b)` and the gradients of `sum(y * r)` for x, w and b.
+    fn affine_with(f: &Affine, x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor) -> [Tensor; 4] {
         let (xv, wv, bv) = (
             Var::from_tensor(x).unwrap(),
             Var::from_tensor(w).unwrap(),
             Var::from_tensor(b).unwrap(),
         );
-        let y = if fused {
-            loc_affine(xv.as_tensor(), wv.as_tensor(), bv.as_tensor()).unwrap()
-        } else {
-            loc_matmul(xv.as_tensor(), wv.as_tensor())
-                .unwrap()
-                .broadcast_add(bv.as_tensor())
-                .unwrap()
-        };
+        let y = f(xv.as_tensor(), wv.as_tensor(), bv.as_tensor());
         let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
         let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
         [y.clone(), g(&xv), g(&wv), g(&bv)]
+    }
+
+    /// `x @ w + b` through [`loc_affine`] or through the product and
+    /// candle's `broadcast_add`.
+    fn affine_both(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, fused: bool) -> [Tensor; 4] {
+        if fused {
+            affine_with(&|x, w, b| loc_affine(x, w, b).unwrap(), x, w, b, r)
+        } else {
+            let plain = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                loc_matmul(x, w).unwrap().broadcast_add(b).unwrap()
+            };
+            affine_with(&plain, x, w, b, r)
+        }
+    }
+
+    #[test]
+    fn the_fused_gelu_is_bitwise_gelu_after_the_product() {
+        let fused = |x: &Tensor, w: &Tensor, b: &Tensor| loc_affine_gelu(x, w, b).unwrap();
+        let apart = |x: &Tensor, w: &Tensor, b: &Tensor| {
+            super::super::gelu::gelu(&loc_affine(x, w, b).unwrap()).unwrap()
+        };
+        for dtype in [DType::F32, DType::F64] {
+            for (i, &(p, b, input, out)) in SHAPES.iter().enumerate() {
+                let seed = 300 + 10 * i as u64;
+                // Pre-activations over GELU's whole curve, tails included.
+                let x = (random(seed, (p, b, input), dtype) * 3.0).unwrap();
+                let w = random(seed + 1, (p, input, out), dtype);
+                let bias = random(seed + 2, (p, 1, out), dtype);
+                let r = random(seed + 3, (p, b, out), dtype);
+                let one = affine_with(&fused, &x, &w, &bias, &r);
+                let two = affine_with(&apart, &x, &w, &bias, &r);
+                for (what, (f, e)) in ["y", "dx", "dw", "db"].iter().zip(one.iter().zip(&two)) {
+                    assert_eq!(f.dims(), e.dims(), "{what}");
+                    let shape = (p, b, input, out);
+                    assert_eq!(bits(f), bits(e), "{what} {dtype:?} {shape:?}");
+                }
+                // Without any gradient to keep a slope for, the same values.
+                let y = loc_affine_gelu(&x, &w, &bias).unwrap();
+                assert_eq!(bits(&y), bits(&one[0]), "{dtype:?} untracked");
+            }
+        }
     }
 
     #[test]

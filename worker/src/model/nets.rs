@@ -148,10 +148,12 @@ fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 impl Mlp {
     /// Apply to `x [P, B, in]`, giving `[P, B, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = affine(x, &self.w1, &self.b1)?;
+        let shared = self.w1.dim(0)? == 1 && x.dim(0)? > 1;
         let h = match self.act {
-            Activation::Gelu => super::gelu::gelu(&h)?,
-            Activation::Sin => h.sin()?,
+            // One node: the product, the bias and GELU (`locmm.rs`).
+            Activation::Gelu if !shared => super::locmm::loc_affine_gelu(x, &self.w1, &self.b1)?,
+            Activation::Gelu => super::gelu::gelu(&affine(x, &self.w1, &self.b1)?)?,
+            Activation::Sin => affine(x, &self.w1, &self.b1)?.sin()?,
         };
         let y = affine(&h, &self.w2, &self.b2)?;
         Ok(if self.sigmoid_out {
