@@ -261,33 +261,31 @@ impl<T: Elem> Kernel<'_, T> {
         )
     }
 
+    /// [`Kernel::run`] at the widest SIMD the CPU has.
     fn dispatch(self, loc: usize, o: &mut [T], scratch: &mut Vec<T>) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                unsafe { self.run_avx512(loc, o, scratch) };
-                return;
-            }
-            if std::arch::is_x86_feature_detected!("avx") {
-                // SAFETY: the CPU supports AVX, checked just above.
-                unsafe { self.run_avx(loc, o, scratch) };
-                return;
-            }
-        }
-        self.run(loc, o, scratch)
+        super::cpu::dispatch(At {
+            kernel: self,
+            loc,
+            o,
+            scratch,
+        })
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx")]
-    unsafe fn run_avx(self, loc: usize, o: &mut [T], scratch: &mut Vec<T>) {
-        self.run(loc, o, scratch)
-    }
+/// One location of a [`Kernel`], into `o`: what [`super::cpu::dispatch`]
+/// compiles per SIMD width.
+struct At<'a, 'b, T> {
+    kernel: Kernel<'a, T>,
+    loc: usize,
+    o: &'b mut [T],
+    scratch: &'b mut Vec<T>,
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(self, loc: usize, o: &mut [T], scratch: &mut Vec<T>) {
-        self.run(loc, o, scratch)
+impl<T: Elem> super::cpu::Kernel for At<'_, '_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        self.kernel.run(self.loc, self.o, self.scratch)
     }
 }
 
@@ -710,18 +708,33 @@ mod tests {
         let mut paths: Vec<Path> = vec![("plain", Box::new(|l, o, s| kernel.run(l, o, s)))];
         #[cfg(target_arch = "x86_64")]
         {
+            use super::super::cpu::{run_avx, run_avx512};
             if std::arch::is_x86_feature_detected!("avx") {
                 // SAFETY: checked just above.
                 paths.push((
                     "avx",
-                    Box::new(|l, o, s| unsafe { kernel.run_avx(l, o, s) }),
+                    Box::new(|loc, o, scratch| unsafe {
+                        run_avx(At {
+                            kernel,
+                            loc,
+                            o,
+                            scratch,
+                        })
+                    }),
                 ));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: checked just above.
                 paths.push((
                     "avx512",
-                    Box::new(|l, o, s| unsafe { kernel.run_avx512(l, o, s) }),
+                    Box::new(|loc, o, scratch| unsafe {
+                        run_avx512(At {
+                            kernel,
+                            loc,
+                            o,
+                            scratch,
+                        })
+                    }),
                 ));
             }
         }

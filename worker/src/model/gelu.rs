@@ -176,67 +176,54 @@ fn map<T: Copy + Default + Send + Sync>(
     out
 }
 
-/// The f32 loops, each a module: `run` dispatches to `avx512` or `avx`
-/// (the loop compiled for 512-bit or 256-bit vectors, AVX-512F or AVX
-/// without FMA: the same roundings as the baseline build) where the CPU
-/// has them, else `plain`.
-macro_rules! f32_loops {
-    ($name:ident, |$x:ident, $g:ident| $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            pub(super) fn run(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU supports AVX-512F, checked just above.
-                        unsafe { avx512(a, b, out) };
-                        return;
-                    }
-                    if std::arch::is_x86_feature_detected!("avx") {
-                        // SAFETY: the CPU supports AVX, checked just above.
-                        unsafe { avx(a, b, out) };
-                        return;
-                    }
-                }
-                plain(a, b, out);
-            }
-
-            #[inline(always)]
-            pub(super) fn plain(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
-                match b {
-                    Some(b) => {
-                        for ((o, &$x), &$g) in out.iter_mut().zip(a).zip(b) {
-                            *o = $body;
-                        }
-                    }
-                    None => {
-                        let $g = 0.0f32;
-                        for (o, &$x) in out.iter_mut().zip(a) {
-                            *o = $body;
-                        }
-                    }
-                }
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx")]
-            pub(super) unsafe fn avx(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
-                plain(a, b, out)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            pub(super) unsafe fn avx512(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
-                plain(a, b, out)
-            }
-        }
-    };
+/// GELU's f32 value (`grad` false; `b` unused) or `b * gelu'(a)` (`grad`)
+/// over `a`, into `out`: what [`super::cpu::dispatch`] compiles per SIMD
+/// width.
+struct Loop<'a> {
+    grad: bool,
+    a: &'a [f32],
+    b: Option<&'a [f32]>,
+    out: &'a mut [f32],
 }
 
-f32_loops!(forward_loop, |x, _g| gelu_f32(x));
-f32_loops!(grad_loop, |x, g| grad_f32(x, g));
+impl super::cpu::Kernel for Loop<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        match (self.grad, self.b) {
+            (true, Some(b)) => {
+                for ((o, &x), &g) in self.out.iter_mut().zip(self.a).zip(b) {
+                    *o = grad_f32(x, g);
+                }
+            }
+            _ => {
+                for (o, &x) in self.out.iter_mut().zip(self.a) {
+                    *o = gelu_f32(x);
+                }
+            }
+        }
+    }
+}
+
+/// `out = gelu(a)` in f32, at the widest SIMD the CPU has.
+fn forward_loop(a: &[f32], _b: Option<&[f32]>, out: &mut [f32]) {
+    super::cpu::dispatch(Loop {
+        grad: false,
+        a,
+        b: None,
+        out,
+    })
+}
+
+/// `out = b * gelu'(a)` in f32, at the widest SIMD the CPU has.
+fn grad_loop(a: &[f32], b: Option<&[f32]>, out: &mut [f32]) {
+    super::cpu::dispatch(Loop {
+        grad: true,
+        a,
+        b,
+        out,
+    })
+}
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     super::cpu::contiguous(data, layout, "gelu")
@@ -255,7 +242,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(map(contiguous(v, l)?, None, forward_loop::run)),
+            CpuStorage::F32(v) => CpuStorage::F32(map(contiguous(v, l)?, None, forward_loop)),
             CpuStorage::F64(v) => CpuStorage::F64(map(contiguous(v, l)?, None, |a, _, o| {
                 for (o, &x) in o.iter_mut().zip(a) {
                     *o = gelu_f64(x);
@@ -289,11 +276,9 @@ impl CustomOp2 for GeluGrad {
             candle_core::bail!("gelu grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(map(
-                contiguous(x, l1)?,
-                Some(contiguous(g, l2)?),
-                grad_loop::run,
-            )),
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(map(contiguous(x, l1)?, Some(contiguous(g, l2)?), grad_loop))
+            }
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(map(
                 contiguous(x, l1)?,
                 Some(contiguous(g, l2)?),
@@ -329,8 +314,8 @@ mod tests {
     fn in_place_with_slope_is_bitwise_the_value_and_gradient_loops_on_every_path() {
         let xs = inputs();
         let g: Vec<f32> = (0..xs.len()).map(|i| 0.25 + (i % 7) as f32).collect();
-        let value = map(&xs, None, forward_loop::run);
-        let grad = map(&xs, Some(&g), grad_loop::run);
+        let value = map(&xs, None, forward_loop);
+        let grad = map(&xs, Some(&g), grad_loop);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         /// The kernel on its own copy of the inputs.
         struct Owned(Vec<f32>, bool);
@@ -428,31 +413,77 @@ mod tests {
             plain_y[i] = gelu_f32(xs[i]);
             plain_d[i] = grad_f32(xs[i], g[i]);
         }
-        let y = map(&xs, None, forward_loop::run);
-        let d = map(&xs, Some(&g), grad_loop::run);
+        let y = map(&xs, None, forward_loop);
+        let d = map(&xs, Some(&g), grad_loop);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&y), bits(&plain_y));
         assert_eq!(bits(&d), bits(&plain_d));
         // Each vector width this CPU has, called directly.
-        type Loop = fn(&[f32], Option<&[f32]>, &mut [f32]);
-        let mut paths: Vec<(&str, Loop, Loop)> =
-            vec![("plain", forward_loop::plain, grad_loop::plain)];
+        type Path = fn(&[f32], Option<&[f32]>, &mut [f32]);
+        let plain_fwd: Path = |a, b, out| {
+            Loop {
+                grad: false,
+                a,
+                b,
+                out,
+            }
+            .run()
+        };
+        let plain_grad: Path = |a, b, out| {
+            Loop {
+                grad: true,
+                a,
+                b,
+                out,
+            }
+            .run()
+        };
+        let mut paths: Vec<(&str, Path, Path)> = vec![("plain", plain_fwd, plain_grad)];
         #[cfg(target_arch = "x86_64")]
         {
+            use super::super::cpu::{run_avx, run_avx512};
             if std::arch::is_x86_feature_detected!("avx") {
                 // SAFETY: only called when the CPU has AVX, checked here.
                 paths.push((
                     "avx",
-                    |a, b, o| unsafe { forward_loop::avx(a, b, o) },
-                    |a, b, o| unsafe { grad_loop::avx(a, b, o) },
+                    |a, b, out| unsafe {
+                        run_avx(Loop {
+                            grad: false,
+                            a,
+                            b,
+                            out,
+                        })
+                    },
+                    |a, b, out| unsafe {
+                        run_avx(Loop {
+                            grad: true,
+                            a,
+                            b,
+                            out,
+                        })
+                    },
                 ));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: only called when the CPU has AVX-512F, checked here.
                 paths.push((
                     "avx512",
-                    |a, b, o| unsafe { forward_loop::avx512(a, b, o) },
-                    |a, b, o| unsafe { grad_loop::avx512(a, b, o) },
+                    |a, b, out| unsafe {
+                        run_avx512(Loop {
+                            grad: false,
+                            a,
+                            b,
+                            out,
+                        })
+                    },
+                    |a, b, out| unsafe {
+                        run_avx512(Loop {
+                            grad: true,
+                            a,
+                            b,
+                            out,
+                        })
+                    },
                 ));
             }
         }
@@ -465,7 +496,7 @@ mod tests {
         }
         // An odd-sized piece computed alone matches the whole.
         let (lo, hi) = (12_345, 12_345 + 777);
-        let part = map(&xs[lo..hi], None, forward_loop::run);
+        let part = map(&xs[lo..hi], None, forward_loop);
         assert_eq!(bits(&part), bits(&y[lo..hi]));
     }
 }

@@ -313,36 +313,31 @@ impl<T: Elem> Piece<'_, T> {
         }
     }
 
-    /// [`Piece::run`] compiled for 512-bit or 256-bit vectors where the
-    /// CPU has them (AVX-512F or AVX without FMA: the same rounding as the
-    /// baseline build).
+    /// [`Piece::run`] at the widest SIMD the CPU has.
     fn dispatch(self, first: usize, out: &mut [T], s: &mut Scratch) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                unsafe { self.run_avx512(first, out, s) };
-                return;
-            }
-            if std::arch::is_x86_feature_detected!("avx") {
-                // SAFETY: the CPU supports AVX, checked just above.
-                unsafe { self.run_avx(first, out, s) };
-                return;
-            }
-        }
-        self.run(first, out, s)
+        super::cpu::dispatch(Slices {
+            piece: self,
+            first,
+            out,
+            s,
+        })
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx")]
-    unsafe fn run_avx(self, first: usize, out: &mut [T], s: &mut Scratch) {
-        self.run(first, out, s)
-    }
+/// A [`Piece`] from slice `first` on, into `out`: what
+/// [`super::cpu::dispatch`] compiles per SIMD width.
+struct Slices<'a, 'b, T> {
+    piece: Piece<'a, T>,
+    first: usize,
+    out: &'b mut [T],
+    s: &'b mut Scratch,
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(self, first: usize, out: &mut [T], s: &mut Scratch) {
-        self.run(first, out, s)
+impl<T: Elem> super::cpu::Kernel for Slices<'_, '_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        self.piece.run(self.first, self.out, self.s)
     }
 }
 
@@ -575,13 +570,28 @@ mod tests {
                 add("dispatched", &|o, s| piece.dispatch(0, o, s));
                 #[cfg(target_arch = "x86_64")]
                 {
+                    use super::super::cpu::{run_avx, run_avx512};
                     if std::arch::is_x86_feature_detected!("avx") {
                         // SAFETY: checked just above.
-                        add("avx", &|o, s| unsafe { piece.run_avx(0, o, s) });
+                        add("avx", &|out, s| unsafe {
+                            run_avx(Slices {
+                                piece,
+                                first: 0,
+                                out,
+                                s,
+                            })
+                        });
                     }
                     if std::arch::is_x86_feature_detected!("avx512f") {
                         // SAFETY: checked just above.
-                        add("avx512", &|o, s| unsafe { piece.run_avx512(0, o, s) });
+                        add("avx512", &|out, s| unsafe {
+                            run_avx512(Slices {
+                                piece,
+                                first: 0,
+                                out,
+                                s,
+                            })
+                        });
                     }
                 }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
