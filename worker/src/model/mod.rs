@@ -30,6 +30,7 @@ mod grads;
 pub(crate) use grads::backward;
 pub mod grid;
 mod locmm;
+mod mixing;
 pub mod nets;
 pub mod profile;
 mod sqerr;
@@ -125,7 +126,25 @@ impl MixWeights {
 
 /// The weighted mean of the contributions (before normalisation). `td` is
 /// `None` at the top level, whose weights are renormalised without it.
+///
+/// On the CPU, when only `bu` may carry a gradient (local learning), this
+/// is one pass (`mix.rs`), bitwise these operations.
 pub fn mix(
+    bu: &Tensor,
+    td: Option<&Tensor>,
+    prev: &Tensor,
+    lat: &Tensor,
+    w: MixWeights,
+) -> Result<Tensor> {
+    if let Some(out) = mixing::fused(bu, td, prev, lat, w)? {
+        return Ok(out);
+    }
+    mix_ops(bu, td, prev, lat, w)
+}
+
+/// [`mix`] as candle operations: the path under BPTT and on other devices,
+/// and the reference of the fused pass's tests.
+pub(crate) fn mix_ops(
     bu: &Tensor,
     td: Option<&Tensor>,
     prev: &Tensor,
