@@ -19,6 +19,10 @@ mod grads;
 #[allow(dead_code, unused_imports)]
 #[path = "../src/model/locmm.rs"]
 mod locmm;
+#[cfg(test)]
+#[allow(dead_code, unused_imports)]
+#[path = "../src/model/testutil.rs"]
+mod testutil;
 
 use std::time::{Duration, Instant};
 

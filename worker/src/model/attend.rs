@@ -578,20 +578,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn random(seed: u64, dims: &[usize], dtype: DType) -> Tensor {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let len: usize = dims.iter().product();
-        let v: Vec<f64> = (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
+        super::super::testutil::random(seed, dims, dtype, |u| u * 4.0 - 2.0)
     }
 
     /// Neighbour indices into `s` source rows and a padding mask with some

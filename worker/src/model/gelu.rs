@@ -120,38 +120,48 @@ pub(crate) struct InPlace<'a, T> {
     pub(crate) slope: Option<&'a mut [T]>,
 }
 
-impl super::cpu::Kernel for InPlace<'_, f32> {
-    type Output = ();
+/// The element types of [`InPlace`]: GELU's value, and its value with its
+/// slope.
+pub(crate) trait Activate: Copy {
+    fn gelu(self) -> Self;
+    fn gelu_slope(self) -> (Self, Self);
+}
+
+impl Activate for f32 {
     #[inline(always)]
-    fn run(self) {
-        match self.slope {
-            Some(slope) => {
-                for (x, d) in self.v.iter_mut().zip(slope) {
-                    (*x, *d) = gelu_slope_f32(*x);
-                }
-            }
-            None => {
-                for x in self.v.iter_mut() {
-                    *x = gelu_f32(*x);
-                }
-            }
-        }
+    fn gelu(self) -> f32 {
+        gelu_f32(self)
+    }
+    #[inline(always)]
+    fn gelu_slope(self) -> (f32, f32) {
+        gelu_slope_f32(self)
     }
 }
 
-impl super::cpu::Kernel for InPlace<'_, f64> {
+impl Activate for f64 {
+    #[inline(always)]
+    fn gelu(self) -> f64 {
+        gelu_f64(self)
+    }
+    #[inline(always)]
+    fn gelu_slope(self) -> (f64, f64) {
+        gelu_slope_f64(self)
+    }
+}
+
+impl<T: Activate> super::cpu::Kernel for InPlace<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
         match self.slope {
             Some(slope) => {
                 for (x, d) in self.v.iter_mut().zip(slope) {
-                    (*x, *d) = gelu_slope_f64(*x);
+                    (*x, *d) = x.gelu_slope();
                 }
             }
             None => {
                 for x in self.v.iter_mut() {
-                    *x = gelu_f64(*x);
+                    *x = x.gelu();
                 }
             }
         }

@@ -172,35 +172,12 @@ impl InplaceOp2 for AddInPlace {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::bits;
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Var};
 
     fn random(seed: u64, dims: (usize, usize, usize), dtype: DType) -> Tensor {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f64> = (0..dims.0 * dims.1 * dims.2)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
-    }
-
-    fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            .into_iter()
-            .map(f64::to_bits)
-            .collect()
+        super::super::testutil::random(seed, dims, dtype, |u| u - 1.0)
     }
 
     /// A net applied three times with the same per-location weights (as

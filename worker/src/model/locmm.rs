@@ -746,28 +746,13 @@ fn edge_row<T: Elem>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{bits, stream};
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     /// Uniform values in [-1, 1) from a fixed seed.
-    fn values(seed: u64, len: usize) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect()
-    }
-
     fn random(seed: u64, dims: (usize, usize, usize), dtype: DType) -> Tensor {
-        let v = values(seed, dims.0 * dims.1 * dims.2);
-        Tensor::from_vec(v, dims, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
+        super::super::testutil::random(seed, dims, dtype, |u| u - 1.0)
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -784,18 +769,6 @@ mod tests {
             .unwrap()
             .into_iter()
             .fold(0.0, f64::max)
-    }
-
-    fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            .into_iter()
-            .map(f64::to_bits)
-            .collect()
     }
 
     /// Output and the gradients of `sum(y * r)` for x and w, through
@@ -1015,8 +988,16 @@ mod tests {
             (4, 3, 16),
             (32, 32, 32),
         ] {
-            let a: Vec<T> = values(8, m * k).into_iter().map(from).collect();
-            let b: Vec<T> = values(9, k * n).into_iter().map(from).collect();
+            let a: Vec<T> = stream(8, m * k)
+                .into_iter()
+                .map(|u| u - 1.0)
+                .map(from)
+                .collect();
+            let b: Vec<T> = stream(9, k * n)
+                .into_iter()
+                .map(|u| u - 1.0)
+                .map(from)
+                .collect();
             for (rs, cs) in [(k, 1), (1, m)] {
                 let mut scalar = vec![T::default(); m * n];
                 for i in 0..m {

@@ -158,6 +158,7 @@ impl CustomOp1 for Mix {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::bits;
     use super::*;
     use candle_core::{Device, Var};
 
@@ -169,18 +170,6 @@ mod tests {
             .unwrap()
             .to_dtype(dtype)
             .unwrap()
-    }
-
-    fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            .into_iter()
-            .map(f64::to_bits)
-            .collect()
     }
 
     #[test]

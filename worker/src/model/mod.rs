@@ -36,6 +36,8 @@ pub mod profile;
 mod sqerr;
 mod stats;
 pub mod terms;
+#[cfg(test)]
+mod testutil;
 
 use candle_core::{DType, Device, Tensor, D};
 use glom_protocol::config::{

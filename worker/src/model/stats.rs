@@ -444,33 +444,13 @@ impl candle_core::CustomOp2 for StatGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::f64s;
     use super::*;
     use crate::model::terms;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     fn random(seed: u64, dims: (usize, usize, usize), dtype: DType) -> Tensor {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f64> = (0..dims.0 * dims.1 * dims.2)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
-    }
-
-    fn f64s(t: &Tensor) -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+        super::super::testutil::random(seed, dims, dtype, |u| u * 2.0 - 1.0)
     }
 
     /// The term and the gradient of `sum(term * w)` through the kernel or
