@@ -742,20 +742,27 @@ impl StudentTerms {
         let p = self.preds[0].dim(0)?;
         let per_location = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((n, p))?.sum(0)?) };
         let tr = &self.train;
-        let (variance, covariance) = terms::variance_and_covariance(
-            &self.preds,
-            self.variance_on
-                .then_some((tr.variance_form, tr.variance_target)),
-            self.covariance_on,
-        )?;
+        let var = self
+            .variance_on
+            .then_some((tr.variance_form, tr.variance_target));
+        // InfoNCE takes the predictions stacked; with it on, the other two
+        // batch terms read that stack too, and a prediction's gradient
+        // from the three is summed in the stack's gradient.
+        let all = match self.contrastive_on {
+            true => Some(Tensor::cat(&self.preds, 0)?),
+            false => None,
+        };
+        let (variance, covariance) = match &all {
+            Some(all) => terms::variance_and_covariance_of_stack(all, n, var, self.covariance_on)?,
+            None => terms::variance_and_covariance(&self.preds, var, self.covariance_on)?,
+        };
         if let Some(v) = variance {
             self.variance = v;
         }
         if let Some(c) = covariance {
             self.covariance = c;
         }
-        if self.contrastive_on {
-            let all = Tensor::cat(&self.preds, 0)?;
+        if let Some(all) = all {
             let positives = Tensor::cat(&self.positives, 0)?;
             let extra = self.frame_negatives(frame_states)?;
             self.contrastive = per_location(terms::info_nce_with(

@@ -110,15 +110,28 @@ fn stacked(
     variance: Option<(VarianceForm, f64)>,
     covariance: bool,
 ) -> Result<BatchTerms> {
-    let (n, p) = (preds.len(), preds[0].dim(0)?);
     let all = Tensor::cat(preds, 0)?;
+    variance_and_covariance_of_stack(&all, preds.len(), variance, covariance)
+}
+
+/// [`variance_and_covariance`] of `n` predictions already stacked into
+/// `all [n P, B, d]`, one term at a time over the stack. InfoNCE reads
+/// the same stack: with it on, the three terms' gradients meet in the
+/// stack's gradient, in the order they always have.
+pub(crate) fn variance_and_covariance_of_stack(
+    all: &Tensor,
+    n: usize,
+    variance: Option<(VarianceForm, f64)>,
+    covariance: bool,
+) -> Result<BatchTerms> {
+    let p = all.dim(0)? / n.max(1);
     let per_location = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((n, p))?.sum(0)?) };
     let v = match variance {
-        Some((form, target)) => Some(per_location(self::variance(&all, form, target)?)?),
+        Some((form, target)) => Some(per_location(self::variance(all, form, target)?)?),
         None => None,
     };
     let c = match covariance {
-        true => Some(per_location(self::covariance(&all)?)?),
+        true => Some(per_location(self::covariance(all)?)?),
         false => None,
     };
     Ok((v, c))
