@@ -590,16 +590,41 @@ fn location<T: Elem, const NR: usize>(
         Product::Forward => gemm::<T, NR>(m, k, n, a, k, 1, b, c),
         // A = dy [B, out], B = w^T [out, in] (transposed into scratch).
         Product::GradX => {
-            scratch.clear();
-            scratch.reserve(k * n);
-            for t in 0..k {
-                scratch.extend(b.chunks_exact(k).map(|row| row[t]));
-            }
+            transpose(b, n, k, scratch);
             gemm::<T, NR>(m, k, n, a, k, 1, scratch, c)
         }
         // A = x^T [in, B] (read in place: row stride 1, column stride in),
         // B = dy [B, out].
         Product::GradW => gemm::<T, NR>(m, k, n, a, 1, m, b, c),
+    }
+}
+
+/// `dst [cols, rows] = src [rows, cols]^T`, eight source rows at a time:
+/// each pass reads eight rows front to back and writes eight adjacent
+/// elements of every destination row (an element at a time, the rows read
+/// down their columns, had been a twentieth of a training step).
+fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize, dst: &mut Vec<T>) {
+    const BLOCK: usize = 8;
+    dst.clear();
+    dst.resize(rows * cols, T::default());
+    let src = &src[..rows * cols];
+    let mut r0 = 0;
+    while r0 + BLOCK <= rows {
+        let block: [&[T]; BLOCK] =
+            std::array::from_fn(|i| &src[(r0 + i) * cols..(r0 + i + 1) * cols]);
+        for (c, out) in dst.chunks_exact_mut(rows).enumerate() {
+            let out = &mut out[r0..r0 + BLOCK];
+            for (o, row) in out.iter_mut().zip(&block) {
+                *o = row[c];
+            }
+        }
+        r0 += BLOCK;
+    }
+    for r in r0..rows {
+        let row = &src[r * cols..(r + 1) * cols];
+        for (c, &v) in row.iter().enumerate() {
+            dst[c * rows + r] = v;
+        }
     }
 }
 
@@ -1041,6 +1066,25 @@ mod tests {
     fn every_simd_path_rounds_alike() {
         simd_paths_agree::<f32, 16>(|v| v as f32);
         simd_paths_agree::<f64, 8>(|v| v);
+    }
+
+    #[test]
+    fn transpose_moves_every_element_once() {
+        for (rows, cols) in [(0, 3), (1, 1), (3, 5), (8, 8), (17, 4), (64, 32), (33, 9)] {
+            let src: Vec<u32> = (0..(rows * cols) as u32).collect();
+            let mut dst = vec![7u32; 3];
+            transpose(&src, rows, cols, &mut dst);
+            assert_eq!(dst.len(), rows * cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
