@@ -243,15 +243,22 @@ impl Pass {
         a: (&CpuStorage, &Layout),
         b: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<()> {
-        fn range(l: &Layout, op: &str) -> candle_core::Result<std::ops::Range<usize>> {
-            match l.contiguous_offsets() {
-                Some((lo, hi)) => Ok(lo..hi),
-                None => candle_core::bail!("{op}: buffers must be contiguous"),
-            }
-        }
-        fn go<T: Elem>(pass: Pass, dst: &mut [T], a: &[T], b: &[T]) -> candle_core::Result<()> {
+        fn go<T: Elem>(
+            pass: Pass,
+            dst: (&mut [T], &Layout),
+            a: (&[T], &Layout),
+            b: Option<(&[T], &Layout)>,
+        ) -> candle_core::Result<()> {
+            use crate::model::{contiguous, contiguous_mut};
+            let op = pass.label();
+            let dst = contiguous_mut(dst.0, dst.1, op)?;
+            let a = contiguous(a.0, a.1, op)?;
+            let b = match b {
+                Some((b, l)) => contiguous(b, l, op)?,
+                None => &[],
+            };
             if a.len() != dst.len() || (!b.is_empty() && b.len() != dst.len()) {
-                candle_core::bail!("{}: buffers of different lengths", pass.label());
+                candle_core::bail!("{op}: buffers of different lengths");
             }
             let parallel = dst.len() > CHUNK;
             crate::model::for_each_chunk(dst, CHUNK, parallel, |i, piece, _: &mut ()| {
@@ -262,22 +269,17 @@ impl Pass {
             });
             Ok(())
         }
-        let op = self.label();
-        let (dr, ar) = (range(dl, op)?, range(a.1, op)?);
-        let br = match b {
-            Some((_, l)) => range(l, op)?,
-            None => 0..0,
-        };
+        let (al, bl) = (a.1, b.map(|(_, l)| l));
         match (dst, a.0, b.map(|(s, _)| s)) {
-            (CpuStorage::F32(d), CpuStorage::F32(x), None) => go(self, &mut d[dr], &x[ar], &[]),
+            (CpuStorage::F32(d), CpuStorage::F32(x), None) => go(self, (d, dl), (x, al), None),
             (CpuStorage::F32(d), CpuStorage::F32(x), Some(CpuStorage::F32(y))) => {
-                go(self, &mut d[dr], &x[ar], &y[br])
+                go(self, (d, dl), (x, al), bl.map(|l| (&y[..], l)))
             }
-            (CpuStorage::F64(d), CpuStorage::F64(x), None) => go(self, &mut d[dr], &x[ar], &[]),
+            (CpuStorage::F64(d), CpuStorage::F64(x), None) => go(self, (d, dl), (x, al), None),
             (CpuStorage::F64(d), CpuStorage::F64(x), Some(CpuStorage::F64(y))) => {
-                go(self, &mut d[dr], &x[ar], &y[br])
+                go(self, (d, dl), (x, al), bl.map(|l| (&y[..], l)))
             }
-            _ => candle_core::bail!("{op}: f32 or f64, all the same"),
+            _ => candle_core::bail!("{}: f32 or f64, all the same", self.label()),
         }
     }
 }

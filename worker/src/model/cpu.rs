@@ -138,6 +138,18 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Res
     }
 }
 
+/// [`contiguous`] for a storage written in place.
+pub(crate) fn contiguous_mut<'a, T>(
+    data: &'a mut [T],
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a mut [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("{op}: inputs must be contiguous"),
+    }
+}
+
 /// `f(i, chunk_i, scratch)` for every `chunk`-long piece of `out` (the
 /// last may be shorter), in order on the calling thread unless `parallel`,
 /// else shared out over candle's CPU thread pool (the one its element-wise

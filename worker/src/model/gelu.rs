@@ -65,19 +65,15 @@ fn gelu_f32(x: f32) -> f32 {
     x.max(-X_CLAMP) * (e * s)
 }
 
-/// `g gelu'(x)`, `gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c x^2) =
-/// e s + 2 x e s^2 sqrt(2/pi) (1 + 3 0.044715 x^2)`.
+/// `g gelu'(x)`.
 #[inline(always)]
 fn grad_f32(x: f32, g: f32) -> f32 {
-    let (e, s) = exp2u_f32(u_f32(x));
-    let es = e * s;
-    let xc = x.clamp(-X_CLAMP, X_CLAMP);
-    let slope = (SQRT_TWO_OVER_PI as f32) * (1.0 + 3.0 * (CUBIC as f32) * xc * xc);
-    g * (es + 2.0 * (xc * es) * s * slope)
+    g * gelu_slope_f32(x).1
 }
 
-/// `(gelu(x), gelu'(x))` sharing one exponential: the value is bitwise
-/// [`gelu_f32`]`(x)`, and `g * slope` bitwise [`grad_f32`]`(x, g)`.
+/// `(gelu(x), gelu'(x))` sharing one exponential, the value bitwise
+/// [`gelu_f32`]`(x)`: `gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) k (1 + 3 c
+/// x^2) = e s + 2 x e s^2 sqrt(2/pi) (1 + 3 0.044715 x^2)`.
 #[inline(always)]
 fn gelu_slope_f32(x: f32) -> (f32, f32) {
     let (e, s) = exp2u_f32(u_f32(x));
@@ -95,14 +91,10 @@ fn gelu_f64(x: f64) -> f64 {
 
 #[inline(always)]
 fn grad_f64(x: f64, g: f64) -> f64 {
-    let t = (SQRT_TWO_OVER_PI * x * (1.0 + CUBIC * x * x)).tanh();
-    let d =
-        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);
-    g * d
+    g * gelu_slope_f64(x).1
 }
 
-/// `(gelu(x), gelu'(x))` in f64: bitwise [`gelu_f64`], and `g * slope`
-/// bitwise [`grad_f64`].
+/// `(gelu(x), gelu'(x))` in f64, the value bitwise [`gelu_f64`].
 #[inline(always)]
 fn gelu_slope_f64(x: f64) -> (f64, f64) {
     let t = (SQRT_TWO_OVER_PI * x * (1.0 + CUBIC * x * x)).tanh();

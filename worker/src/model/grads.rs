@@ -135,27 +135,19 @@ impl InplaceOp2 for AddInPlace {
             src: &[T],
             sl: &Layout,
         ) -> Result<()> {
-            let (Some((d0, d1)), Some((s0, s1))) =
-                (dl.contiguous_offsets(), sl.contiguous_offsets())
-            else {
-                candle_core::bail!("grad-sum-in-place: buffers must be contiguous");
-            };
-            if d1 - d0 != s1 - s0 {
-                candle_core::bail!("grad-sum-in-place: buffers of different lengths");
+            let op = "grad-sum-in-place";
+            let dst = super::cpu::contiguous_mut(dst, dl, op)?;
+            let src = super::cpu::contiguous(src, sl, op)?;
+            if dst.len() != src.len() {
+                candle_core::bail!("{op}: buffers of different lengths");
             }
-            let src = &src[s0..s1];
-            let parallel = d1 - d0 > CHUNK;
-            super::cpu::for_each_chunk(
-                &mut dst[d0..d1],
-                CHUNK,
-                parallel,
-                |i, piece, _: &mut ()| {
-                    let (lo, len) = (i * CHUNK, piece.len());
-                    for (d, &s) in piece.iter_mut().zip(&src[lo..lo + len]) {
-                        *d = *d + s;
-                    }
-                },
-            );
+            let parallel = dst.len() > CHUNK;
+            super::cpu::for_each_chunk(dst, CHUNK, parallel, |i, piece, _: &mut ()| {
+                let (lo, len) = (i * CHUNK, piece.len());
+                for (d, &s) in piece.iter_mut().zip(&src[lo..lo + len]) {
+                    *d = *d + s;
+                }
+            });
             Ok(())
         }
         match (dst, src) {

@@ -603,7 +603,7 @@ fn location<T: Elem, const NR: usize>(
 /// each pass reads eight rows front to back and writes eight adjacent
 /// elements of every destination row (an element at a time, the rows read
 /// down their columns, had been a twentieth of a training step).
-fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize, dst: &mut Vec<T>) {
+pub(crate) fn transpose<T: Copy + Default>(src: &[T], rows: usize, cols: usize, dst: &mut Vec<T>) {
     const BLOCK: usize = 8;
     dst.clear();
     dst.resize(rows * cols, T::default());

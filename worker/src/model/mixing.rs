@@ -129,17 +129,10 @@ impl CustomOp1 for Mix {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let bu = |len: usize| -> Result<(usize, usize)> {
-            match l.contiguous_offsets() {
-                Some((a, b)) if b - a == len => Ok((a, b)),
-                _ => candle_core::bail!("mix: inputs must be contiguous and of one shape"),
-            }
-        };
-        let n = l.shape().elem_count();
-        let (a, b) = bu(n)?;
+        use super::cpu::contiguous;
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(self.run(&v[a..b])?),
-            CpuStorage::F64(v) => CpuStorage::F64(self.run(&v[a..b])?),
+            CpuStorage::F32(v) => CpuStorage::F32(self.run(contiguous(v, l, "mix")?)?),
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(contiguous(v, l, "mix")?)?),
             _ => candle_core::bail!("mix: f32 or f64 only"),
         };
         Ok((out, l.shape().clone()))

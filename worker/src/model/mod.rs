@@ -23,7 +23,7 @@
 
 mod attend;
 mod cpu;
-pub(crate) use cpu::for_each_chunk;
+pub(crate) use cpu::{contiguous, contiguous_mut, for_each_chunk};
 pub mod flops;
 mod gelu;
 mod grads;
@@ -130,7 +130,7 @@ impl MixWeights {
 /// `None` at the top level, whose weights are renormalised without it.
 ///
 /// On the CPU, when only `bu` may carry a gradient (local learning), this
-/// is one pass (`mix.rs`), bitwise these operations.
+/// is one pass (`mixing.rs`), bitwise these operations.
 pub fn mix(
     bu: &Tensor,
     td: Option<&Tensor>,
@@ -729,9 +729,12 @@ impl StudentTerms {
         Ok(())
     }
 
-    /// Compute the batch terms over every prediction collected: one call
-    /// on all of them stacked along the location axis (`[n P, B, d]`),
-    /// then each location's values added over the n predictions.
+    /// Compute the batch terms over every prediction collected, each
+    /// location's values added over the n predictions: the variance and
+    /// decorrelation terms one prediction at a time
+    /// ([`terms::variance_and_covariance`]), InfoNCE over all of them
+    /// stacked along the location axis (`[n P, B, d]`; with it on, the
+    /// other two read that stack too).
     /// `frame_states` holds every level's state at the end of each frame
     /// (`[P, B, d]`), the negatives of `train.contrastive_frame_gap`.
     fn finish(&mut self, frame_states: &[Vec<Tensor>]) -> Result<()> {

@@ -130,10 +130,17 @@ pub struct Mlp {
     pub skip: bool,
 }
 
+/// Whether one weight matrix `w [1, in, out]` serves every location of
+/// `x [P, B, in]` (shared mode, P > 1): one large matmul rather than the
+/// per-location products.
+fn shares_weights(x: &Tensor, w: &Tensor) -> Result<bool> {
+    Ok(w.dim(0)? == 1 && x.dim(0)? > 1)
+}
+
 /// `x [P, B, in] @ w [S, in, out] + b [S, 1, out]`, S = P or 1.
 fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (p, batch, input) = x.dims3()?;
-    if w.dim(0)? == 1 && p > 1 {
+    if shares_weights(x, w)? {
         let out = w.dim(2)?;
         let y = x
             .reshape((p * batch, input))?
@@ -148,10 +155,11 @@ fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 impl Mlp {
     /// Apply to `x [P, B, in]`, giving `[P, B, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let shared = self.w1.dim(0)? == 1 && x.dim(0)? > 1;
         let h = match self.act {
             // One node: the product, the bias and GELU (`locmm.rs`).
-            Activation::Gelu if !shared => super::locmm::loc_affine_gelu(x, &self.w1, &self.b1)?,
+            Activation::Gelu if !shares_weights(x, &self.w1)? => {
+                super::locmm::loc_affine_gelu(x, &self.w1, &self.b1)?
+            }
             Activation::Gelu => super::gelu::gelu(&affine(x, &self.w1, &self.b1)?)?,
             Activation::Sin => affine(x, &self.w1, &self.b1)?.sin()?,
         };

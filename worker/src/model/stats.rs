@@ -17,7 +17,7 @@
 //! - covariance `C = c^T c / (B - 1)`: `sum_{k != k'} C_kk'^2 / (d (d - 1))`,
 //!   `d/dx_bk = 4 sum_{k' != k} C_kk' c_bk' / ((B - 1) d (d - 1))`.
 //!
-//! When the batch is smaller than d (the default: 16 against 32), the
+//! When the batch is smaller than d (the peer preset: 32 against 64), the
 //! covariance terms go through the batch's Gram matrix `G = c c^T [B, B]`
 //! instead, at half the multiply-adds: `||c^T c||_F = ||c c^T||_F`, so
 //! `sum_{k != k'} C_kk'^2 = ||G||_F^2 / (B - 1)^2 - sum_k v_k^2`, and
@@ -127,13 +127,7 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
         // `G = c c^T`, each entry summed over the d columns in ascending
         // order by the per-location products' kernel (which reads its
         // right-hand matrix row by row: hence `c^T` as a copy).
-        s.ct.clear();
-        s.ct.resize(d * b, 0.0);
-        for (r, row) in s.c.chunks_exact(d).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                s.ct[k * b + r] = v;
-            }
-        }
+        super::locmm::transpose(&s.c, b, d, &mut s.ct);
         s.cov.clear();
         s.cov.resize(b * b, 0.0);
         super::locmm::gemm::<f64, 8>(b, d, b, &s.c, d, 1, &s.ct, &mut s.cov);
