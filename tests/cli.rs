@@ -587,7 +587,13 @@ fn bench_prints_and_writes_every_row() {
     assert_eq!(rows[0]["percent_of_gemm"].as_f64(), Some(100.0));
     assert_eq!(rows[0]["flops"].as_f64(), Some(2.0 * 1024f64.powi(3)));
     for row in rows {
-        for key in ["seconds", "flops", "gflop_per_s", "percent_of_gemm"] {
+        for key in [
+            "seconds",
+            "flops",
+            "gflop_per_s",
+            "percent_of_gemm",
+            "gemm_seconds",
+        ] {
             let v = row[key].as_f64().unwrap();
             assert!(v.is_finite() && v > 0.0, "{key} of {row}");
         }
@@ -597,6 +603,13 @@ fn bench_prints_and_writes_every_row() {
     let bptt = rows[5]["flops"].as_f64().unwrap();
     assert!(bptt > 2.9 * settle, "{bptt} vs {settle}");
     assert!(r["per_location_over_shared_step"].as_f64().unwrap() > 0.0);
+    // Each row's percentage is against the GEMM timed between its calls.
+    for row in &rows[1..] {
+        let gemm_rate = 2.0 * 1024f64.powi(3) / row["gemm_seconds"].as_f64().unwrap() / 1e9;
+        let percent = 100.0 * row["gflop_per_s"].as_f64().unwrap() / gemm_rate;
+        let got = row["percent_of_gemm"].as_f64().unwrap();
+        assert!((percent - got).abs() <= 1e-9 * percent.max(1.0), "{row}");
+    }
     assert_eq!(
         r["local_step_percent_of_gemm"].as_f64(),
         rows[4]["percent_of_gemm"].as_f64()

@@ -5,7 +5,11 @@
 //! Rows, each the median of `--repeats` timed calls after one warm-up call,
 //! on the configured model, whole grid, one process, f32 on the CPU:
 //! - the machine's attainable f32 GEMM rate (candle matmul, 1024^3), the
-//!   reference line of every "% of GEMM" figure;
+//!   reference line of every "% of GEMM" figure. It is timed once before
+//!   each timed call of every other row, and each row's percentage is
+//!   taken against the median of the GEMM timings between its own calls,
+//!   so a row and its reference share the machine's speed of the moment;
+//!   the reference row is the median of all of them;
 //! - one bottom-up MLP at the model's shapes, per-location weights (one
 //!   small product per location) and shared weights (one large product),
 //!   equal FLOPs: their ratio is what per-location nets cost;
@@ -55,8 +59,12 @@ pub(crate) struct Row {
     /// Floating-point operations of one call (matrix products only).
     pub(crate) flops: f64,
     pub(crate) gflop_per_s: f64,
-    /// `gflop_per_s` as a percentage of the GEMM reference row.
+    /// `gflop_per_s` as a percentage of the GEMM rate timed between this
+    /// row's own calls.
     pub(crate) percent_of_gemm: f64,
+    /// Median seconds of those GEMM timings (for the reference row, of
+    /// every GEMM timing of the run).
+    pub(crate) gemm_seconds: f64,
 }
 
 /// Everything `glom bench` prints, as written by `--json`.
@@ -69,7 +77,7 @@ pub(crate) struct Report {
     pub(crate) shape: Shape,
     pub(crate) threads: usize,
     pub(crate) repeats: usize,
-    /// The GEMM reference rate.
+    /// The GEMM reference rate: the median of every GEMM timing of the run.
     pub(crate) gemm_gflop_per_s: f64,
     /// The local training step's rate as a percentage of it.
     pub(crate) local_step_percent_of_gemm: f64,
@@ -104,61 +112,121 @@ pub(crate) struct Shape {
     pub(crate) neighbours: usize,
 }
 
-/// Seconds of each of `repeats` calls of `f`, sorted.
-fn timed(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// The GEMM reference (candle matmul, `n x n` by `n x n`, f32), timed once
+/// before each timed call of every row: a shared machine's speed moves by
+/// up to 2x within minutes, so each row is compared with the GEMM timings
+/// taken in the same seconds as its own, not with one taken at the start.
+struct Reference {
+    a: Tensor,
+    b: Tensor,
+    /// Every timing so far, in seconds, in the order taken.
+    samples: Vec<f64>,
+}
+
+impl Reference {
+    const N: usize = 1024;
+
+    fn new(dev: &candle_core::Device) -> Result<Self> {
+        let n = Self::N;
+        let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+        let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+        a.matmul(&b)?; // warm-up
+        Ok(Self {
+            a,
+            b,
+            samples: Vec::new(),
+        })
+    }
+
+    /// FLOPs of one product.
+    fn flops() -> f64 {
+        2.0 * (Self::N as f64).powi(3)
+    }
+
+    /// Time one product; returns its seconds.
+    fn sample(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        self.a.matmul(&self.b)?;
+        let s = t.elapsed().as_secs_f64();
+        self.samples.push(s);
+        Ok(s)
+    }
+}
+
+/// Median of a non-empty slice.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `repeats` timed calls of `f`, each after one GEMM reference timing.
+/// Returns the calls' seconds, sorted, and the median seconds of the GEMM
+/// timings taken between them.
+fn timed(
+    reference: &mut Reference,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(Vec<f64>, f64)> {
     let mut s = Vec::with_capacity(repeats);
+    let mut g = Vec::with_capacity(repeats);
     for _ in 0..repeats {
+        g.push(reference.sample()?);
         let t = Instant::now();
         f()?;
         s.push(t.elapsed().as_secs_f64());
     }
     s.sort_by(f64::total_cmp);
-    Ok(s)
+    Ok((s, median(&g)))
 }
 
-/// Median seconds of `repeats` calls of `f`, after one untimed call.
-fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Median seconds of `repeats` calls of `f`, after one untimed call, and
+/// the median GEMM reference seconds taken between them.
+fn time(
+    reference: &mut Reference,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
     f()?;
-    let s = timed(repeats, f)?;
-    Ok(s[s.len() / 2])
+    let (s, g) = timed(reference, repeats, f)?;
+    Ok((s[s.len() / 2], g))
 }
 
 /// Median seconds of one training step of `cfg` (a fresh model, after one
-/// untimed step), and where the time of the timed steps went.
-fn step_seconds(name: &str, cfg: &Config, repeats: usize) -> Result<(f64, parts::Breakdown)> {
+/// untimed step), the median GEMM reference seconds taken between the
+/// steps, and where the time of the timed steps went.
+fn step_seconds(
+    reference: &mut Reference,
+    name: &str,
+    cfg: &Config,
+    repeats: usize,
+) -> Result<(f64, f64, parts::Breakdown)> {
     let data = datasets(cfg)?.train;
     let mut model = whole_model(cfg)?;
     model.profile.set_on(true);
     let mut trainer = Trainer::new(model, data)?;
     trainer.train_step()?;
     trainer.model.profile.reset();
-    let s = timed(repeats, || {
+    let (s, g) = timed(reference, repeats, || {
         trainer.train_step()?;
         Ok(())
     })?;
     let total = s.iter().sum();
     let b = parts::breakdown(name, &trainer.model.profile, repeats, total);
-    Ok((s[s.len() / 2], b))
+    Ok((s[s.len() / 2], g, b))
 }
 
 /// Run every row for `cfg` (with `preset`'s steps) and return the report.
 pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> Result<Report> {
     let repeats = repeats.max(1);
     let dev = device(cfg)?;
-    let n = 1024;
-    let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
-    let gemm = time(repeats, || {
-        a.matmul(&b)?;
-        Ok(())
-    })?;
-    let gemm_flops = 2.0 * (n as f64).powi(3);
-    let gemm_rate = gemm_flops / gemm / 1e9;
+    let mut reference = Reference::new(&dev)?;
     let mut rows = Vec::new();
-    // Adds a row and returns its percentage of the GEMM rate.
-    let mut add = |name: &str, seconds: f64, images: Option<f64>, flops: f64| {
+    // Adds a row, compared with the GEMM timings taken between its own
+    // calls (`gemm` seconds), and returns its percentage of that rate.
+    let mut add = |name: &str, (seconds, gemm): (f64, f64), images: Option<f64>, flops: f64| {
         let gflop_per_s = flops / seconds / 1e9;
-        let percent_of_gemm = 100.0 * gflop_per_s / gemm_rate;
+        let percent_of_gemm = 100.0 * gflop_per_s / (Reference::flops() / gemm / 1e9);
         rows.push(Row {
             name: name.to_string(),
             seconds,
@@ -166,10 +234,10 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
             flops,
             gflop_per_s,
             percent_of_gemm,
+            gemm_seconds: gemm,
         });
         percent_of_gemm
     };
-    add("gemm 1024^3 (reference)", gemm, None, gemm_flops);
 
     // One process computes the whole grid, whatever `cluster.workers` says.
     let mut cfg = cfg.clone();
@@ -198,12 +266,12 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
                     c.model.levels
                 )
             })?;
-        let s = time(repeats, || {
+        let s = time(&mut reference, repeats, || {
             net.forward(&x)?;
             Ok(())
         })?;
         add(name, s, None, mlp_flops);
-        Ok(s)
+        Ok(s.0)
     };
     let mlp_per = mlp(&per, "bottom-up MLP, per-location weights")?;
     let mlp_shared = mlp(&shared, "bottom-up MLP, shared weights")?;
@@ -212,7 +280,7 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
     let images: Vec<_> = (0..batch).map(|i| data.train.get(i)).collect();
     let model = whole_model(&per)?;
     let input = make_batch(&per, &images, &model.tile.locs, 0, 0.0, &dev, DType::F32)?.input;
-    let settle = time(repeats, || {
+    let settle = time(&mut reference, repeats, || {
         model.settle(&input, EVAL_KEY, Mode::Inference, &mut NoHalo, false)?;
         Ok(())
     })?;
@@ -228,9 +296,9 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
     let mut local_step_percent_of_gemm = 0.0;
     let cases = preset::steps(cfg, preset);
     for (name, c) in &cases {
-        let (s, b) = step_seconds(name, c, repeats)?;
+        let (s, g, b) = step_seconds(&mut reference, name, c, repeats)?;
         let f = flops(c).train_step;
-        let percent = add(name, s, Some(batch as f64), f);
+        let percent = add(name, (s, g), Some(batch as f64), f);
         // The first of these rows is the per-location local step.
         if steps.is_empty() {
             local_step_percent_of_gemm = percent;
@@ -242,6 +310,20 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
         Some(why) => (None, Some(why)),
         None => (Some(halo::measure(&cases[0].1, repeats as u64 + 2)?), None),
     };
+    // The reference row: every GEMM timing of the run.
+    let gemm = median(&reference.samples);
+    rows.insert(
+        0,
+        Row {
+            name: "gemm 1024^3 (reference)".to_string(),
+            seconds: gemm,
+            images_per_s: None,
+            flops: Reference::flops(),
+            gflop_per_s: Reference::flops() / gemm / 1e9,
+            percent_of_gemm: 100.0,
+            gemm_seconds: gemm,
+        },
+    );
     let per_flop = |(s, f): (f64, f64)| s / f;
     let (first, last) = (steps[0], steps[steps.len() - 1]);
     let m = &cfg.model;
@@ -262,7 +344,7 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
         },
         threads: candle_core::utils::get_num_threads(),
         repeats,
-        gemm_gflop_per_s: gemm_rate,
+        gemm_gflop_per_s: Reference::flops() / gemm / 1e9,
         local_step_percent_of_gemm,
         per_location_over_shared_step: per_flop(first) / per_flop(last),
         per_location_over_shared_step_time: first.0 / last.0,

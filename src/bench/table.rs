@@ -42,20 +42,21 @@ pub(crate) fn table(r: &Report) -> String {
         .unwrap_or(3)
         .max(40);
     out.push_str(&format!(
-        "{:<width$} {:>10} {:>10} {:>9} {:>8}\n",
-        "row", "ms", "images/s", "GFLOP/s", "% GEMM"
+        "{:<width$} {:>10} {:>10} {:>9} {:>8} {:>8}\n",
+        "row", "ms", "images/s", "GFLOP/s", "% GEMM", "GEMM ms"
     ));
     for row in &r.rows {
         let images = row
             .images_per_s
             .map_or("-".to_string(), |v| format!("{v:.1}"));
         out.push_str(&format!(
-            "{:<width$} {:>10.2} {:>10} {:>9.2} {:>8.1}\n",
+            "{:<width$} {:>10.2} {:>10} {:>9.2} {:>8.1} {:>8.2}\n",
             row.name,
             row.seconds * 1e3,
             images,
             row.gflop_per_s,
-            row.percent_of_gemm
+            row.percent_of_gemm,
+            row.gemm_seconds * 1e3,
         ));
     }
     let against = match r.preset {
