@@ -94,29 +94,28 @@ struct Scratch {
 /// asked), all in f64.
 #[inline(always)]
 fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch) {
+    // One pass to widen and sum, one to centre and sum the squares (each
+    // sum in the same order as a pass of its own would take).
     s.c.clear();
-    s.c.extend(x.iter().map(|v| v.to_f64()));
+    s.c.resize(b * d, 0.0);
     s.mean.clear();
     s.mean.resize(d, 0.0);
-    for row in s.c.chunks_exact(d) {
-        for (m, &v) in s.mean.iter_mut().zip(row) {
-            *m += v;
+    for (row, xrow) in s.c.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        for ((c, m), &v) in row.iter_mut().zip(s.mean.iter_mut()).zip(xrow) {
+            *c = v.to_f64();
+            *m += *c;
         }
     }
     for m in &mut s.mean {
         *m /= b as f64;
     }
-    for row in s.c.chunks_exact_mut(d) {
-        for (v, &m) in row.iter_mut().zip(&s.mean) {
-            *v -= m;
-        }
-    }
     let norm = 1.0 / (b - 1) as f64;
     s.v.clear();
     s.v.resize(d, 0.0);
-    for row in s.c.chunks_exact(d) {
-        for (v, &c) in s.v.iter_mut().zip(row) {
-            *v += c * c;
+    for row in s.c.chunks_exact_mut(d) {
+        for ((c, &m), v) in row.iter_mut().zip(&s.mean).zip(s.v.iter_mut()) {
+            *c -= m;
+            *v += *c * *c;
         }
     }
     for v in &mut s.v {
@@ -133,12 +132,13 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
         super::locmm::gemm::<f64, 8>(b, d, b, &s.c, d, 1, &s.ct, &mut s.cov);
     } else if want_cov {
         // `C = c^T c`: each entry summed over the batch in ascending order
-        // by the register-blocked kernel of the per-location products. The
+        // by the register-blocked kernel of the per-location products (the
+        // blocks on and above the diagonal, the rest mirrored). The
         // diagonal is set to zero: neither the term nor its gradient reads
         // it, and the gradient's product then skips it for free.
         s.cov.clear();
         s.cov.resize(d * d, 0.0);
-        super::locmm::gemm::<f64, 8>(d, b, d, &s.c, 1, d, &s.c, &mut s.cov);
+        super::locmm::gemm_symmetric::<f64, 8>(d, b, &s.c, &mut s.cov);
         for (k, row) in s.cov.chunks_exact_mut(d).enumerate() {
             row[k] = 0.0;
             for v in row {
