@@ -477,87 +477,54 @@ pub(crate) trait Elem:
     );
 }
 
-impl Elem for f32 {
-    #[inline(always)]
-    fn mul_add(self, b: f32, c: f32) -> f32 {
-        f32::mul_add(self, b, c)
-    }
+/// [`Elem`] for a float type: its AVX-512 block width and AVX2 kernel.
+macro_rules! elem {
+    ($t:ty, $nr512:expr, $avx2:ident) => {
+        impl Elem for $t {
+            #[inline(always)]
+            fn mul_add(self, b: $t, c: $t) -> $t {
+                <$t>::mul_add(self, b, c)
+            }
 
-    fn gelu(v: &mut [f32], slope: Option<&mut [f32]>) {
-        super::cpu::dispatch(super::gelu::InPlace { v, slope })
-    }
+            fn gelu(v: &mut [$t], slope: Option<&mut [$t]>) {
+                super::cpu::dispatch(super::gelu::InPlace { v, slope })
+            }
 
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn gemm_avx512(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rs: usize,
-        cs: usize,
-        b: &[f32],
-        c: &mut [f32],
-        blocks: Blocks,
-    ) {
-        gemm_avx512::<f32, 32>(m, k, n, a, rs, cs, b, c, blocks)
-    }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn gemm_avx512(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: &[$t],
+                rs: usize,
+                cs: usize,
+                b: &[$t],
+                c: &mut [$t],
+                blocks: Blocks,
+            ) {
+                gemm_avx512::<$t, $nr512>(m, k, n, a, rs, cs, b, c, blocks)
+            }
 
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn gemm_avx2(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        rs: usize,
-        cs: usize,
-        b: &[f32],
-        c: &mut [f32],
-        blocks: Blocks,
-    ) {
-        avx2::gemm_f32(m, k, n, a, rs, cs, b, c, blocks)
-    }
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn gemm_avx2(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: &[$t],
+                rs: usize,
+                cs: usize,
+                b: &[$t],
+                c: &mut [$t],
+                blocks: Blocks,
+            ) {
+                avx2::$avx2(m, k, n, a, rs, cs, b, c, blocks)
+            }
+        }
+    };
 }
 
-impl Elem for f64 {
-    #[inline(always)]
-    fn mul_add(self, b: f64, c: f64) -> f64 {
-        f64::mul_add(self, b, c)
-    }
-
-    fn gelu(v: &mut [f64], slope: Option<&mut [f64]>) {
-        super::cpu::dispatch(super::gelu::InPlace { v, slope })
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn gemm_avx512(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f64],
-        rs: usize,
-        cs: usize,
-        b: &[f64],
-        c: &mut [f64],
-        blocks: Blocks,
-    ) {
-        gemm_avx512::<f64, 16>(m, k, n, a, rs, cs, b, c, blocks)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn gemm_avx2(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f64],
-        rs: usize,
-        cs: usize,
-        b: &[f64],
-        c: &mut [f64],
-        blocks: Blocks,
-    ) {
-        avx2::gemm_f64(m, k, n, a, rs, cs, b, c, blocks)
-    }
-}
+elem!(f32, 32, gemm_f32);
+elem!(f64, 16, gemm_f64);
 
 /// Multiply-adds below which a call stays on the calling thread.
 const PARALLEL_WORK: usize = 1 << 16;
