@@ -85,9 +85,7 @@ pub(crate) fn run(
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
-    let file = json
-        .map(|p| std::fs::File::create(p).with_context(|| format!("--json {}", p.display())))
-        .transpose()?;
+    let out = crate::bench::JsonOut::create(json)?;
     let (text, value) = match args.scale {
         Some(Scale::Grid) => {
             let g = grid(args, config, repeats)?;
@@ -116,12 +114,7 @@ pub(crate) fn run(
         None => bail!("glom bench: --scale needs one of grid, coordinator, halo"),
     };
     print!("{text}");
-    if let (Some(mut f), Some(path)) = (file, json) {
-        use std::io::Write;
-        serde_json::to_writer_pretty(&mut f, &value)?;
-        writeln!(f).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    out.map_or(Ok(()), |o| o.write(&value))
 }
 
 fn or_default(given: &[usize], default: &[usize]) -> Vec<usize> {

@@ -558,6 +558,27 @@ fn check_breakdown_and_halo(r: &Value, out: &str, steps: usize) {
     );
 }
 
+/// A `glom bench` that fails after it started leaves an earlier `--json`
+/// file as it was, and no partial file beside it.
+#[test]
+fn a_failed_bench_keeps_the_earlier_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    std::fs::write(&json, "{\"earlier\": true}\n").unwrap();
+    let mut sets = TINY.to_vec();
+    // One level: no bottom-up net to time, found only while measuring.
+    sets.push("model.levels=1");
+    let err = failure(&glom(
+        &["bench", "--repeats", "1", "--json", json.to_str().unwrap()],
+        &sets,
+        &[],
+    ));
+    assert!(err.contains("at least 2 levels"), "{err}");
+    assert_eq!(read_json(&json)["earlier"], Value::Bool(true));
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only bench.json is left: {left:?}");
+}
+
 /// `glom bench` measures every row on a tiny model and writes them as JSON:
 /// the GEMM reference at 100%, positive rates, and the exact FLOP counts.
 #[test]

@@ -1184,7 +1184,8 @@ impl Config {
             || {
                 format!(
                     "{workers} workers need model.weights = \"per_location\": shared weights \
-                     would need gradients to cross the network; use 1 worker"
+                     would need gradients to cross the network; use 1 worker \
+                     (`--workers 1`, or cluster.workers = 1 in the config)"
                 )
             },
         )?;
@@ -1194,7 +1195,8 @@ impl Config {
             || {
                 format!(
                     "{workers} workers need train.learning = \"local\": backpropagation through \
-                 time would send gradients through the halo; use 1 worker"
+                 time would send gradients through the halo; use 1 worker \
+                 (`--workers 1`, or cluster.workers = 1 in the config)"
                 )
             },
         )?;

@@ -34,7 +34,7 @@ mod parts;
 mod preset;
 mod table;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -153,11 +153,17 @@ impl Reference {
     }
 }
 
-/// Median of a non-empty slice.
+/// Median of a non-empty slice (the mean of the middle two for an even
+/// count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let h = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[h - 1] + v[h]) / 2.0
+    } else {
+        v[h]
+    }
 }
 
 /// `repeats` timed calls of `f`, each after one GEMM reference timing.
@@ -189,7 +195,7 @@ fn time(
 ) -> Result<(f64, f64)> {
     f()?;
     let (s, g) = timed(reference, repeats, f)?;
-    Ok((s[s.len() / 2], g))
+    Ok((median(&s), g))
 }
 
 /// Median seconds of one training step of `cfg` (a fresh model, after one
@@ -213,7 +219,7 @@ fn step_seconds(
     })?;
     let total = s.iter().sum();
     let b = parts::breakdown(name, &trainer.model.profile, repeats, total);
-    Ok((s[s.len() / 2], g, b))
+    Ok((median(&s), g, b))
 }
 
 /// Run every row for `cfg` (with `preset`'s steps) and return the report.
@@ -363,17 +369,82 @@ pub(crate) fn run(
     repeats: usize,
     json: Option<&Path>,
 ) -> Result<()> {
-    // Open the JSON file first: a path that cannot be written fails now,
-    // not after the measuring.
-    let file = json
-        .map(|p| std::fs::File::create(p).with_context(|| format!("--json {}", p.display())))
-        .transpose()?;
+    let out = JsonOut::create(json)?;
     let report = measure(cfg, preset, repeats)?;
     print!("{}", table::table(&report));
-    if let (Some(mut f), Some(path)) = (file, json) {
-        use std::io::Write;
-        serde_json::to_writer_pretty(&mut f, &report)?;
-        writeln!(f).with_context(|| format!("writing {}", path.display()))?;
+    out.map_or(Ok(()), |o| o.write(&report))
+}
+
+/// Where `--json FILE` goes. The path is tried before the measuring (one
+/// that cannot be written fails at once), and FILE is replaced only when
+/// the measuring succeeded: the figures go to `FILE.partial` beside it,
+/// then over FILE in one rename, so a failed run leaves an earlier FILE as
+/// it was (and removes its partial file).
+pub(crate) struct JsonOut {
+    path: PathBuf,
+    partial: PathBuf,
+    file: Option<std::fs::File>,
+    /// The partial file was renamed over the path.
+    done: bool,
+}
+
+impl JsonOut {
+    /// Opens `FILE.partial` for `path`, if any.
+    ///
+    /// # Errors
+    /// The path is a directory or has no file name, or its partial file
+    /// cannot be created (the message names `--json` and the path).
+    pub(crate) fn create(path: Option<&Path>) -> Result<Option<Self>> {
+        let Some(path) = path else { return Ok(None) };
+        if path.is_dir() {
+            anyhow::bail!("--json {}: is a directory", path.display());
+        }
+        let mut name = path
+            .file_name()
+            .with_context(|| format!("--json {}: not a file name", path.display()))?
+            .to_os_string();
+        name.push(".partial");
+        let partial = path.with_file_name(name);
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("--json {}", path.display()))?;
+        Ok(Some(Self {
+            path: path.to_path_buf(),
+            partial,
+            file: Some(file),
+            done: false,
+        }))
     }
-    Ok(())
+
+    /// Writes `value` as pretty JSON and puts it in place.
+    ///
+    /// # Errors
+    /// Writing or renaming fails (the message names the path).
+    pub(crate) fn write(mut self, value: &impl Serialize) -> Result<()> {
+        use std::io::Write;
+        let mut f = self.file.take().expect("written once");
+        serde_json::to_writer_pretty(&mut f, value)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(writeln!(f)?))
+            .and_then(|()| Ok(f.sync_all()?))
+            .with_context(|| format!("writing {}", self.partial.display()))?;
+        std::fs::rename(&self.partial, &self.path).with_context(|| {
+            format!(
+                "moving {} to {}",
+                self.partial.display(),
+                self.path.display()
+            )
+        })?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for JsonOut {
+    fn drop(&mut self) {
+        // The run or the writing failed: an earlier FILE stays as it was,
+        // and the partial file goes.
+        if !self.done {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
 }
