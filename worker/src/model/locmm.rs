@@ -750,8 +750,9 @@ mod avx2 {
 
     /// One kernel per element type: `$w` lanes a vector and its intrinsics.
     macro_rules! kernel {
-        ($gemm:ident, $block:ident, $t:ty, $w:expr, $zero:ident, $load:ident, $store:ident,
-         $splat:ident, $fma:ident) => {
+        ($gemm:ident, $block:ident, $edge:ident, $mask:ident, $t:ty, $w:expr, $zero:ident,
+         $load:ident, $store:ident, $maskload:ident, $maskstore:ident, $splat:ident,
+         $fma:ident) => {
             /// `C [m, n] = A [m, k] @ B [k, n]` as [`super::gemm`] (same
             /// arguments, same bits), for the blocks `blocks` says.
             ///
@@ -799,10 +800,70 @@ mod avx2 {
                     }
                     i0 += rows;
                 }
-                if n_full < n {
-                    for i in 0..m {
-                        super::edge_row(i, n_full, k, n, a, rs, cs, b, c);
+                // The ragged right edge, one vector (or part of one) wide
+                // at a time: the accumulators stay in registers as in the
+                // blocks (a row-by-row loop through memory had made d = 24
+                // run at half the speed of d = 32).
+                for j0 in (n_full..n).step_by($w) {
+                    let mask = $mask((n - j0).min($w));
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let rows = (m - i0).min(MR);
+                        // SAFETY: as above; the lanes past column n are
+                        // masked out of every load and store.
+                        unsafe {
+                            let (a, b, c) = (ap.add(i0 * rs), bp.add(j0), cp.add(i0 * n + j0));
+                            match rows {
+                                6 => $edge::<6>(k, n, a, rs, cs, b, c, mask),
+                                5 => $edge::<5>(k, n, a, rs, cs, b, c, mask),
+                                4 => $edge::<4>(k, n, a, rs, cs, b, c, mask),
+                                3 => $edge::<3>(k, n, a, rs, cs, b, c, mask),
+                                2 => $edge::<2>(k, n, a, rs, cs, b, c, mask),
+                                _ => $edge::<1>(k, n, a, rs, cs, b, c, mask),
+                            }
+                        }
+                        i0 += rows;
                     }
+                }
+            }
+
+            /// `R` rows by the lanes of one vector that `mask` keeps, as
+            /// [`$block`] computes each of its columns.
+            ///
+            /// # Safety
+            /// AVX and FMA; every element of a kept lane is in bounds.
+            #[target_feature(enable = "avx,fma")]
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $edge<const R: usize>(
+                k: usize,
+                n: usize,
+                a: *const $t,
+                rs: usize,
+                cs: usize,
+                b: *const $t,
+                c: *mut $t,
+                mask: __m256i,
+            ) {
+                let mut acc = [$zero(); R];
+                let (mut a, mut b) = (a, b);
+                for _ in 0..k {
+                    // SAFETY: the caller's bounds; masked lanes are not
+                    // read.
+                    unsafe {
+                        let bv = $maskload(b, mask);
+                        for r in 0..R {
+                            let av = $splat(&*a.add(r * rs));
+                            acc[r] = $fma(av, bv, acc[r]);
+                        }
+                    }
+                    a = a.wrapping_add(cs);
+                    b = b.wrapping_add(n);
+                }
+                for (r, acc) in acc.into_iter().enumerate() {
+                    // SAFETY: the caller's bounds; masked lanes are not
+                    // written.
+                    unsafe { $maskstore(c.add(r * n), mask, acc) };
                 }
             }
 
@@ -853,25 +914,49 @@ mod avx2 {
         };
     }
 
+    /// A mask keeping the first `cols` (1..=8) of eight f32 lanes.
+    #[target_feature(enable = "avx")]
+    fn mask_f32(cols: usize) -> __m256i {
+        let m: [i32; 8] = std::array::from_fn(|i| if i < cols { -1 } else { 0 });
+        // SAFETY: `m` is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
+    }
+
+    /// A mask keeping the first `cols` (1..=4) of four f64 lanes.
+    #[target_feature(enable = "avx")]
+    fn mask_f64(cols: usize) -> __m256i {
+        let m: [i64; 4] = std::array::from_fn(|i| if i < cols { -1 } else { 0 });
+        // SAFETY: `m` is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
+    }
+
     kernel!(
         gemm_f32,
         block_f32,
+        edge_f32,
+        mask_f32,
         f32,
         8,
         _mm256_setzero_ps,
         _mm256_loadu_ps,
         _mm256_storeu_ps,
+        _mm256_maskload_ps,
+        _mm256_maskstore_ps,
         _mm256_broadcast_ss,
         _mm256_fmadd_ps
     );
     kernel!(
         gemm_f64,
         block_f64,
+        edge_f64,
+        mask_f64,
         f64,
         4,
         _mm256_setzero_pd,
         _mm256_loadu_pd,
         _mm256_storeu_pd,
+        _mm256_maskload_pd,
+        _mm256_maskstore_pd,
         _mm256_broadcast_sd,
         _mm256_fmadd_pd
     );
