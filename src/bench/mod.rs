@@ -143,6 +143,11 @@ impl Reference {
         2.0 * (Self::N as f64).powi(3)
     }
 
+    /// GFLOP/s of one product that took `seconds`.
+    fn rate(seconds: f64) -> f64 {
+        Self::flops() / seconds / 1e9
+    }
+
     /// Time one product; returns its seconds.
     fn sample(&mut self) -> Result<f64> {
         let t = Instant::now();
@@ -167,8 +172,8 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// `repeats` timed calls of `f`, each after one GEMM reference timing.
-/// Returns the calls' seconds, sorted, and the median seconds of the GEMM
-/// timings taken between them.
+/// Returns the calls' seconds, in order, and the median seconds of the
+/// GEMM timings taken between them.
 fn timed(
     reference: &mut Reference,
     repeats: usize,
@@ -182,7 +187,6 @@ fn timed(
         f()?;
         s.push(t.elapsed().as_secs_f64());
     }
-    s.sort_by(f64::total_cmp);
     Ok((s, median(&g)))
 }
 
@@ -232,7 +236,7 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
     // calls (`gemm` seconds), and returns its percentage of that rate.
     let mut add = |name: &str, (seconds, gemm): (f64, f64), images: Option<f64>, flops: f64| {
         let gflop_per_s = flops / seconds / 1e9;
-        let percent_of_gemm = 100.0 * gflop_per_s / (Reference::flops() / gemm / 1e9);
+        let percent_of_gemm = 100.0 * gflop_per_s / Reference::rate(gemm);
         rows.push(Row {
             name: name.to_string(),
             seconds,
@@ -325,7 +329,7 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
             seconds: gemm,
             images_per_s: None,
             flops: Reference::flops(),
-            gflop_per_s: Reference::flops() / gemm / 1e9,
+            gflop_per_s: Reference::rate(gemm),
             percent_of_gemm: 100.0,
             gemm_seconds: gemm,
         },
@@ -350,7 +354,7 @@ pub(crate) fn measure(cfg: &Config, preset: Option<Preset>, repeats: usize) -> R
         },
         threads: candle_core::utils::get_num_threads(),
         repeats,
-        gemm_gflop_per_s: Reference::flops() / gemm / 1e9,
+        gemm_gflop_per_s: Reference::rate(gemm),
         local_step_percent_of_gemm,
         per_location_over_shared_step: per_flop(first) / per_flop(last),
         per_location_over_shared_step_time: first.0 / last.0,
@@ -383,7 +387,7 @@ pub(crate) fn run(
 pub(crate) struct JsonOut {
     path: PathBuf,
     partial: PathBuf,
-    file: Option<std::fs::File>,
+    file: std::fs::File,
     /// The partial file was renamed over the path.
     done: bool,
 }
@@ -410,7 +414,7 @@ impl JsonOut {
         Ok(Some(Self {
             path: path.to_path_buf(),
             partial,
-            file: Some(file),
+            file,
             done: false,
         }))
     }
@@ -421,8 +425,8 @@ impl JsonOut {
     /// Writing or renaming fails (the message names the path).
     pub(crate) fn write(mut self, value: &impl Serialize) -> Result<()> {
         use std::io::Write;
-        let mut f = self.file.take().expect("written once");
-        serde_json::to_writer_pretty(&mut f, value)
+        let mut f = &self.file;
+        serde_json::to_writer_pretty(f, value)
             .map_err(anyhow::Error::from)
             .and_then(|()| Ok(writeln!(f)?))
             .and_then(|()| Ok(f.sync_all()?))

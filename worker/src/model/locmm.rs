@@ -748,6 +748,21 @@ mod avx2 {
     /// Rows of the register block.
     const MR: usize = 6;
 
+    /// `$kernel::<rows>(args)` for a row count of 1 to [`MR`] known only
+    /// at run time (each count its own unrolled kernel).
+    macro_rules! by_rows {
+        ($rows:expr, $kernel:ident($($arg:expr),*)) => {
+            match $rows {
+                6 => $kernel::<6>($($arg),*),
+                5 => $kernel::<5>($($arg),*),
+                4 => $kernel::<4>($($arg),*),
+                3 => $kernel::<3>($($arg),*),
+                2 => $kernel::<2>($($arg),*),
+                _ => $kernel::<1>($($arg),*),
+            }
+        };
+    }
+
     /// One kernel per element type: `$w` lanes a vector and its intrinsics.
     macro_rules! kernel {
         ($gemm:ident, $block:ident, $edge:ident, $mask:ident, $t:ty, $w:expr, $zero:ident,
@@ -776,6 +791,11 @@ mod avx2 {
                 let nr = 2 * $w;
                 let n_full = n - n % nr;
                 let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                // Each block of up to MR rows: its two-vector column
+                // blocks, then the ragged right edge one vector (or part
+                // of one) at a time, the accumulators in registers as in
+                // the blocks (a row-by-row loop through memory had made
+                // d = 24 run at half the speed of d = 32).
                 let mut i0 = 0;
                 while i0 < m {
                     let rows = (m - i0).min(MR);
@@ -788,42 +808,19 @@ mod avx2 {
                         // the assertions above.
                         unsafe {
                             let (a, b, c) = (ap.add(i0 * rs), bp.add(j0), cp.add(i0 * n + j0));
-                            match rows {
-                                6 => $block::<6>(k, n, a, rs, cs, b, c),
-                                5 => $block::<5>(k, n, a, rs, cs, b, c),
-                                4 => $block::<4>(k, n, a, rs, cs, b, c),
-                                3 => $block::<3>(k, n, a, rs, cs, b, c),
-                                2 => $block::<2>(k, n, a, rs, cs, b, c),
-                                _ => $block::<1>(k, n, a, rs, cs, b, c),
-                            }
+                            by_rows!(rows, $block(k, n, a, rs, cs, b, c))
                         }
                     }
-                    i0 += rows;
-                }
-                // The ragged right edge, one vector (or part of one) wide
-                // at a time: the accumulators stay in registers as in the
-                // blocks (a row-by-row loop through memory had made d = 24
-                // run at half the speed of d = 32).
-                for j0 in (n_full..n).step_by($w) {
-                    let mask = $mask((n - j0).min($w));
-                    let mut i0 = 0;
-                    while i0 < m {
-                        let rows = (m - i0).min(MR);
+                    for j0 in (n_full..n).step_by($w) {
+                        let mask = $mask((n - j0).min($w));
                         // SAFETY: as above; the lanes past column n are
                         // masked out of every load and store.
                         unsafe {
                             let (a, b, c) = (ap.add(i0 * rs), bp.add(j0), cp.add(i0 * n + j0));
-                            match rows {
-                                6 => $edge::<6>(k, n, a, rs, cs, b, c, mask),
-                                5 => $edge::<5>(k, n, a, rs, cs, b, c, mask),
-                                4 => $edge::<4>(k, n, a, rs, cs, b, c, mask),
-                                3 => $edge::<3>(k, n, a, rs, cs, b, c, mask),
-                                2 => $edge::<2>(k, n, a, rs, cs, b, c, mask),
-                                _ => $edge::<1>(k, n, a, rs, cs, b, c, mask),
-                            }
+                            by_rows!(rows, $edge(k, n, a, rs, cs, b, c, mask))
                         }
-                        i0 += rows;
                     }
+                    i0 += rows;
                 }
             }
 
