@@ -370,7 +370,14 @@ impl Trainer {
         let prof = &self.model.profile;
         let batch = prof.time(Part::Batch, || {
             let idx = batch_indices(cfg, self.step, self.data.len());
-            let sequences: Vec<Vec<Image>> = idx.iter().map(|&i| self.data.sequence(i)).collect();
+            // Each image drawn by one thread of the pool (an image depends
+            // only on its index, so the batch is the same however they are
+            // shared out).
+            let mut sequences: Vec<Vec<Image>> = vec![Vec::new(); idx.len()];
+            let data = &self.data;
+            crate::model::for_each_chunk(&mut sequences, 1, true, |i, seq, _: &mut ()| {
+                seq[0] = data.sequence(idx[i]);
+            });
             make_sequence_batch(
                 cfg,
                 &sequences,

@@ -301,10 +301,6 @@ fn run<T: Elem>(op: &Lateral, dims: Dims, e: &[T], src: &[T], pad: &[T]) -> Resu
         candle_core::bail!("lateral: neighbour index {bad} out of range for {s} source rows");
     }
     let plane = b * d;
-    let mut out = vec![T::default(); p * plane];
-    if out.is_empty() {
-        return Ok(out);
-    }
     let kernel = Kernel {
         dims,
         idx: &op.idx,
@@ -314,10 +310,12 @@ fn run<T: Elem>(op: &Lateral, dims: Dims, e: &[T], src: &[T], pad: &[T]) -> Resu
         mul: T::from_f64(op.mul),
     };
     let parallel = p > 1 && p * n * plane > PARALLEL_WORK;
-    super::cpu::for_each_chunk(&mut out, plane, parallel, |loc, o, scratch| {
-        kernel.dispatch(loc, o, scratch)
-    });
-    Ok(out)
+    Ok(super::cpu::fresh(
+        p * plane,
+        plane,
+        parallel,
+        |loc, o, scratch| kernel.dispatch(loc, o, scratch),
+    ))
 }
 
 /// The gradients of [`run`]'s output for `dout [P, B, d]`: with `w` the
@@ -352,9 +350,8 @@ fn run_grad<T: Elem>(
     let pad: Vec<T> = op.pad.iter().map(|&v| T::from_f64(v)).collect();
     // Per location: d e [B, d], then the weights and ds, [n, B] each.
     let per_loc = plane + 2 * n * b;
-    let mut first = vec![T::default(); p * per_loc];
     let parallel = p > 1 && p * n * plane > PARALLEL_WORK;
-    super::cpu::for_each_chunk(&mut first, per_loc, parallel, |loc, out, scratch| {
+    let first = super::cpu::fresh(p * per_loc, per_loc, parallel, |loc, out, scratch| {
         let nb = &op.idx[loc * n..(loc + 1) * n];
         let q = &e[loc * plane..(loc + 1) * plane];
         let go = &dout[loc * plane..(loc + 1) * plane];

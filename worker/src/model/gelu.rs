@@ -170,12 +170,10 @@ fn map<T: Copy + Default + Send + Sync>(
     b: Option<&[T]>,
     f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync,
 ) -> Vec<T> {
-    let mut out = vec![T::default(); a.len()];
-    super::cpu::for_each_chunk(&mut out, BLOCK, true, |i, o, _: &mut ()| {
+    super::cpu::fresh(a.len(), BLOCK, true, |i, o, _: &mut ()| {
         let (lo, hi) = (i * BLOCK, i * BLOCK + o.len());
         f(&a[lo..hi], b.map(|b| &b[lo..hi]), o)
-    });
-    out
+    })
 }
 
 /// GELU's f32 value (`grad` false; `b` unused) or `b * gelu'(a)` (`grad`)

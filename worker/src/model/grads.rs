@@ -101,13 +101,32 @@ pub(crate) fn sink(param: &Tensor, grad: Option<Tensor>) -> Result<Option<Tensor
             return Ok(Some(grad));
         };
         match sums.entry(param.id()) {
-            Entry::Occupied(sum) => sum.get().inplace_op2(&grad, &AddInPlace)?,
+            // An empty parameter's gradients have nothing to add (and
+            // candle refuses to write into an empty tensor in place).
+            Entry::Occupied(sum) if grad.elem_count() > 0 => {
+                sum.get().inplace_op2(&grad, &AddInPlace)?
+            }
+            Entry::Occupied(_) => {}
             Entry::Vacant(slot) => {
                 slot.insert(grad);
             }
         }
         Ok(None)
     })
+}
+
+/// [`sink`] for the gradient of a parameter that a node holds rather than
+/// takes as an argument (so candle could not take the gradient back): an
+/// error naming `op` if no sink is open to take it (a plain
+/// `Tensor::backward` rather than [`backward`]).
+pub(crate) fn sink_held(param: &Tensor, grad: Option<Tensor>, op: &str) -> Result<()> {
+    match sink(param, grad)? {
+        None => Ok(()),
+        Some(_) => candle_core::bail!(
+            "{op}: the gradient of a parameter it holds needs the sink of model::backward, \
+             not a plain Tensor::backward"
+        ),
+    }
 }
 
 /// Elements per thread's piece of work.

@@ -193,11 +193,11 @@ impl CustomOp2 for LocMatmul {
         let storage = match (s1, s2) {
             (CpuStorage::F32(s1), CpuStorage::F32(s2)) => {
                 let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b, None, Act::None).0)
+                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b, None, Act::None, None).0)
             }
             (CpuStorage::F64(s1), CpuStorage::F64(s2)) => {
                 let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b, None, Act::None).0)
+                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b, None, Act::None, None).0)
             }
             _ => candle_core::bail!(
                 "{}: unsupported dtypes {:?} and {:?}",
@@ -264,7 +264,7 @@ impl LocAffine {
             Some(s) if s.keep => Act::GeluKeepSlope,
             Some(_) => Act::Gelu,
         };
-        let (out, slope) = run::<T, NR>(Product::Forward, dims, x, w, Some(b), act);
+        let (out, slope) = run::<T, NR>(Product::Forward, dims, x, w, Some(b), act, None);
         if let (Some(s), Some(slope)) = (&self.gelu, slope) {
             let t = Tensor::from_vec(slope, (dims.p, dims.m, dims.n), &candle_core::Device::Cpu)?;
             *s.kept
@@ -374,6 +374,305 @@ impl CustomOp3 for LocAffine {
     }
 }
 
+/// `gelu(x[p] @ w1[p] + b1[p]) @ w2[p] + b2[p]`, a whole per-location
+/// MLP as one graph node (shapes as [`loc_affine`]: `x [P, B, in]`, `w1
+/// [P, in, h]`, `b1 [P, 1, h]`, `w2 [P, h, out]`, `b2 [P, 1, out]`,
+/// giving `[P, B, out]`). As two nodes ([`loc_affine_gelu`], then
+/// [`loc_affine`]), candle's backward made the hidden layer's gradient a
+/// buffer of zeros plus the incoming one, then multiplied it by GELU's
+/// slope in another pass; here the backward takes the product through the
+/// slope in the same pass as `dy @ w2^T`, with the same roundings (so the
+/// same bits: `(0 + g) * slope`), and the hidden layer has no node.
+///
+/// The biases are held by the node rather than passed as its arguments
+/// (candle's custom ops take three), so their gradients go to the sink of
+/// [`super::grads::backward`], which every training step's backward runs
+/// through; a backward outside it is an error naming this op. A bias
+/// that takes a gradient but is not a variable (so no sink could take
+/// its gradient), and unsupported dtypes, devices or shapes, take the two
+/// nodes.
+pub(crate) fn loc_mlp_gelu(
+    x: &Tensor,
+    w1: &Tensor,
+    b1: &Tensor,
+    w2: &Tensor,
+    b2: &Tensor,
+) -> Result<Tensor> {
+    let held = |b: &Tensor| (b.is_variable() || !b.track_op()) && b.is_contiguous();
+    if !mlp_supported(x, w1, b1, w2, b2)? || !held(b1) || !held(b2) {
+        return loc_affine(&loc_affine_gelu(x, w1, b1)?, w2, b2);
+    }
+    x.contiguous()?.apply_op3(
+        &w1.contiguous()?,
+        &w2.contiguous()?,
+        LocMlp {
+            b1: b1.clone(),
+            b2: b2.clone(),
+            keep: x.track_op() || w1.track_op() || b1.track_op() || w2.track_op() || b2.track_op(),
+            kept: std::sync::Mutex::new(None),
+        },
+    )
+}
+
+/// Whether [`LocMlp`] takes `x [P, B, in]`, `w1 [P, in, h]`, `b1 [P, 1,
+/// h]`, `w2 [P, h, out]` and `b2 [P, 1, out]`.
+fn mlp_supported(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Result<bool> {
+    if !affine_supported(x, w1, b1)? {
+        return Ok(false);
+    }
+    let (p, _, hidden) = w1.dims3()?;
+    let (p2, h2, out) = w2.dims3()?;
+    Ok(p == p2
+        && hidden == h2
+        && w2.dtype() == x.dtype()
+        && b2.dtype() == x.dtype()
+        && w2.device().is_cpu()
+        && b2.device().is_cpu()
+        && b2.dims() == [p, 1, out])
+}
+
+/// [`loc_mlp_gelu`]'s op: `(x, w1, w2) -> gelu(x @ w1 + b1) @ w2 + b2`.
+struct LocMlp {
+    b1: Tensor,
+    b2: Tensor,
+    /// Keep the hidden layer and GELU's slope for the backward.
+    keep: bool,
+    /// `(hidden, slope)`, `[P, B, h]` each, once the forward pass ran.
+    kept: std::sync::Mutex<Option<(Tensor, Tensor)>>,
+}
+
+impl LocMlp {
+    /// The forward pass of one dtype: the two products of
+    /// [`loc_affine_gelu`] and [`loc_affine`], the same calls.
+    fn forward<T: Elem + candle_core::WithDType, const NR: usize>(
+        &self,
+        (x, xl): (&[T], &Layout),
+        (w1, l1): (&[T], &Layout),
+        (w2, l2): (&[T], &Layout),
+    ) -> Result<(Vec<T>, Shape)> {
+        let (p, m, k) = xl.shape().dims3()?;
+        let (_, _, hidden) = l1.shape().dims3()?;
+        let (_, _, n) = l2.shape().dims3()?;
+        let first = Dims {
+            p,
+            m,
+            k,
+            n: hidden,
+            a_len: m * k,
+            b_len: k * hidden,
+        };
+        let second = Dims {
+            p,
+            m,
+            k: hidden,
+            n,
+            a_len: m * hidden,
+            b_len: hidden * n,
+        };
+        let act = if self.keep {
+            Act::GeluKeepSlope
+        } else {
+            Act::Gelu
+        };
+        let (h, slope) = with_cpu(&self.b1, |b1: &[T]| {
+            run::<T, NR>(Product::Forward, first, x, w1, Some(b1), act, None)
+        })?;
+        let (y, _) = with_cpu(&self.b2, |b2: &[T]| {
+            run::<T, NR>(Product::Forward, second, &h, w2, Some(b2), Act::None, None)
+        })?;
+        if let Some(slope) = slope {
+            let cpu = candle_core::Device::Cpu;
+            let h = Tensor::from_vec(h, (p, m, hidden), &cpu)?;
+            let slope = Tensor::from_vec(slope, (p, m, hidden), &cpu)?;
+            *self.kept.lock().map_err(|_| lock_error())? = Some((h, slope));
+        }
+        Ok((y, Shape::from((p, m, n))))
+    }
+}
+
+fn lock_error() -> candle_core::Error {
+    candle_core::Error::Msg("loc-mlp-gelu: lock poisoned".into())
+}
+
+/// `f` on the elements of contiguous CPU tensor `t` of element type `T`.
+fn with_cpu<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("loc-mlp-gelu: tensors must be on the CPU");
+    };
+    let all = cpu.as_slice::<T>()?;
+    Ok(f(super::cpu::contiguous(all, layout, "loc-mlp-gelu")?))
+}
+
+impl CustomOp3 for LocMlp {
+    fn name(&self) -> &'static str {
+        "loc-mlp-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, _, k) = l1.shape().dims3()?;
+        let (p1, k1, hidden) = l2.shape().dims3()?;
+        let (p2, h2, n) = l3.shape().dims3()?;
+        if p != p1 || p != p2 || k != k1 || hidden != h2 {
+            candle_core::bail!(
+                "loc-mlp-gelu: incompatible shapes {:?}, {:?} and {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        if self.b1.dims() != [p, 1, hidden] || self.b2.dims() != [p, 1, n] {
+            candle_core::bail!(
+                "loc-mlp-gelu: biases {:?} and {:?} for {p} locations, {hidden} hidden, {n} out",
+                self.b1.dims(),
+                self.b2.dims()
+            );
+        }
+        let op = LocMatmul(Product::Forward);
+        Ok(match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w1), CpuStorage::F32(w2)) => {
+                let (y, shape) = self.forward::<f32, 16>(
+                    (slice(&op, x, l1)?, l1),
+                    (slice(&op, w1, l2)?, l2),
+                    (slice(&op, w2, l3)?, l3),
+                )?;
+                (CpuStorage::F32(y), shape)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w1), CpuStorage::F64(w2)) => {
+                let (y, shape) = self.forward::<f64, 8>(
+                    (slice(&op, x, l1)?, l1),
+                    (slice(&op, w1, l2)?, l2),
+                    (slice(&op, w2, l3)?, l3),
+                )?;
+                (CpuStorage::F64(y), shape)
+            }
+            _ => candle_core::bail!(
+                "loc-mlp-gelu: unsupported dtypes {:?}, {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        })
+    }
+
+    /// The backward of the two nodes it replaces, in their order: the
+    /// second layer's (`dw2`, `db2`, and `dh = dy @ w2^T` taken through
+    /// GELU's slope), then the first's (`dx`, `dw1`, `db1`), each weight's
+    /// and bias's gradient handed to the sink in that order.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w1: &Tensor,
+        w2: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let kept = self.kept.lock().map_err(|_| lock_error())?.clone();
+        let Some((h, slope)) = kept else {
+            candle_core::bail!("loc-mlp-gelu: no hidden layer kept for the backward pass");
+        };
+        let dy = dy.contiguous()?;
+        let dw2 = if w2.track_op() {
+            Some(h.apply_op2_no_bwd(&dy, &LocMatmul(Product::GradW))?)
+        } else {
+            None
+        };
+        let dw2 = super::grads::sink(w2, dw2)?;
+        let db2 = if self.b2.track_op() {
+            Some(dy.apply_op1_no_bwd(&BatchSum)?)
+        } else {
+            None
+        };
+        super::grads::sink_held(&self.b2, db2, self.name())?;
+        if !(x.track_op() || w1.track_op() || self.b1.track_op()) {
+            return Ok((None, None, dw2));
+        }
+        let through = dy.apply_op3_no_bwd(w2, &slope, &GradThroughSlope)?;
+        let (dx, dw1) = loc_matmul_grads(x, w1, &through)?;
+        let dw1 = super::grads::sink(w1, dw1)?;
+        let db1 = if self.b1.track_op() {
+            Some(through.apply_op1_no_bwd(&BatchSum)?)
+        } else {
+            None
+        };
+        super::grads::sink_held(&self.b1, db1, self.name())?;
+        Ok((dx, dw1, dw2))
+    }
+}
+
+/// `(dy [P, B, out], w [P, h, out], slope [P, B, h]) -> (0 + dy @ w^T) *
+/// slope`: the gradient of a hidden GELU layer's input (see [`run`]'s
+/// `times`).
+struct GradThroughSlope;
+
+impl CustomOp3 for GradThroughSlope {
+    fn name(&self) -> &'static str {
+        "loc-grad-through-slope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, m, n) = l1.shape().dims3()?;
+        let (p2, k, n2) = l2.shape().dims3()?;
+        if p != p2 || n != n2 || l3.shape().dims() != [p, m, k] {
+            candle_core::bail!(
+                "{}: incompatible shapes {:?}, {:?} and {:?}",
+                self.name(),
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        // GradX's sizes: C [m, k] = dy [m, n] @ w^T [n, k].
+        let dims = Dims {
+            p,
+            m,
+            k: n,
+            n: k,
+            a_len: m * n,
+            b_len: k * n,
+        };
+        let op = LocMatmul(Product::GradX);
+        let storage = match (s1, s2, s3) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(t)) => {
+                let (a, b, t) = (slice(&op, a, l1)?, slice(&op, b, l2)?, slice(&op, t, l3)?);
+                CpuStorage::F32(
+                    run::<f32, 16>(Product::GradX, dims, a, b, None, Act::None, Some(t)).0,
+                )
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(t)) => {
+                let (a, b, t) = (slice(&op, a, l1)?, slice(&op, b, l2)?, slice(&op, t, l3)?);
+                CpuStorage::F64(
+                    run::<f64, 8>(Product::GradX, dims, a, b, None, Act::None, Some(t)).0,
+                )
+            }
+            _ => candle_core::bail!(
+                "{}: unsupported dtypes {:?}, {:?} and {:?}",
+                self.name(),
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        };
+        Ok((storage, Shape::from((p, m, k))))
+    }
+}
+
 /// `dy [P, B, out] -> [P, 1, out]`: the sum over the batch, in ascending
 /// order from zero (the bias gradient of [`loc_affine`]).
 struct BatchSum;
@@ -385,19 +684,16 @@ impl candle_core::CustomOp1 for BatchSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (p, m, n) = l.shape().dims3()?;
+        // Each location's sum by one thread, the locations shared out.
         fn sum<T: Elem>(v: &[T], p: usize, m: usize, n: usize) -> Vec<T> {
-            let mut out = vec![T::default(); p * n];
-            if n == 0 {
-                return out;
-            }
-            for (loc, o) in out.chunks_exact_mut(n.max(1)).enumerate().take(p) {
+            let parallel = p > 1 && p * m * n > PARALLEL_WORK;
+            super::cpu::fresh(p * n, n, parallel, |loc, o, _: &mut ()| {
                 for row in v[loc * m * n..(loc + 1) * m * n].chunks_exact(n) {
                     for (o, &d) in o.iter_mut().zip(row) {
                         *o = *o + d;
                     }
                 }
-            }
-            out
+            })
         }
         let op = LocMatmul(Product::Forward);
         let storage = match s {
@@ -546,7 +842,10 @@ enum Act {
 /// cores). `NR` is the width of the register block. With `bias`
 /// (`[P, n]`, forward product only), location p's bias row is added to
 /// every row of its finished product, and then `act` applied (the slope
-/// comes back for [`Act::GeluKeepSlope`]).
+/// comes back for [`Act::GeluKeepSlope`]). With `times` (`[P, m, n]`),
+/// every output `c` becomes `(0 + c) * times`: an incoming gradient taken
+/// through GELU's kept slope, rounded as candle's backward rounds it (the
+/// sum of a fresh gradient into zeros, then the product).
 fn run<T: Elem, const NR: usize>(
     product: Product,
     d: Dims,
@@ -554,13 +853,10 @@ fn run<T: Elem, const NR: usize>(
     b: &[T],
     bias: Option<&[T]>,
     act: Act,
+    times: Option<&[T]>,
 ) -> (Vec<T>, Option<Vec<T>>) {
     let c_len = d.m * d.n;
-    let mut out = vec![T::default(); d.p * c_len];
-    let mut slope = (act == Act::GeluKeepSlope).then(|| vec![T::default(); d.p * c_len]);
-    if out.is_empty() {
-        return (out, slope);
-    }
+    let len = d.p * c_len;
     let one = |loc: usize, c: &mut [T], slope: Option<&mut [T]>, scratch: &mut Vec<T>| {
         let a = &a[loc * d.a_len..(loc + 1) * d.a_len];
         let b = &b[loc * d.b_len..(loc + 1) * d.b_len];
@@ -576,22 +872,28 @@ fn run<T: Elem, const NR: usize>(
         if act != Act::None {
             T::gelu(c, slope);
         }
+        if let Some(times) = times {
+            let times = &times[loc * c_len..(loc + 1) * c_len];
+            for (o, &t) in c.iter_mut().zip(times) {
+                *o = (T::default() + *o) * t;
+            }
+        }
     };
-    let parallel = d.p > 1 && d.p * c_len * d.k > PARALLEL_WORK;
-    match slope.as_mut() {
-        Some(slope) => super::cpu::for_each_chunk_pair(
-            &mut out,
-            c_len,
-            slope,
-            c_len,
+    let parallel = d.p > 1 && len * d.k > PARALLEL_WORK;
+    if act == Act::GeluKeepSlope {
+        let (out, slope) = super::cpu::fresh_pair(
+            (len, c_len),
+            (len, c_len),
             parallel,
             |loc, c, s, scratch| one(loc, c, Some(s), scratch),
-        ),
-        None => super::cpu::for_each_chunk(&mut out, c_len, parallel, |loc, c, scratch| {
+        );
+        (out, Some(slope))
+    } else {
+        let out = super::cpu::fresh(len, c_len, parallel, |loc, c, scratch| {
             one(loc, c, None, scratch)
-        }),
+        });
+        (out, None)
     }
-    (out, slope)
 }
 
 /// One location's product into `c [m, n]`.
@@ -1189,6 +1491,97 @@ mod tests {
                 assert_eq!(bits(&y), bits(&one[0]), "{dtype:?} untracked");
             }
         }
+    }
+
+    /// `y = mlp(mlp(x))` through [`loc_mlp_gelu`] or its two nodes (the
+    /// same weights twice, as over settling iterations, so each gradient
+    /// sums two contributions), and, from [`super::super::grads::backward`]
+    /// of `sum(y * r)`, `[y, dx, dw1, db1, dw2, db2]` (`dx` only when
+    /// `x_tracked`).
+    fn mlp_with(
+        whole: bool,
+        x: &Tensor,
+        ws: &[Tensor; 4],
+        r: &Tensor,
+        x_tracked: bool,
+    ) -> Vec<Tensor> {
+        let vars: Vec<Var> = ws.iter().map(|w| Var::from_tensor(w).unwrap()).collect();
+        let [w1, b1, w2, b2] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+        let xv = Var::from_tensor(x).unwrap();
+        let input = if x_tracked {
+            xv.as_tensor().clone()
+        } else {
+            x.clone()
+        };
+        let mlp = |h: &Tensor| {
+            if whole {
+                loc_mlp_gelu(h, w1, b1, w2, b2).unwrap()
+            } else {
+                loc_affine(&loc_affine_gelu(h, w1, b1).unwrap(), w2, b2).unwrap()
+            }
+        };
+        let y = mlp(&mlp(&input));
+        let loss = (&y * r).unwrap().sum_all().unwrap();
+        let grads = super::super::grads::backward(&loss).unwrap();
+        let mut out = vec![y.clone()];
+        if x_tracked {
+            out.push(grads.get(xv.as_tensor()).unwrap().clone());
+        }
+        out.extend(
+            vars.iter()
+                .map(|v| grads.get(v.as_tensor()).unwrap().clone()),
+        );
+        out
+    }
+
+    #[test]
+    fn the_whole_mlp_is_bitwise_its_two_nodes() {
+        for dtype in [DType::F32, DType::F64] {
+            for (i, &(p, b, d, hidden)) in SHAPES.iter().enumerate() {
+                let seed = 500 + 10 * i as u64;
+                let x = (random(seed, (p, b, d), dtype) * 2.0).unwrap();
+                let ws = [
+                    random(seed + 1, (p, d, hidden), dtype),
+                    random(seed + 2, (p, 1, hidden), dtype),
+                    (random(seed + 3, (p, hidden, d), dtype) * 0.5).unwrap(),
+                    random(seed + 4, (p, 1, d), dtype),
+                ];
+                let r = random(seed + 5, (p, b, d), dtype);
+                for x_tracked in [false, true] {
+                    let whole = mlp_with(true, &x, &ws, &r, x_tracked);
+                    let apart = mlp_with(false, &x, &ws, &r, x_tracked);
+                    assert_eq!(whole.len(), apart.len());
+                    for (j, (w, a)) in whole.iter().zip(&apart).enumerate() {
+                        assert_eq!(w.dims(), a.dims(), "{j}");
+                        let case = (dtype, (p, b, d, hidden), x_tracked);
+                        assert_eq!(bits(w), bits(a), "output {j} of {case:?}");
+                    }
+                }
+                // Nothing tracked: the same values, nothing kept.
+                let y = loc_mlp_gelu(&x, &ws[0], &ws[1], &ws[2], &ws[3]).unwrap();
+                let e = loc_affine(
+                    &loc_affine_gelu(&x, &ws[0], &ws[1]).unwrap(),
+                    &ws[2],
+                    &ws[3],
+                );
+                assert_eq!(bits(&y), bits(&e.unwrap()), "{dtype:?} untracked");
+            }
+        }
+    }
+
+    #[test]
+    fn a_plain_backward_through_the_whole_mlp_is_an_error_naming_it() {
+        let (p, b, d, hidden) = (3, 4, 5, 6);
+        let x = random(1, (p, b, d), DType::F32);
+        let ws = [(p, d, hidden), (p, 1, hidden), (p, hidden, d), (p, 1, d)]
+            .map(|dims| Var::from_tensor(&random(2, dims, DType::F32)).unwrap());
+        let [w1, b1, w2, b2] = [0, 1, 2, 3].map(|i| ws[i].as_tensor());
+        let y = loc_mlp_gelu(&x, w1, b1, w2, b2).unwrap();
+        let err = y.sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(
+            err.contains("loc-mlp-gelu") && err.contains("model::backward"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn read<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> 
 }
 
 impl Mix {
-    fn run<T: candle_core::WithDType + Send + Sync>(&self, bu: &[T]) -> Result<Vec<T>> {
+    fn run<T: candle_core::WithDType + Default + Send + Sync>(&self, bu: &[T]) -> Result<Vec<T>> {
         read(&self.prev, |prev: &[T]| {
             read(&self.lat, |lat: &[T]| match &self.td {
                 Some(td) => read(td, |td: &[T]| self.run_with(bu, prev, lat, Some(td))),
@@ -85,7 +85,7 @@ impl Mix {
         })?
     }
 
-    fn run_with<T: candle_core::WithDType + Send + Sync>(
+    fn run_with<T: candle_core::WithDType + Default + Send + Sync>(
         &self,
         bu: &[T],
         prev: &[T],
@@ -100,8 +100,7 @@ impl Mix {
             f(self.w.top_down),
         );
         let (inv, zero) = (f(self.inv_den), f(0.0));
-        let mut out = vec![zero; bu.len()];
-        super::cpu::for_each_chunk(&mut out, CHUNK, true, |i, o, _: &mut ()| {
+        super::cpu::fresh(bu.len(), CHUNK, true, |i, o: &mut [T], _: &mut ()| {
             let r = i * CHUNK..i * CHUNK + o.len();
             let (bu, prev, lat) = (&bu[r.clone()], &prev[r.clone()], &lat[r.clone()]);
             let three = |b: T, p: T, l: T| ((b * wb + zero) + (p * wp + zero)) + (l * wl + zero);
@@ -118,8 +117,7 @@ impl Mix {
                     }
                 }
             }
-        });
-        out
+        })
     }
 }
 

@@ -155,6 +155,24 @@ fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 impl Mlp {
     /// Apply to `x [P, B, in]`, giving `[P, B, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match self.act {
+            // One node for the whole MLP (`locmm.rs`).
+            Activation::Gelu if !shares_weights(x, &self.w1)? => {
+                super::locmm::loc_mlp_gelu(x, &self.w1, &self.b1, &self.w2, &self.b2)?
+            }
+            _ => self.two_layers(x)?,
+        };
+        Ok(if self.sigmoid_out {
+            candle_nn::ops::sigmoid(&y)?
+        } else if self.skip {
+            (y + x)?
+        } else {
+            y
+        })
+    }
+
+    /// The two layers as nodes of their own.
+    fn two_layers(&self, x: &Tensor) -> Result<Tensor> {
         let h = match self.act {
             // One node: the product, the bias and GELU (`locmm.rs`).
             Activation::Gelu if !shares_weights(x, &self.w1)? => {
@@ -163,14 +181,7 @@ impl Mlp {
             Activation::Gelu => super::gelu::gelu(&affine(x, &self.w1, &self.b1)?)?,
             Activation::Sin => affine(x, &self.w1, &self.b1)?.sin()?,
         };
-        let y = affine(&h, &self.w2, &self.b2)?;
-        Ok(if self.sigmoid_out {
-            candle_nn::ops::sigmoid(&y)?
-        } else if self.skip {
-            (y + x)?
-        } else {
-            y
-        })
+        affine(&h, &self.w2, &self.b2)
     }
 }
 

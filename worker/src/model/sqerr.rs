@@ -69,29 +69,31 @@ fn location_sum<T: Elem>(a: &[T], b: &[T]) -> f64 {
 }
 
 fn forward<T: Elem>(a: &[T], b: &[T], p: usize) -> Vec<T> {
-    let mut out = vec![T::default(); p];
     let plane = a.len() / p.max(1);
-    super::cpu::for_each_chunk(&mut out, LOCATIONS_PER_PIECE, p > 1, |i, o, _: &mut ()| {
-        for (j, o) in o.iter_mut().enumerate() {
-            let loc = i * LOCATIONS_PER_PIECE + j;
-            let range = loc * plane..(loc + 1) * plane;
-            *o = T::from_f64(location_sum(&a[range.clone()], &b[range]));
-        }
-    });
-    out
+    super::cpu::fresh(
+        p,
+        LOCATIONS_PER_PIECE,
+        p > 1,
+        |i, o: &mut [T], _: &mut ()| {
+            for (j, o) in o.iter_mut().enumerate() {
+                let loc = i * LOCATIONS_PER_PIECE + j;
+                let range = loc * plane..(loc + 1) * plane;
+                *o = T::from_f64(location_sum(&a[range.clone()], &b[range]));
+            }
+        },
+    )
 }
 
 fn backward<T: Elem>(a: &[T], b: &[T], g: &[T], p: usize) -> Vec<T> {
-    let mut out = vec![T::default(); a.len()];
     let plane = a.len() / p.max(1);
     if plane == 0 {
-        return out;
+        return vec![T::default(); a.len()];
     }
-    super::cpu::for_each_chunk(
-        &mut out,
+    super::cpu::fresh(
+        a.len(),
         LOCATIONS_PER_PIECE * plane,
         p > 1,
-        |i, o, _: &mut ()| {
+        |i, o: &mut [T], _: &mut ()| {
             for (j, o) in o.chunks_exact_mut(plane).enumerate() {
                 let loc = i * LOCATIONS_PER_PIECE + j;
                 let range = loc * plane..(loc + 1) * plane;
@@ -101,8 +103,7 @@ fn backward<T: Elem>(a: &[T], b: &[T], g: &[T], p: usize) -> Vec<T> {
                 }
             }
         },
-    );
-    out
+    )
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {

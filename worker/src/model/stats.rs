@@ -348,18 +348,16 @@ fn compute<T: Elem>(
     d: usize,
 ) -> Vec<T> {
     let per_slice = if g.is_some() { b * d } else { stats.len() };
-    let mut out = vec![T::default(); n * per_slice];
     if b < 2 {
-        return out;
+        return vec![T::default(); n * per_slice];
     }
     let piece = Piece { stats, x, g, b, d };
-    super::cpu::for_each_chunk(
-        &mut out,
+    super::cpu::fresh(
+        n * per_slice,
         SLICES_PER_PIECE * per_slice,
         n > 1,
         |i, o, s: &mut Scratch| piece.dispatch(i * SLICES_PER_PIECE, o, s),
-    );
-    out
+    )
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
