@@ -115,6 +115,13 @@ pub(crate) fn sink(param: &Tensor, grad: Option<Tensor>) -> Result<Option<Tensor
     })
 }
 
+/// The gradient summed so far in the open sink for `param` (sharing its
+/// buffer), for a kernel to add its next contribution into in place;
+/// `None` when no sink is open or it holds nothing for `param` yet.
+pub(crate) fn sunk_sum(param: &Tensor) -> Option<Tensor> {
+    SINK.with(|s| s.borrow().as_ref()?.get(&param.id()).cloned())
+}
+
 /// [`sink`] for the gradient of a parameter that a node holds rather than
 /// takes as an argument (so candle could not take the gradient back): an
 /// error naming `op` if no sink is open to take it (a plain

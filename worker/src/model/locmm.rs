@@ -107,7 +107,8 @@ fn affine_supported(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<bool> {
 /// each only for an argument that takes a gradient: an input detached from
 /// the graph (every net's input under local learning) gets none, which
 /// saves its product and the buffer candle's backward would fill with
-/// zeros and add it into.
+/// zeros and add it into. The weights' gradient is `None` also once the
+/// open sink took it ([`weight_grad`]).
 pub(crate) fn loc_matmul_grads(
     x: &Tensor,
     w: &Tensor,
@@ -119,15 +120,30 @@ pub(crate) fn loc_matmul_grads(
     } else {
         None
     };
-    let dw = if w.track_op() {
-        Some(
-            x.contiguous()?
-                .apply_op2_no_bwd(&dy, &LocMatmul(Product::GradW))?,
-        )
-    } else {
-        None
-    };
-    Ok((dx, dw))
+    Ok((dx, weight_grad(x, w, &dy)?))
+}
+
+/// `x[p]^T @ dy[p]` for `x [P, B, in]` and `dy [P, B, out]`, the gradient
+/// of `w [P, in, out]` in `y = x @ w`, or `None` if `w` takes none. While
+/// [`super::grads::backward`] runs, it goes to the sink: its first
+/// contribution as a fresh buffer, each later one added into the sum in
+/// place ([`AddGradW`]: location by location, each product finished in a
+/// small buffer and added as `sum + product`, the sink's own addition, so
+/// the same bits), with no buffer of the whole gradient and no second
+/// pass over it; then `None`. Otherwise the fresh gradient.
+fn weight_grad(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    if !w.track_op() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    if let Some(sum) = super::grads::sunk_sum(w) {
+        if sum.elem_count() > 0 {
+            sum.inplace_op3(&x, dy, &AddGradW)?;
+        }
+        return Ok(None);
+    }
+    let dw = x.apply_op2_no_bwd(dy, &LocMatmul(Product::GradW))?;
+    super::grads::sink(w, Some(dw))
 }
 
 /// Which of the three products of the forward and backward pass.
@@ -580,12 +596,7 @@ impl CustomOp3 for LocMlp {
             candle_core::bail!("loc-mlp-gelu: no hidden layer kept for the backward pass");
         };
         let dy = dy.contiguous()?;
-        let dw2 = if w2.track_op() {
-            Some(h.apply_op2_no_bwd(&dy, &LocMatmul(Product::GradW))?)
-        } else {
-            None
-        };
-        let dw2 = super::grads::sink(w2, dw2)?;
+        let dw2 = weight_grad(&h, w2, &dy)?;
         let db2 = if self.b2.track_op() {
             Some(dy.apply_op1_no_bwd(&BatchSum)?)
         } else {
@@ -597,7 +608,6 @@ impl CustomOp3 for LocMlp {
         }
         let through = dy.apply_op3_no_bwd(w2, &slope, &GradThroughSlope)?;
         let (dx, dw1) = loc_matmul_grads(x, w1, &through)?;
-        let dw1 = super::grads::sink(w1, dw1)?;
         let db1 = if self.b1.track_op() {
             Some(through.apply_op1_no_bwd(&BatchSum)?)
         } else {
@@ -670,6 +680,85 @@ impl CustomOp3 for GradThroughSlope {
             ),
         };
         Ok((storage, Shape::from((p, m, k))))
+    }
+}
+
+/// `sum [P, in, out] += x^T @ dy` for `x [P, B, in]` and `dy [P, B, out]`,
+/// in place ([`weight_grad`]): each location's product into a buffer of
+/// the thread's, then `sum + product`, element by element.
+struct AddGradW;
+
+impl candle_core::InplaceOp3 for AddGradW {
+    fn name(&self) -> &'static str {
+        "loc-grad-w-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        x: &CpuStorage,
+        xl: &Layout,
+        dy: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<()> {
+        let (p, b, input) = xl.shape().dims3()?;
+        let (p2, b2, out) = yl.shape().dims3()?;
+        if p != p2 || b != b2 || dl.shape().dims() != [p, input, out] {
+            candle_core::bail!(
+                "{}: incompatible shapes {:?}, {:?} and {:?}",
+                self.name(),
+                dl.shape(),
+                xl.shape(),
+                yl.shape()
+            );
+        }
+        // GradW's sizes: C [in, out] = x^T [in, B] @ dy [B, out].
+        let d = Dims {
+            p,
+            m: input,
+            k: b,
+            n: out,
+            a_len: b * input,
+            b_len: b * out,
+        };
+        fn go<T: Elem, const NR: usize>(d: Dims, sum: &mut [T], x: &[T], dy: &[T]) {
+            let c_len = d.m * d.n;
+            let parallel = d.p > 1 && d.p * c_len * d.k > PARALLEL_WORK;
+            type Scratch<T> = (Vec<T>, Vec<T>);
+            super::cpu::for_each_chunk(sum, c_len, parallel, |loc, sum, s: &mut Scratch<T>| {
+                let (c, t) = s;
+                c.clear();
+                c.resize(c_len, T::default());
+                let (a, b) = (
+                    &x[loc * d.a_len..(loc + 1) * d.a_len],
+                    &dy[loc * d.b_len..(loc + 1) * d.b_len],
+                );
+                location::<T, NR>(Product::GradW, d, a, b, c, t);
+                for (s, &v) in sum.iter_mut().zip(c.iter()) {
+                    *s = *s + v;
+                }
+            });
+        }
+        let op = LocMatmul(Product::GradW);
+        match (dst, x, dy) {
+            (CpuStorage::F32(s), CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                let s = super::cpu::contiguous_mut(s, dl, self.name())?;
+                go::<f32, 16>(d, s, slice(&op, x, xl)?, slice(&op, y, yl)?)
+            }
+            (CpuStorage::F64(s), CpuStorage::F64(x), CpuStorage::F64(y)) => {
+                let s = super::cpu::contiguous_mut(s, dl, self.name())?;
+                go::<f64, 8>(d, s, slice(&op, x, xl)?, slice(&op, y, yl)?)
+            }
+            (s, x, y) => candle_core::bail!(
+                "{}: unsupported dtypes {:?}, {:?} and {:?}",
+                self.name(),
+                s.dtype(),
+                x.dtype(),
+                y.dtype()
+            ),
+        }
+        Ok(())
     }
 }
 
