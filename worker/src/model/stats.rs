@@ -94,16 +94,15 @@ struct Scratch {
 /// asked), all in f64.
 #[inline(always)]
 fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch) {
-    // One pass to widen and sum, one to centre and sum the squares (each
-    // sum in the same order as a pass of its own would take).
+    // One pass to widen, one to sum, one to centre and sum the squares
+    // (each sum in the same order as a pass of its own would take).
     s.c.clear();
-    s.c.resize(b * d, 0.0);
+    s.c.extend(x[..b * d].iter().map(|v| v.to_f64()));
     s.mean.clear();
     s.mean.resize(d, 0.0);
-    for (row, xrow) in s.c.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        for ((c, m), &v) in row.iter_mut().zip(s.mean.iter_mut()).zip(xrow) {
-            *c = v.to_f64();
-            *m += *c;
+    for row in s.c.chunks_exact(d) {
+        for (m, &c) in s.mean.iter_mut().zip(row) {
+            *m += c;
         }
     }
     for m in &mut s.mean {
@@ -127,7 +126,7 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
         // order by the per-location products' kernel (which reads its
         // right-hand matrix row by row: hence `c^T` as a copy).
         super::locmm::transpose(&s.c, b, d, &mut s.ct);
-        s.cov.clear();
+        // Every entry is written (no zero fill first).
         s.cov.resize(b * b, 0.0);
         super::locmm::gemm::<f64, 8>(b, d, b, &s.c, d, 1, &s.ct, &mut s.cov);
     } else if want_cov {
@@ -136,7 +135,8 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
         // blocks on and above the diagonal, the rest mirrored). The
         // diagonal is set to zero: neither the term nor its gradient reads
         // it, and the gradient's product then skips it for free.
-        s.cov.clear();
+        // Every entry is written: the blocks on and above the diagonal,
+        // the rest mirrored (no zero fill first).
         s.cov.resize(d * d, 0.0);
         super::locmm::gemm_symmetric::<f64, 8>(d, b, &s.c, &mut s.cov);
         for (k, row) in s.cov.chunks_exact_mut(d).enumerate() {
@@ -165,23 +165,33 @@ fn value(stat: Stat, d: usize, s: &Scratch) -> f64 {
         }
         Stat::Covariance if s.gram => {
             let norm = 1.0 / (s.c.len() / d - 1) as f64;
-            let all = s.cov.iter().map(|g| g * g).sum::<f64>() * norm * norm;
+            let all = sum_of_squares(&s.cov) * norm * norm;
             let diagonal = s.v.iter().map(|v| v * v).sum::<f64>();
             (all - diagonal) / (d * (d - 1)) as f64
         }
-        Stat::Covariance => {
-            let mut off = 0.0;
-            for k in 0..d {
-                for j in 0..d {
-                    if j != k {
-                        let c = s.cov[k * d + j];
-                        off += c * c;
-                    }
-                }
-            }
-            off / (d * (d - 1)) as f64
+        // The diagonal is zero (`moments`), so the sum over all entries is
+        // the sum off it.
+        Stat::Covariance => sum_of_squares(&s.cov) / (d * (d - 1)) as f64,
+    }
+}
+
+/// `sum_i v_i^2`, in eight interleaved partial sums (a single running sum
+/// had been a chain of d^2 dependent additions per slice). The value of a
+/// term only: its gradient is in closed form and does not read it.
+#[inline(always)]
+fn sum_of_squares(v: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0f64; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += x * x;
         }
     }
+    for (s, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *s += x * x;
+    }
+    lanes.iter().fold(0.0, |acc, &s| acc + s)
 }
 
 /// `g * d(term)/dx` of one slice into `out [B, d]` (after [`moments`]),
@@ -233,7 +243,7 @@ fn gradient<T: Elem>(
             // `c @ C'` (below) as `G c / (B - 1) - v_k c_bk`, each entry of
             // `G c` summed over the batch in ascending order.
             let scale = 4.0 / (bm1 * (d * (d - 1)) as f64);
-            s.acc.clear();
+            // Every entry is written (no zero fill first).
             s.acc.resize(b * d, 0.0);
             super::locmm::gemm::<f64, 8>(b, b, d, &s.cov, b, 1, &s.c, &mut s.acc);
             let norm = 1.0 / bm1;
@@ -252,7 +262,7 @@ fn gradient<T: Elem>(
             // diagonal (zero there, see `moments`), each entry summed over
             // the rows of C' in ascending order.
             let scale = 4.0 / (bm1 * (d * (d - 1)) as f64);
-            s.acc.clear();
+            // Every entry is written (no zero fill first).
             s.acc.resize(b * d, 0.0);
             super::locmm::gemm::<f64, 8>(b, d, d, &s.c, d, 1, &s.cov, &mut s.acc);
             for (o, &a) in out.iter_mut().zip(&s.acc) {
