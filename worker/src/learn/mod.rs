@@ -366,6 +366,12 @@ impl Trainer {
 
     /// Run training step `self.step` with the given halo exchange, then advance.
     pub fn step_with(&mut self, halo: &mut dyn HaloExchange) -> Result<StepOutput> {
+        // Its backward runs through `model::backward`: whole MLPs may be
+        // one node each.
+        crate::model::fusing(|| self.step_in(halo))
+    }
+
+    fn step_in(&mut self, halo: &mut dyn HaloExchange) -> Result<StepOutput> {
         let cfg = &self.model.cfg;
         let prof = &self.model.profile;
         let batch = prof.time(Part::Batch, || {

@@ -23,7 +23,7 @@
 //! Outside [`backward`] (a plain `Tensor::backward`) the products return
 //! their gradients to candle as before.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
@@ -34,6 +34,8 @@ use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, TensorId};
 thread_local! {
     /// The open sink of this thread: variable id -> its gradient so far.
     static SINK: RefCell<Option<HashMap<TensorId, Tensor>>> = const { RefCell::new(None) };
+    /// Whether whole-MLP nodes may be made on this thread ([`fusing`]).
+    static FUSING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Closes the sink when dropped, so an error or a panic inside candle's
@@ -113,6 +115,29 @@ pub(crate) fn sink(param: &Tensor, grad: Option<Tensor>) -> Result<Option<Tensor
         }
         Ok(None)
     })
+}
+
+/// `f()` with every per-location GELU MLP that takes a gradient made as
+/// one node ([`super::locmm::loc_mlp_gelu`]) on this thread. Such a node
+/// hands its biases' gradients to the sink, so every backward of what `f`
+/// builds must run through [`backward`] (the trainer's step and the sleep
+/// jobs' run in it); anywhere else (a plain `Tensor::backward`) those
+/// MLPs are two nodes each, with the same bits.
+pub(crate) fn fusing<R>(f: impl FnOnce() -> R) -> R {
+    /// Puts the flag back as it was, on return or unwind.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSING.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSING.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether this thread runs inside [`fusing`].
+pub(crate) fn is_fusing() -> bool {
+    FUSING.with(Cell::get)
 }
 
 /// The gradient summed so far in the open sink for `param` (sharing its

@@ -402,11 +402,14 @@ impl CustomOp3 for LocAffine {
 ///
 /// The biases are held by the node rather than passed as its arguments
 /// (candle's custom ops take three), so their gradients go to the sink of
-/// [`super::grads::backward`], which every training step's backward runs
-/// through; a backward outside it is an error naming this op. A bias
-/// that takes a gradient but is not a variable (so no sink could take
-/// its gradient), and unsupported dtypes, devices or shapes, take the two
-/// nodes.
+/// [`super::grads::backward`]: an MLP that takes a gradient is one node
+/// only inside [`super::grads::fusing`] (the trainer's step, the sleep
+/// jobs), whose backward runs through that sink; a backward of such a
+/// node outside it is an error naming this op. Elsewhere, and for a bias
+/// that takes a gradient when nothing else does (candle would not visit
+/// the node), or that is not a contiguous variable (no sink could take
+/// its gradient), and for unsupported dtypes, devices or shapes: the two
+/// nodes. With nothing to differentiate (inference), always one node.
 pub(crate) fn loc_mlp_gelu(
     x: &Tensor,
     w1: &Tensor,
@@ -415,7 +418,13 @@ pub(crate) fn loc_mlp_gelu(
     b2: &Tensor,
 ) -> Result<Tensor> {
     let held = |b: &Tensor| (b.is_variable() || !b.track_op()) && b.is_contiguous();
-    if !mlp_supported(x, w1, b1, w2, b2)? || !held(b1) || !held(b2) {
+    let args_track = x.track_op() || w1.track_op() || w2.track_op();
+    let one_node = if args_track || b1.track_op() || b2.track_op() {
+        args_track && super::grads::is_fusing()
+    } else {
+        true
+    };
+    if !one_node || !mlp_supported(x, w1, b1, w2, b2)? || !held(b1) || !held(b2) {
         return loc_affine(&loc_affine_gelu(x, w1, b1)?, w2, b2);
     }
     x.contiguous()?.apply_op3(
@@ -1609,9 +1618,11 @@ mod tests {
                 loc_affine(&loc_affine_gelu(h, w1, b1).unwrap(), w2, b2).unwrap()
             }
         };
-        let y = mlp(&mlp(&input));
-        let loss = (&y * r).unwrap().sum_all().unwrap();
-        let grads = super::super::grads::backward(&loss).unwrap();
+        let (y, grads) = super::super::grads::fusing(|| {
+            let y = mlp(&mlp(&input));
+            let loss = (&y * r).unwrap().sum_all().unwrap();
+            (y, super::super::grads::backward(&loss).unwrap())
+        });
         let mut out = vec![y.clone()];
         if x_tracked {
             out.push(grads.get(xv.as_tensor()).unwrap().clone());
@@ -1659,18 +1670,46 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_backward_through_the_whole_mlp_is_an_error_naming_it() {
+    fn a_plain_backward_works_outside_the_fused_scope_and_is_an_error_inside() {
         let (p, b, d, hidden) = (3, 4, 5, 6);
         let x = random(1, (p, b, d), DType::F32);
         let ws = [(p, d, hidden), (p, 1, hidden), (p, hidden, d), (p, 1, d)]
             .map(|dims| Var::from_tensor(&random(2, dims, DType::F32)).unwrap());
         let [w1, b1, w2, b2] = [0, 1, 2, 3].map(|i| ws[i].as_tensor());
-        let y = loc_mlp_gelu(&x, w1, b1, w2, b2).unwrap();
-        let err = y.sum_all().unwrap().backward().unwrap_err().to_string();
+        let loss = || loc_mlp_gelu(&x, w1, b1, w2, b2).unwrap().sum_all().unwrap();
+        // Outside: two nodes, and candle's own backward reaches every weight.
+        let grads = loss().backward().unwrap();
+        assert!(ws.iter().all(|w| grads.get(w.as_tensor()).is_some()));
+        // Inside: one node, whose biases need model::backward's sink.
+        let err = super::super::grads::fusing(|| loss().backward().unwrap_err().to_string());
         assert!(
             err.contains("loc-mlp-gelu") && err.contains("model::backward"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bias_that_alone_takes_a_gradient_gets_it() {
+        let (p, b, d, hidden) = (2, 3, 4, 5);
+        let x = random(1, (p, b, d), DType::F64);
+        let w1 = random(2, (p, d, hidden), DType::F64);
+        let w2 = random(3, (p, hidden, d), DType::F64);
+        let b1 = Var::from_tensor(&random(4, (p, 1, hidden), DType::F64)).unwrap();
+        let b2 = Var::from_tensor(&random(5, (p, 1, d), DType::F64)).unwrap();
+        let grads = super::super::grads::fusing(|| {
+            let y = loc_mlp_gelu(&x, &w1, b1.as_tensor(), &w2, b2.as_tensor()).unwrap();
+            super::super::grads::backward(&y.sum_all().unwrap()).unwrap()
+        });
+        let apart = loc_affine(
+            &loc_affine_gelu(&x, &w1, b1.as_tensor()).unwrap(),
+            &w2,
+            b2.as_tensor(),
+        );
+        let want = apart.unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&b1, &b2] {
+            let (got, want) = (grads.get(v.as_tensor()), want.get(v.as_tensor()));
+            assert_eq!(bits(got.unwrap()), bits(want.unwrap()));
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub(crate) use cpu::{contiguous, contiguous_mut, for_each_chunk};
 pub mod flops;
 mod gelu;
 mod grads;
-pub(crate) use grads::backward;
+pub(crate) use grads::{backward, fusing};
 pub mod grid;
 mod locmm;
 mod mixing;

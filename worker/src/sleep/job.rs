@@ -352,40 +352,45 @@ pub fn run_sleep_with(
     };
     let mut first_negative = true;
     let mut step = 0usize;
-    while step < params.steps {
-        for _ in 0..params.negative_steps {
-            if step >= params.steps {
-                break;
-            }
-            let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
-            let per_location = negative_loss(model, replay, params, &mut rng)?;
-            let loss = per_location.sum_all()?;
-            for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
-                if first_negative {
-                    share[0] = v;
+    // Every backward below runs through `model::backward`: whole MLPs may
+    // be one node each.
+    crate::model::fusing(|| -> Result<()> {
+        while step < params.steps {
+            for _ in 0..params.negative_steps {
+                if step >= params.steps {
+                    break;
                 }
-                share[1] = v;
+                let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
+                let per_location = negative_loss(model, replay, params, &mut rng)?;
+                let loss = per_location.sum_all()?;
+                for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
+                    if first_negative {
+                        share[0] = v;
+                    }
+                    share[1] = v;
+                }
+                first_negative = false;
+                neg_opt.step(&crate::model::backward(&loss)?)?;
+                step += 1;
+                progress(step);
             }
-            first_negative = false;
-            neg_opt.step(&crate::model::backward(&loss)?)?;
-            step += 1;
-            progress(step);
+            for _ in 0..params.positive_steps {
+                if step >= params.steps {
+                    break;
+                }
+                let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
+                let per_location = positive_loss(model, replay, params, &mut rng)?;
+                let loss = per_location.sum_all()?;
+                for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
+                    share[2] = v;
+                }
+                pos_opt.step(&crate::model::backward(&loss)?)?;
+                step += 1;
+                progress(step);
+            }
         }
-        for _ in 0..params.positive_steps {
-            if step >= params.steps {
-                break;
-            }
-            let mut rng = Rng::from_key(&[seed, SLEEP_STREAM, step as u64]);
-            let per_location = positive_loss(model, replay, params, &mut rng)?;
-            let loss = per_location.sum_all()?;
-            for (share, v) in report.shares.iter_mut().zip(values(&per_location)?) {
-                share[2] = v;
-            }
-            pos_opt.step(&crate::model::backward(&loss)?)?;
-            step += 1;
-            progress(step);
-        }
-    }
+        Ok(())
+    })?;
     report.steps = step;
     // The totals add the shares in tile order, as the grid's are added in
     // location order from every tile's shares.
