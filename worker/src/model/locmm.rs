@@ -771,6 +771,105 @@ impl candle_core::InplaceOp3 for AddGradW {
     }
 }
 
+/// `y [P, B, out] + b [1, 1, out]`: one bias row added to every row, as
+/// `y.broadcast_add(b)` (the shared nets' bias), as one node whose
+/// backward sums `dy` over all `P B` rows in ascending order from zero
+/// ([`BatchSum`]) for `b`. candle's backward of the broadcast took that
+/// sum by its general reduction, element by element with two integer
+/// divisions each, on one thread: a fifth of a BPTT step with shared
+/// nets. Same bits, forward and backward (candle's reduction adds the
+/// rows in the same order). Other dtypes, devices and shapes take
+/// `broadcast_add`.
+pub(crate) fn shared_bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, _, out) = y.dims3()?;
+    let supported = matches!(y.dtype(), DType::F32 | DType::F64)
+        && y.dtype() == b.dtype()
+        && y.device().is_cpu()
+        && b.device().is_cpu()
+        && b.dims() == [1, 1, out];
+    if !supported {
+        return y.broadcast_add(b);
+    }
+    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+}
+
+/// [`shared_bias_add`]'s op.
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "shared-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, m, n) = l1.shape().dims3()?;
+        if l2.shape().dims() != [1, 1, n] {
+            candle_core::bail!(
+                "{}: bias {:?} for {:?}",
+                self.name(),
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        fn add<T: Elem>(y: &[T], b: &[T], rows: usize, n: usize) -> Vec<T> {
+            let chunk = (PARALLEL_WORK / n.max(1)).max(1) * n;
+            super::cpu::fresh(
+                rows * n,
+                chunk,
+                rows * n > PARALLEL_WORK,
+                |i, o, _: &mut ()| {
+                    let y = &y[i * chunk..i * chunk + o.len()];
+                    for (orow, yrow) in o.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+                        for ((o, &v), &bv) in orow.iter_mut().zip(yrow).zip(b) {
+                            *o = v + bv;
+                        }
+                    }
+                },
+            )
+        }
+        let op = LocMatmul(Product::Forward);
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
+                CpuStorage::F32(add(slice(&op, y, l1)?, slice(&op, b, l2)?, p * m, n))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
+                CpuStorage::F64(add(slice(&op, y, l1)?, slice(&op, b, l2)?, p * m, n))
+            }
+            _ => candle_core::bail!(
+                "{}: unsupported dtypes {:?} and {:?}",
+                self.name(),
+                s1.dtype(),
+                s2.dtype()
+            ),
+        };
+        Ok((storage, Shape::from((p, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy_out = y.track_op().then(|| dy.clone());
+        let db = if b.track_op() {
+            let (p, m, n) = dy.dims3()?;
+            let rows = dy.contiguous()?.reshape((1, p * m, n))?;
+            Some(rows.apply_op1_no_bwd(&BatchSum)?)
+        } else {
+            None
+        };
+        Ok((dy_out, db))
+    }
+}
+
 /// `dy [P, B, out] -> [P, 1, out]`: the sum over the batch, in ascending
 /// order from zero (the bias gradient of [`loc_affine`]).
 struct BatchSum;
@@ -1709,6 +1808,34 @@ mod tests {
         for v in [&b1, &b2] {
             let (got, want) = (grads.get(v.as_tensor()), want.get(v.as_tensor()));
             assert_eq!(bits(got.unwrap()), bits(want.unwrap()));
+        }
+    }
+
+    #[test]
+    fn the_shared_bias_is_bitwise_broadcast_add_forward_and_backward() {
+        for dtype in [DType::F32, DType::F64] {
+            for &(p, b, n) in &[(1, 1, 1), (3, 5, 7), (64, 16, 32), (49, 32, 64)] {
+                let seed = 700 + (p * b + n) as u64;
+                let y = Var::from_tensor(&random(seed, (p, b, n), dtype)).unwrap();
+                let bias = Var::from_tensor(&random(seed + 1, (1, 1, n), dtype)).unwrap();
+                let r = random(seed + 2, (p, b, n), dtype);
+                let run = |ours: bool| {
+                    let (yt, bt) = (y.as_tensor(), bias.as_tensor());
+                    let out = if ours {
+                        shared_bias_add(yt, bt).unwrap()
+                    } else {
+                        yt.broadcast_add(bt).unwrap()
+                    };
+                    let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+                    [out.clone(), g(&y), g(&bias)]
+                };
+                let (ours, theirs) = (run(true), run(false));
+                for (what, (o, t)) in ["y", "dy", "db"].iter().zip(ours.iter().zip(&theirs)) {
+                    assert_eq!(o.dims(), t.dims(), "{what}");
+                    assert_eq!(bits(o), bits(t), "{what} {dtype:?} {:?}", (p, b, n));
+                }
+            }
         }
     }
 

@@ -146,7 +146,7 @@ fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             .reshape((p * batch, input))?
             .matmul(&w.squeeze(0)?)?
             .reshape((p, batch, out))?;
-        Ok(y.broadcast_add(b)?)
+        Ok(super::locmm::shared_bias_add(&y, b)?)
     } else {
         Ok(super::locmm::loc_affine(x, w, b)?)
     }
