@@ -20,8 +20,15 @@
 //! join candle's gradients under the variables' ids; a variable that also
 //! took gradient through candle's own ops gets the sum of both.
 //!
+//! From a net's second use on, a per-location product adds its weight
+//! gradient into the sum location by location as it finishes it
+//! ([`sunk_sum`], `locmm::weight_grad`), the same additions.
+//!
 //! Outside [`backward`] (a plain `Tensor::backward`) the products return
-//! their gradients to candle as before.
+//! their gradients to candle as before. A whole-MLP node
+//! (`locmm::loc_mlp_gelu`) holds its biases, whose gradients only the
+//! sink can take: such nodes are made only inside [`fusing`], whose
+//! backward must run through [`backward`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
