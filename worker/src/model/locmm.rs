@@ -146,6 +146,37 @@ fn weight_grad(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
     super::grads::sink(w, Some(dw))
 }
 
+/// The ops' dispatch on the element type: `$body` with each `$name` the
+/// contiguous elements of storage `$s` (layout `$l`), `$t` their type and
+/// `$nr` its register block width (f32: 16, f64: 8), its value the
+/// elements of the new storage; an error naming `$op` unless every
+/// storage is f32 or every one f64.
+macro_rules! by_dtype {
+    ($op:expr; $(($name:ident, $s:expr, $l:expr)),+; |$t:ident, $nr:ident| $body:expr) => {
+        match ($($s,)+) {
+            ($(CpuStorage::F32($name),)+) => {
+                type $t = f32;
+                #[allow(dead_code)]
+                const $nr: usize = 16;
+                $(let $name: &[$t] = super::cpu::contiguous($name, $l, $op)?;)+
+                CpuStorage::F32($body)
+            }
+            ($(CpuStorage::F64($name),)+) => {
+                type $t = f64;
+                #[allow(dead_code)]
+                const $nr: usize = 8;
+                $(let $name: &[$t] = super::cpu::contiguous($name, $l, $op)?;)+
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!(
+                "{}: f32 or f64 inputs of one dtype only, got {:?}",
+                $op,
+                [$($s.dtype()),+]
+            ),
+        }
+    };
+}
+
 /// Which of the three products of the forward and backward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Product {
@@ -206,22 +237,9 @@ impl CustomOp2 for LocMatmul {
             b_len: b1 * b2,
         };
         let shape = Shape::from((p, m, n));
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(s1), CpuStorage::F32(s2)) => {
-                let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F32(run::<f32, 16>(self.0, dims, a, b, None, Act::None, None).0)
-            }
-            (CpuStorage::F64(s1), CpuStorage::F64(s2)) => {
-                let (a, b) = (slice(self, s1, l1)?, slice(self, s2, l2)?);
-                CpuStorage::F64(run::<f64, 8>(self.0, dims, a, b, None, Act::None, None).0)
-            }
-            _ => candle_core::bail!(
-                "{}: unsupported dtypes {:?} and {:?}",
-                self.name(),
-                s1.dtype(),
-                s2.dtype()
-            ),
-        };
+        let storage = by_dtype!(self.name(); (a, s1, l1), (b, s2, l2); |T, NR| {
+            run::<T, NR>(self.0, dims, a, b, None, Act::None, None).0
+        });
         Ok((storage, shape))
     }
 
@@ -326,31 +344,9 @@ impl CustomOp3 for LocAffine {
             a_len: m * k,
             b_len: k * n,
         };
-        let op = LocMatmul(Product::Forward);
-        let storage = match (s1, s2, s3) {
-            (CpuStorage::F32(s1), CpuStorage::F32(s2), CpuStorage::F32(s3)) => {
-                let (a, b, c) = (
-                    slice(&op, s1, l1)?,
-                    slice(&op, s2, l2)?,
-                    slice(&op, s3, l3)?,
-                );
-                CpuStorage::F32(self.forward::<f32, 16>(dims, a, b, c)?)
-            }
-            (CpuStorage::F64(s1), CpuStorage::F64(s2), CpuStorage::F64(s3)) => {
-                let (a, b, c) = (
-                    slice(&op, s1, l1)?,
-                    slice(&op, s2, l2)?,
-                    slice(&op, s3, l3)?,
-                );
-                CpuStorage::F64(self.forward::<f64, 8>(dims, a, b, c)?)
-            }
-            _ => candle_core::bail!(
-                "loc-affine: unsupported dtypes {:?}, {:?} and {:?}",
-                s1.dtype(),
-                s2.dtype(),
-                s3.dtype()
-            ),
-        };
+        let storage = by_dtype!(self.name(); (x, s1, l1), (w, s2, l2), (b, s3, l3); |T, NR| {
+            self.forward::<T, NR>(dims, x, w, b)?
+        });
         Ok((storage, Shape::from((p, m, n))))
     }
 
@@ -474,7 +470,7 @@ impl LocMlp {
         (x, xl): (&[T], &Layout),
         (w1, l1): (&[T], &Layout),
         (w2, l2): (&[T], &Layout),
-    ) -> Result<(Vec<T>, Shape)> {
+    ) -> Result<Vec<T>> {
         let (p, m, k) = xl.shape().dims3()?;
         let (_, _, hidden) = l1.shape().dims3()?;
         let (_, _, n) = l2.shape().dims3()?;
@@ -511,7 +507,7 @@ impl LocMlp {
             let slope = Tensor::from_vec(slope, (p, m, hidden), &cpu)?;
             *self.kept.lock().map_err(|_| lock_error())? = Some((h, slope));
         }
-        Ok((y, Shape::from((p, m, n))))
+        Ok(y)
     }
 }
 
@@ -561,31 +557,10 @@ impl CustomOp3 for LocMlp {
                 self.b2.dims()
             );
         }
-        let op = LocMatmul(Product::Forward);
-        Ok(match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w1), CpuStorage::F32(w2)) => {
-                let (y, shape) = self.forward::<f32, 16>(
-                    (slice(&op, x, l1)?, l1),
-                    (slice(&op, w1, l2)?, l2),
-                    (slice(&op, w2, l3)?, l3),
-                )?;
-                (CpuStorage::F32(y), shape)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w1), CpuStorage::F64(w2)) => {
-                let (y, shape) = self.forward::<f64, 8>(
-                    (slice(&op, x, l1)?, l1),
-                    (slice(&op, w1, l2)?, l2),
-                    (slice(&op, w2, l3)?, l3),
-                )?;
-                (CpuStorage::F64(y), shape)
-            }
-            _ => candle_core::bail!(
-                "loc-mlp-gelu: unsupported dtypes {:?}, {:?} and {:?}",
-                s1.dtype(),
-                s2.dtype(),
-                s3.dtype()
-            ),
-        })
+        let storage = by_dtype!(self.name(); (x, s1, l1), (w1, s2, l2), (w2, s3, l3); |T, NR| {
+            self.forward::<T, NR>((x, l1), (w1, l2), (w2, l3))?
+        });
+        Ok((storage, Shape::from((p, l1.shape().dims3()?.1, n))))
     }
 
     /// The backward of the two nodes it replaces, in their order: the
@@ -666,28 +641,9 @@ impl CustomOp3 for GradThroughSlope {
             a_len: m * n,
             b_len: k * n,
         };
-        let op = LocMatmul(Product::GradX);
-        let storage = match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(t)) => {
-                let (a, b, t) = (slice(&op, a, l1)?, slice(&op, b, l2)?, slice(&op, t, l3)?);
-                CpuStorage::F32(
-                    run::<f32, 16>(Product::GradX, dims, a, b, None, Act::None, Some(t)).0,
-                )
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(t)) => {
-                let (a, b, t) = (slice(&op, a, l1)?, slice(&op, b, l2)?, slice(&op, t, l3)?);
-                CpuStorage::F64(
-                    run::<f64, 8>(Product::GradX, dims, a, b, None, Act::None, Some(t)).0,
-                )
-            }
-            _ => candle_core::bail!(
-                "{}: unsupported dtypes {:?}, {:?} and {:?}",
-                self.name(),
-                s1.dtype(),
-                s2.dtype(),
-                s3.dtype()
-            ),
-        };
+        let storage = by_dtype!(self.name(); (a, s1, l1), (b, s2, l2), (t, s3, l3); |T, NR| {
+            run::<T, NR>(Product::GradX, dims, a, b, None, Act::None, Some(t)).0
+        });
         Ok((storage, Shape::from((p, m, k))))
     }
 }
@@ -749,15 +705,17 @@ impl candle_core::InplaceOp3 for AddGradW {
                 }
             });
         }
-        let op = LocMatmul(Product::GradW);
+        let name = self.name();
         match (dst, x, dy) {
             (CpuStorage::F32(s), CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                let s = super::cpu::contiguous_mut(s, dl, self.name())?;
-                go::<f32, 16>(d, s, slice(&op, x, xl)?, slice(&op, y, yl)?)
+                let s = super::cpu::contiguous_mut(s, dl, name)?;
+                let read = super::cpu::contiguous::<f32>;
+                go::<f32, 16>(d, s, read(x, xl, name)?, read(y, yl, name)?)
             }
             (CpuStorage::F64(s), CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                let s = super::cpu::contiguous_mut(s, dl, self.name())?;
-                go::<f64, 8>(d, s, slice(&op, x, xl)?, slice(&op, y, yl)?)
+                let s = super::cpu::contiguous_mut(s, dl, name)?;
+                let read = super::cpu::contiguous::<f64>;
+                go::<f64, 8>(d, s, read(x, xl, name)?, read(y, yl, name)?)
             }
             (s, x, y) => candle_core::bail!(
                 "{}: unsupported dtypes {:?}, {:?} and {:?}",
@@ -833,21 +791,9 @@ impl CustomOp2 for BiasAdd {
                 },
             )
         }
-        let op = LocMatmul(Product::Forward);
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
-                CpuStorage::F32(add(slice(&op, y, l1)?, slice(&op, b, l2)?, p * m, n))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
-                CpuStorage::F64(add(slice(&op, y, l1)?, slice(&op, b, l2)?, p * m, n))
-            }
-            _ => candle_core::bail!(
-                "{}: unsupported dtypes {:?} and {:?}",
-                self.name(),
-                s1.dtype(),
-                s2.dtype()
-            ),
-        };
+        let storage = by_dtype!(self.name(); (y, s1, l1), (b, s2, l2); |T, NR| {
+            add::<T>(y, b, p * m, n)
+        });
         Ok((storage, Shape::from((p, m, n))))
     }
 
@@ -892,19 +838,9 @@ impl candle_core::CustomOp1 for BatchSum {
                 }
             })
         }
-        let op = LocMatmul(Product::Forward);
-        let storage = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(sum(slice(&op, v, l)?, p, m, n)),
-            CpuStorage::F64(v) => CpuStorage::F64(sum(slice(&op, v, l)?, p, m, n)),
-            _ => candle_core::bail!("loc-batch-sum: f32 or f64 only, got {:?}", s.dtype()),
-        };
+        let storage = by_dtype!(self.name(); (v, s, l); |T, NR| sum::<T>(v, p, m, n));
         Ok((storage, Shape::from((p, 1, n))))
     }
-}
-
-/// The elements of a contiguous storage described by `layout`.
-fn slice<'a, T>(op: &LocMatmul, data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    super::cpu::contiguous(data, layout, op.name())
 }
 
 /// Sizes of one call: P products `C [m, n] = A [m, k] @ B [k, n]`, with
