@@ -138,6 +138,21 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Res
     }
 }
 
+/// `f` on the elements of `t`, a contiguous CPU tensor of element type
+/// `T` (a tensor a custom op holds rather than takes as an argument); an
+/// error naming `op` otherwise.
+pub(crate) fn with_elements<T: candle_core::WithDType, R>(
+    t: &candle_core::Tensor,
+    op: &str,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("{op}: inputs must be on the CPU");
+    };
+    Ok(f(contiguous(cpu.as_slice::<T>()?, layout, op)?))
+}
+
 /// [`contiguous`] for a storage written in place.
 pub(crate) fn contiguous_mut<'a, T>(
     data: &'a mut [T],
@@ -199,37 +214,31 @@ pub(crate) fn fresh<T: Copy + Default + Send, S: Default>(
     out
 }
 
-/// [`fresh`] for two vectors at once: `f(i, a_i, b_i, scratch)` with the
-/// i-th `chunk_a`-long piece of the first (`len_a` long) and `chunk_b`-long
-/// piece of the second (`len_b`), both cut into the same number of pieces.
+/// [`fresh`] for two new `len`-long vectors cut alike: `f(i, a_i, b_i,
+/// scratch)` with the i-th `chunk`-long piece of each.
 pub(crate) fn fresh_pair<T: Copy + Default + Send, U: Copy + Default + Send, S: Default>(
-    (len_a, chunk_a): (usize, usize),
-    (len_b, chunk_b): (usize, usize),
+    len: usize,
+    chunk: usize,
     parallel: bool,
     f: impl Fn(usize, &mut [T], &mut [U], &mut S) + Sync,
 ) -> (Vec<T>, Vec<U>) {
-    if len_a == 0 || chunk_a == 0 || chunk_b == 0 {
-        return (vec![T::default(); len_a], vec![U::default(); len_b]);
+    if len == 0 || chunk == 0 {
+        return (vec![T::default(); len], vec![U::default(); len]);
     }
-    let mut a: Vec<T> = Vec::with_capacity(len_a);
-    let mut b: Vec<U> = Vec::with_capacity(len_b);
-    // Elements past the last piece of the shorter cut are not computed:
-    // zero them here, as `vec!` would have.
-    let n = len_a.div_ceil(chunk_a).min(len_b.div_ceil(chunk_b));
-    zeroed(&mut a.spare_capacity_mut()[(n * chunk_a).min(len_a)..len_a]);
-    zeroed(&mut b.spare_capacity_mut()[(n * chunk_b).min(len_b)..len_b]);
-    let pieces: Vec<_> = a.spare_capacity_mut()[..len_a]
-        .chunks_mut(chunk_a)
-        .zip(b.spare_capacity_mut()[..len_b].chunks_mut(chunk_b))
+    let mut a: Vec<T> = Vec::with_capacity(len);
+    let mut b: Vec<U> = Vec::with_capacity(len);
+    let pieces: Vec<_> = a.spare_capacity_mut()[..len]
+        .chunks_mut(chunk)
+        .zip(b.spare_capacity_mut()[..len].chunks_mut(chunk))
         .collect();
     let parallel = parallel && pieces.len() > 1;
     share(pieces, parallel, |i, (pa, pb), s| {
         f(i, zeroed(pa), zeroed(pb), s)
     });
-    // SAFETY: as in `fresh`; the tails past the pieces were zeroed above.
+    // SAFETY: as in `fresh`, for both vectors (cut into the same pieces).
     unsafe {
-        a.set_len(len_a);
-        b.set_len(len_b);
+        a.set_len(len);
+        b.set_len(len);
     }
     (a, b)
 }
@@ -306,31 +315,29 @@ mod tests {
     }
 
     #[test]
-    fn fresh_pairs_cut_both_alike_and_zero_what_no_piece_reaches() {
+    fn fresh_pairs_start_at_zero_and_are_cut_alike() {
         for parallel in [false, true] {
-            // Both cut into 4 pieces; the second cut shorter than the first
-            // (its last 2 elements in no piece); then the first shorter.
-            for ((la, ca), (lb, cb)) in [((8, 2), (12, 3)), ((8, 2), (14, 3)), ((9, 2), (6, 2))] {
-                let (a, b): (Vec<u32>, Vec<u32>) =
-                    fresh_pair((la, ca), (lb, cb), parallel, |i, pa, pb, _: &mut ()| {
-                        assert!(pa.iter().chain(pb.iter()).all(|&v| v == 0));
+            for (len, chunk) in [(0, 4), (5, 0), (10, 3), (100_000, 1000), (7, 7)] {
+                let (a, b): (Vec<u32>, Vec<u64>) =
+                    fresh_pair(len, chunk, parallel, |i, pa, pb, calls: &mut usize| {
+                        *calls += 1;
+                        assert_eq!(pa.len(), pb.len());
+                        assert!(pa.iter().all(|&v| v == 0) && pb.iter().all(|&v| v == 0));
                         pa.fill(i as u32 + 1);
-                        pb.fill(i as u32 + 1);
+                        pb.fill(i as u64 + 1);
                     });
-                let pieces = la.div_ceil(ca).min(lb.div_ceil(cb));
-                let want = |len: usize, chunk: usize| -> Vec<u32> {
-                    (0..len)
-                        .map(|j| {
-                            if j / chunk < pieces {
-                                (j / chunk) as u32 + 1
-                            } else {
-                                0
-                            }
-                        })
-                        .collect()
-                };
-                assert_eq!(a, want(la, ca), "{parallel}");
-                assert_eq!(b, want(lb, cb), "{parallel}");
+                let want = |j: usize| j.checked_div(chunk).map_or(0, |piece| piece + 1);
+                let case = format!("len {len}, chunk {chunk}, parallel {parallel}");
+                assert_eq!(
+                    a,
+                    (0..len).map(|j| want(j) as u32).collect::<Vec<_>>(),
+                    "{case}"
+                );
+                assert_eq!(
+                    b,
+                    (0..len).map(|j| want(j) as u64).collect::<Vec<_>>(),
+                    "{case}"
+                );
             }
         }
     }

@@ -301,9 +301,7 @@ impl LocAffine {
         let (out, slope) = run::<T, NR>(Product::Forward, dims, x, w, Some(b), act, None);
         if let (Some(s), Some(slope)) = (&self.gelu, slope) {
             let t = Tensor::from_vec(slope, (dims.p, dims.m, dims.n), &candle_core::Device::Cpu)?;
-            *s.kept
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("loc-affine: slope lock".into()))? = Some(t);
+            *s.kept.lock().map_err(|_| lock_error(self.name()))? = Some(t);
         }
         Ok(out)
     }
@@ -364,11 +362,7 @@ impl CustomOp3 for LocAffine {
         let grad_res = match &self.gelu {
             None => grad_res,
             Some(s) => {
-                let kept = s
-                    .kept
-                    .lock()
-                    .map_err(|_| candle_core::Error::Msg("loc-affine: slope lock".into()))?
-                    .clone();
+                let kept = s.kept.lock().map_err(|_| lock_error(self.name()))?.clone();
                 let Some(slope) = kept else {
                     candle_core::bail!("loc-affine-gelu: no slope kept for the backward pass");
                 };
@@ -377,11 +371,7 @@ impl CustomOp3 for LocAffine {
             }
         };
         let (dx, dw) = loc_matmul_grads(x, w, grad_res)?;
-        let db = if b.track_op() {
-            Some(grad_res.contiguous()?.apply_op1_no_bwd(&BatchSum)?)
-        } else {
-            None
-        };
+        let db = bias_grad(b, grad_res)?;
         Ok((dx, super::grads::sink(w, dw)?, super::grads::sink(b, db)?))
     }
 }
@@ -415,11 +405,8 @@ pub(crate) fn loc_mlp_gelu(
 ) -> Result<Tensor> {
     let held = |b: &Tensor| (b.is_variable() || !b.track_op()) && b.is_contiguous();
     let args_track = x.track_op() || w1.track_op() || w2.track_op();
-    let one_node = if args_track || b1.track_op() || b2.track_op() {
-        args_track && super::grads::is_fusing()
-    } else {
-        true
-    };
+    let keep = args_track || b1.track_op() || b2.track_op();
+    let one_node = !keep || (args_track && super::grads::is_fusing());
     if !one_node || !mlp_supported(x, w1, b1, w2, b2)? || !held(b1) || !held(b2) {
         return loc_affine(&loc_affine_gelu(x, w1, b1)?, w2, b2);
     }
@@ -429,7 +416,7 @@ pub(crate) fn loc_mlp_gelu(
         LocMlp {
             b1: b1.clone(),
             b2: b2.clone(),
-            keep: x.track_op() || w1.track_op() || b1.track_op() || w2.track_op() || b2.track_op(),
+            keep,
             kept: std::sync::Mutex::new(None),
         },
     )
@@ -495,34 +482,34 @@ impl LocMlp {
         } else {
             Act::Gelu
         };
-        let (h, slope) = with_cpu(&self.b1, |b1: &[T]| {
+        let name = "loc-mlp-gelu";
+        let (h, slope) = super::cpu::with_elements(&self.b1, name, |b1: &[T]| {
             run::<T, NR>(Product::Forward, first, x, w1, Some(b1), act, None)
         })?;
-        let (y, _) = with_cpu(&self.b2, |b2: &[T]| {
+        let (y, _) = super::cpu::with_elements(&self.b2, name, |b2: &[T]| {
             run::<T, NR>(Product::Forward, second, &h, w2, Some(b2), Act::None, None)
         })?;
         if let Some(slope) = slope {
             let cpu = candle_core::Device::Cpu;
             let h = Tensor::from_vec(h, (p, m, hidden), &cpu)?;
             let slope = Tensor::from_vec(slope, (p, m, hidden), &cpu)?;
-            *self.kept.lock().map_err(|_| lock_error())? = Some((h, slope));
+            *self.kept.lock().map_err(|_| lock_error(name))? = Some((h, slope));
         }
         Ok(y)
     }
 }
 
-fn lock_error() -> candle_core::Error {
-    candle_core::Error::Msg("loc-mlp-gelu: lock poisoned".into())
+/// The error of a poisoned lock of what `op` keeps for its backward.
+fn lock_error(op: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: lock poisoned"))
 }
 
-/// `f` on the elements of contiguous CPU tensor `t` of element type `T`.
-fn with_cpu<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("loc-mlp-gelu: tensors must be on the CPU");
-    };
-    let all = cpu.as_slice::<T>()?;
-    Ok(f(super::cpu::contiguous(all, layout, "loc-mlp-gelu")?))
+/// The bias's gradient for the gradient `dy [P, B, out]` of an affine
+/// layer's output ([`BatchSum`]), or `None` if `b` takes none.
+fn bias_grad(b: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    b.track_op()
+        .then(|| dy.contiguous()?.apply_op1_no_bwd(&BatchSum))
+        .transpose()
 }
 
 impl CustomOp3 for LocMlp {
@@ -539,7 +526,7 @@ impl CustomOp3 for LocMlp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (p, _, k) = l1.shape().dims3()?;
+        let (p, m, k) = l1.shape().dims3()?;
         let (p1, k1, hidden) = l2.shape().dims3()?;
         let (p2, h2, n) = l3.shape().dims3()?;
         if p != p1 || p != p2 || k != k1 || hidden != h2 {
@@ -560,7 +547,7 @@ impl CustomOp3 for LocMlp {
         let storage = by_dtype!(self.name(); (x, s1, l1), (w1, s2, l2), (w2, s3, l3); |T, NR| {
             self.forward::<T, NR>((x, l1), (w1, l2), (w2, l3))?
         });
-        Ok((storage, Shape::from((p, l1.shape().dims3()?.1, n))))
+        Ok((storage, Shape::from((p, m, n))))
     }
 
     /// The backward of the two nodes it replaces, in their order: the
@@ -575,29 +562,23 @@ impl CustomOp3 for LocMlp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let kept = self.kept.lock().map_err(|_| lock_error())?.clone();
+        let kept = self
+            .kept
+            .lock()
+            .map_err(|_| lock_error(self.name()))?
+            .clone();
         let Some((h, slope)) = kept else {
             candle_core::bail!("loc-mlp-gelu: no hidden layer kept for the backward pass");
         };
         let dy = dy.contiguous()?;
         let dw2 = weight_grad(&h, w2, &dy)?;
-        let db2 = if self.b2.track_op() {
-            Some(dy.apply_op1_no_bwd(&BatchSum)?)
-        } else {
-            None
-        };
-        super::grads::sink_held(&self.b2, db2, self.name())?;
+        super::grads::sink_held(&self.b2, bias_grad(&self.b2, &dy)?, self.name())?;
         if !(x.track_op() || w1.track_op() || self.b1.track_op()) {
             return Ok((None, None, dw2));
         }
         let through = dy.apply_op3_no_bwd(w2, &slope, &GradThroughSlope)?;
         let (dx, dw1) = loc_matmul_grads(x, w1, &through)?;
-        let db1 = if self.b1.track_op() {
-            Some(through.apply_op1_no_bwd(&BatchSum)?)
-        } else {
-            None
-        };
-        super::grads::sink_held(&self.b1, db1, self.name())?;
+        super::grads::sink_held(&self.b1, bias_grad(&self.b1, &through)?, self.name())?;
         Ok((dx, dw1, dw2))
     }
 }
@@ -1014,12 +995,9 @@ fn run<T: Elem, const NR: usize>(
     };
     let parallel = d.p > 1 && len * d.k > PARALLEL_WORK;
     if act == Act::GeluKeepSlope {
-        let (out, slope) = super::cpu::fresh_pair(
-            (len, c_len),
-            (len, c_len),
-            parallel,
-            |loc, c, s, scratch| one(loc, c, Some(s), scratch),
-        );
+        let (out, slope) = super::cpu::fresh_pair(len, c_len, parallel, |loc, c, s, scratch| {
+            one(loc, c, Some(s), scratch)
+        });
         (out, Some(slope))
     } else {
         let out = super::cpu::fresh(len, c_len, parallel, |loc, c, scratch| {

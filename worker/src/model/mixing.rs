@@ -66,13 +66,7 @@ const CHUNK: usize = 1 << 14;
 
 /// Runs `f` on the elements of contiguous CPU tensor `t`.
 fn read<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("mix: inputs must be on the CPU");
-    };
-    let all = cpu.as_slice::<T>()?;
-    let part = super::cpu::contiguous(all, layout, "mix")?;
-    Ok(f(part))
+    super::cpu::with_elements(t, "mix", f)
 }
 
 impl Mix {
