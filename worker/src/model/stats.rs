@@ -134,9 +134,8 @@ fn moments<T: Elem>(x: &[T], b: usize, d: usize, want_cov: bool, s: &mut Scratch
         // by the register-blocked kernel of the per-location products (the
         // blocks on and above the diagonal, the rest mirrored). The
         // diagonal is set to zero: neither the term nor its gradient reads
-        // it, and the gradient's product then skips it for free.
-        // Every entry is written: the blocks on and above the diagonal,
-        // the rest mirrored (no zero fill first).
+        // it, and the gradient's product then skips it for free. Every
+        // entry is written, so no zero fill first.
         s.cov.resize(d * d, 0.0);
         super::locmm::gemm_symmetric::<f64, 8>(d, b, &s.c, &mut s.cov);
         for (k, row) in s.cov.chunks_exact_mut(d).enumerate() {
